@@ -1,0 +1,102 @@
+"""Walk a model once, swap the nn.Linear layers that the rules select for QuantLinear, report it."""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .errors import EngineError, FormatError
+from .linear import QuantLinear
+from .schemes import Scheme, resolve_scheme
+
+log = logging.getLogger("engine.apply")
+
+# What LightX2V quantizes, in diffusers / transformers module names.
+WAN_DIT_RULES = (
+    r"blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)",
+    r"blocks\.\d+\.attn2\.(to_q|to_k|to_v|to_out\.0|add_k_proj|add_v_proj)",
+    r"blocks\.\d+\.ffn\.net\.(0\.proj|2)",
+)
+T5_RULES = (
+    r"encoder\.block\.\d+\.layer\.0\.SelfAttention\.(q|k|v|o)",
+    r"encoder\.block\.\d+\.layer\.1\.DenseReluDense\.(wi_0|wi_1|wi|wo)",
+)
+CLIP_RULES = (
+    r"vision_model\.encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",
+    r"vision_model\.encoder\.layers\.\d+\.mlp\.(fc1|fc2)",
+)
+DEFAULT_RULES = {"WanTransformer3DModel": WAN_DIT_RULES, "UMT5EncoderModel": T5_RULES,
+                 "T5EncoderModel": T5_RULES, "CLIPVisionModel": CLIP_RULES,
+                 "CLIPVisionModelWithProjection": CLIP_RULES}
+
+
+@dataclass
+class QuantReport:
+    format: str
+    swapped: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # nn.Linear layers left in high precision
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+    def summary(self) -> str:
+        ratio = self.bytes_after / self.bytes_before if self.bytes_before else 1.0
+        return (f"{self.format}: {len(self.swapped)} linear layers quantized, {len(self.kept)} kept; "
+                f"weights {self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB "
+                f"({ratio:.0%})")
+
+
+def model_bytes(model: nn.Module) -> int:
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def rules_for(model: nn.Module) -> tuple[str, ...]:
+    name = type(model).__name__
+    if name not in DEFAULT_RULES:
+        raise EngineError(f"no default quantization rules for {name}; pass `rules=` with regular "
+                          f"expressions of module names (known models: {', '.join(DEFAULT_RULES)})")
+    return DEFAULT_RULES[name]
+
+
+def quantize_model(model: nn.Module, scheme: Scheme | str, rules: Iterable[str] | Callable[[str, nn.Module], bool] | None = None,
+                   kernel: str | None = None) -> QuantReport:
+    """Replace the selected nn.Linear layers of `model` in place. `rules`: regexes matched against the
+    full module name, or a predicate; by default those of the model's class (WAN_DIT_RULES, ...)."""
+    scheme = resolve_scheme(scheme) if isinstance(scheme, str) else scheme
+    if not scheme.quantized:
+        return QuantReport(format="none", bytes_before=model_bytes(model), bytes_after=model_bytes(model))
+    select = _selector(rules if rules is not None else rules_for(model))
+    report = QuantReport(format=scheme.format, bytes_before=model_bytes(model))
+    targets = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not isinstance(module, QuantLinear):
+            (targets if select(name, module) else report.kept).append(name)
+    for name in targets:
+        parent, attr = _parent(model, name)
+        linear = getattr(parent, attr)
+        try:
+            with torch.no_grad():
+                quant = QuantLinear.from_linear(linear, scheme.format, kernel or scheme.kernel)
+        except FormatError as e:
+            raise FormatError(f"layer {name}: {e}") from None
+        setattr(parent, attr, quant)
+        report.swapped.append(name)
+    report.bytes_after = model_bytes(model)
+    log.info("%s", report.summary())
+    return report
+
+
+def _selector(rules):
+    if callable(rules):
+        return rules
+    compiled = [re.compile(r) for r in rules]
+    return lambda name, _m: any(c.fullmatch(name) for c in compiled)
+
+
+def _parent(model: nn.Module, name: str):
+    parent_name, _, attr = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), attr

@@ -1,0 +1,83 @@
+"""QuantLinear: the one module that replaces nn.Linear.
+
+It holds the quantized weight as buffers named the way LightX2V's files name them (`weight`,
+`weight_scale`, `weight_global_scale`, `input_global_scale`), so a state dict loads with assign=True
+straight from a memory-mapped file. The kernel is picked per device on first use and can be asked why.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .formats import Quantized, get_format
+from .kernels import select_kernel
+
+log = logging.getLogger("engine.linear")
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, fmt: str, bias: bool = True, *,
+                 kernel: str = "auto", device=None, bias_dtype: torch.dtype = torch.bfloat16,
+                 static_input_scale: bool = False):
+        super().__init__()
+        f = get_format(fmt)
+        if in_features % f.col_multiple:
+            from .errors import FormatError
+            raise FormatError(f"{fmt}: {in_features} input features is not a multiple of {f.col_multiple}")
+        self.in_features, self.out_features, self.fmt, self.kernel_preference = in_features, out_features, fmt, kernel
+        empty = lambda shape, dtype: torch.empty(shape, dtype=dtype, device=device)  # noqa: E731
+        self.register_buffer("weight", empty(f.data_shape(out_features, in_features), f.data_dtype))
+        self.register_buffer("weight_scale", empty(f.weight_scale_shape(out_features, in_features), f.scale_dtype))
+        if f.has_global_scale:
+            self.register_buffer("weight_global_scale", empty((1,), torch.float32))
+            if static_input_scale:
+                self.register_buffer("input_global_scale", empty((1,), torch.float32))
+        self.bias = nn.Parameter(empty((out_features,), bias_dtype), requires_grad=False) if bias else None
+        self._kernels: dict[torch.device, object] = {}
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, fmt: str, kernel: str = "auto") -> "QuantLinear":
+        f = get_format(fmt)
+        q = f.quantize_weight(linear.weight.detach())
+        has_bias = linear.bias is not None
+        mod = cls(linear.in_features, linear.out_features, fmt, has_bias, kernel=kernel, device="meta",
+                  bias_dtype=linear.bias.dtype if has_bias else torch.bfloat16)
+        mod.set_quantized(q)
+        if has_bias:
+            mod.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        return mod
+
+    def set_quantized(self, q: Quantized) -> None:
+        self.weight, self.weight_scale = q.data, q.scale
+        if q.global_scale is not None:
+            self.weight_global_scale = q.global_scale.reshape(1).to(torch.float32)
+
+    def quantized_weight(self) -> Quantized:
+        return Quantized(self.weight, self.weight_scale, getattr(self, "weight_global_scale", None),
+                         cols=self.in_features)
+
+    def static_input_scale(self) -> torch.Tensor | None:
+        return getattr(self, "input_global_scale", None)
+
+    def kernel_for(self, device: torch.device):
+        kernel = self._kernels.get(device)
+        if kernel is None:
+            kernel = select_kernel(self.fmt, device, self.kernel_preference)
+            kernel.prepare(self)
+            self._kernels[device] = kernel
+        return kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self.kernel_for(x.device).forward(self, x.reshape(-1, self.in_features))
+        return y.reshape(*lead, self.out_features)
+
+    def _apply(self, fn, recurse=True):
+        self._kernels.clear()  # moved or cast: kernels re-select and re-prepare for the new device
+        return super()._apply(fn, recurse)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, fmt={self.fmt}, "
+                f"bias={self.bias is not None}, kernel={self.kernel_preference}")

@@ -1,0 +1,19 @@
+"""Quantize the parts of a diffusers Wan pipeline that a QuantConfig names (mixed schemes allowed)."""
+from __future__ import annotations
+
+from .apply import QuantReport, quantize_model
+from .config import QuantConfig
+
+# Pipeline attribute -> config component. Wan2.2 A14B has a second transformer: it is quantized too.
+COMPONENT_OF = {"transformer": "dit", "transformer_2": "dit", "text_encoder": "t5", "image_encoder": "clip"}
+
+
+def quantize_pipeline(pipe, cfg: QuantConfig) -> dict[str, QuantReport]:
+    reports = {}
+    for attr, comp in COMPONENT_OF.items():
+        module = getattr(pipe, attr, None)
+        quant = getattr(cfg, comp)
+        if module is None or not quant.quantized:
+            continue
+        reports[attr] = quantize_model(module, quant.scheme)
+    return reports
