@@ -1,0 +1,175 @@
+"""Read the GPU, pick a preset for it and say why; check that a config's schemes can run on it.
+
+Every function takes the GPU as an input (`GpuInfo`, or None for no GPU) so the choice can be
+tested for every GPU class on a CPU machine; `detect_gpu()` reads the real one.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .catalog import ModelEntry, weight_gb
+from .config import COMPONENTS, QuantConfig
+from .errors import ConfigError, HardwareError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+GB = 1024**3
+
+FP8_MIN = (8, 9)  # Ada and newer have FP8 tensor cores
+MICROSCALE_MIN = (10, 0)  # MXFP8 / NVFP4 GEMMs are Blackwell (sm100, sm120) features
+FP8_GPUS = "compute capability 8.9 or newer: RTX 40, L40S, H100/H200, Blackwell"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    capability: tuple[int, int]
+    total_bytes: int
+    free_bytes: int
+
+    @property
+    def label(self) -> str:
+        major, minor = self.capability
+        return f"{self.name} (sm{major}{minor}, {self.free_bytes / GB:.0f} of {self.total_bytes / GB:.0f} GB free)"
+
+    @property
+    def has_fp8(self) -> bool:
+        return self.capability >= FP8_MIN
+
+    @property
+    def family(self) -> str:
+        if self.capability >= MICROSCALE_MIN:
+            return "blackwell"
+        if self.capability >= (9, 0):
+            return "hopper"
+        if self.capability >= FP8_MIN:
+            return "ada"
+        if self.capability >= (8, 0):
+            return "ampere"
+        return "pre-ampere"
+
+
+@dataclass(frozen=True)
+class PresetChoice:
+    name: str
+    config: dict
+    reason: str
+
+
+def detect_gpu(index: int = 0) -> GpuInfo | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info(index)
+    return GpuInfo(torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index)), total, free)
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its one-line description."""
+    return {p.stem: json.loads(p.read_text()).get("_about", "") for p in sorted(PRESET_DIR.glob("*.json"))}
+
+
+def load_preset(name: str) -> dict:
+    path = PRESET_DIR / f"{name}.json"
+    if "/" in name or "\\" in name or not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(list_presets())}")
+    return json.loads(path.read_text())
+
+
+def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None) -> PresetChoice:
+    """The preset for this GPU and model, with the reason in one or two sentences."""
+    if gpu is None:
+        return _choice("cpu-demo", "No CUDA GPU found, so the app runs the tiny built-in model on CPU.")
+    family = {"blackwell": ("blackwell-nvfp4", "Blackwell runs NVFP4 GEMMs natively (4-bit DiT)"),
+              "hopper": ("hopper-fp8", "Hopper has FP8 tensor cores: fastest with FP8"),
+              "ada": ("ada-fp8", "Ada has FP8 tensor cores: fastest with FP8"),
+              "ampere": ("ampere-int8", "Ampere has no FP8, so INT8 (per-channel weights, per-token activations)"),
+              "pre-ampere": ("ampere-int8", "this GPU predates Ampere; INT8 is the only 8-bit option and may "
+                                            "fall back to slower kernels")}
+    name, why = family[gpu.family]
+    dit_bits = 4 if name == "blackwell-nvfp4" else 8
+    need = weight_gb(model, dit_bits, 8) if model else weight_gb_default(dit_bits)
+    need_gb = need + _activation_gb(model)
+    free_gb = gpu.free_bytes / GB
+    what = f"{model.label}" if model else "a 14B model"
+    if free_gb >= need_gb:
+        return _choice(name, f"{gpu.label}: {why}. {what} needs about {need_gb:.0f} GB, which fits.")
+    kind = "fp8" if gpu.has_fp8 else "int8"
+    one_dit = (model.dit_params_b if model else 14) * dit_bits / 8 + _activation_gb(model)
+    if free_gb >= one_dit:
+        return _choice(f"lowmem-{kind}-offload",
+                       f"{gpu.label}: {what} needs about {need_gb:.0f} GB but {free_gb:.0f} GB are free, so the "
+                       f"encoders are INT8 and components move to the GPU only while they run.")
+    return _choice(f"lowmem-{kind}-block-offload",
+                   f"{gpu.label}: only {free_gb:.0f} GB free, less than one transformer of {what} needs "
+                   f"(about {one_dit:.0f} GB), so weights stream to the GPU layer by layer (slow).")
+
+
+def weight_gb_default(dit_bits: int) -> float:
+    return 14 * dit_bits / 8 + 5.7 + 0.5
+
+
+def _activation_gb(model: ModelEntry | None) -> float:
+    # Attention and VAE decode at 480p/81 frames; grows with the model's width.
+    return 3.0 if model and model.dit_params_b < 5 else 8.0
+
+
+def _choice(name: str, reason: str) -> PresetChoice:
+    return PresetChoice(name, load_preset(name), reason)
+
+
+def apply_overrides(config: dict, **schemes: str | None) -> dict:
+    """A copy of `config` with per-component schemes replaced: dit=, t5=, clip= a scheme name,
+    "bf16" (no quantization) or None/"preset" (keep the config's)."""
+    out = dict(config)
+    for comp, name in schemes.items():
+        if comp not in COMPONENTS:
+            raise ConfigError(f"unknown component {comp!r}; use one of {', '.join(COMPONENTS)}")
+        if name in (None, "", "preset"):
+            continue
+        off = name in ("bf16", "none", "Default")
+        if comp == "dit":
+            out.pop("mm_config", None)
+            out["dit_quantized"] = not off
+            out.pop("dit_quant_scheme", None) if off else out.update(dit_quant_scheme=name)
+        else:
+            out[f"{comp}_quantized"] = not off
+            out.pop(f"{comp}_quant_scheme", None) if off else out.update({f"{comp}_quant_scheme": name})
+    return out
+
+
+def check_config_for_gpu(cfg: QuantConfig, gpu: GpuInfo | None) -> None:
+    """Raise HardwareError with a sentence per component whose format this GPU cannot run."""
+    if gpu is None:
+        return  # on CPU every format runs on the reference kernel
+    problems = []
+    for comp in COMPONENTS:
+        quant = getattr(cfg, comp)
+        if quant.quantized:
+            why = format_problem(quant.scheme.format, gpu)
+            if why:
+                problems.append(f"{comp.upper() if comp != 'dit' else 'DiT'} scheme {quant.scheme.name}: {why}")
+    if problems:
+        raise HardwareError("\n".join(problems))
+
+
+def format_problem(fmt: str, gpu: GpuInfo) -> str | None:
+    major, minor = gpu.capability
+    here = f"{gpu.name} is compute capability {major}.{minor}"
+    if fmt.startswith("fp8") and not gpu.has_fp8:
+        return f"FP8 needs an FP8-capable GPU ({FP8_GPUS}); {here}. Choose int8 instead (preset ampere-int8)."
+    if fmt in ("mxfp8", "nvfp4", "mxfp4") and gpu.capability < MICROSCALE_MIN:
+        instead = "fp8 (preset hopper-fp8 or ada-fp8)" if gpu.has_fp8 else "int8 (preset ampere-int8)"
+        return f"{fmt.upper()} matrix multiplication needs a Blackwell GPU (sm100 or sm120); {here}. Choose {instead}."
+    return None
+
+
+def lighter_preset(name: str) -> str | None:
+    """The next preset down in memory use, for out-of-memory advice."""
+    steps = {"hopper-fp8": "lowmem-fp8-offload", "ada-fp8": "lowmem-fp8-offload",
+             "blackwell-nvfp4": "lowmem-fp8-offload", "blackwell-mxfp8": "lowmem-fp8-offload",
+             "ampere-int8": "lowmem-int8-offload", "lowmem-fp8-offload": "lowmem-fp8-block-offload",
+             "lowmem-int8-offload": "lowmem-int8-block-offload"}
+    return steps.get(name)

@@ -1,0 +1,100 @@
+"""Preset choice per GPU class, with capability and memory given as inputs."""
+import pytest
+
+from engine.catalog import get_model
+from engine.config import load_config
+from engine.errors import ConfigError, HardwareError
+from engine.hardware import (GB, GpuInfo, apply_overrides, check_config_for_gpu, choose_preset, list_presets,
+                             load_preset, lighter_preset)
+
+
+def gpu(name, cap, total_gb, free_gb=None):
+    return GpuInfo(name, cap, int(total_gb * GB), int((free_gb if free_gb is not None else total_gb) * GB))
+
+
+@pytest.mark.parametrize("info, preset", [
+    (gpu("NVIDIA H100 80GB HBM3", (9, 0), 80), "hopper-fp8"),
+    (gpu("NVIDIA H200", (9, 0), 141), "hopper-fp8"),
+    (gpu("NVIDIA L40S", (8, 9), 48), "ada-fp8"),
+    (gpu("NVIDIA A100-SXM4-80GB", (8, 0), 80), "ampere-int8"),
+    (gpu("NVIDIA B200", (10, 0), 180), "blackwell-nvfp4"),
+    (gpu("NVIDIA GeForce RTX 5090", (12, 0), 32), "blackwell-nvfp4"),
+    (gpu("NVIDIA GeForce RTX 4090", (8, 9), 24), "lowmem-fp8-offload"),
+    (gpu("NVIDIA GeForce RTX 3090", (8, 6), 24), "lowmem-int8-offload"),
+    (gpu("NVIDIA GeForce RTX 4060", (8, 9), 8), "lowmem-fp8-block-offload"),
+    (gpu("NVIDIA GeForce RTX 3060", (8, 6), 12), "lowmem-int8-block-offload"),
+    (None, "cpu-demo"),
+])
+def test_preset_per_gpu_class_for_14b(info, preset):
+    choice = choose_preset(info, get_model("wan2.1-t2v-14b"))
+    assert choice.name == preset, choice.reason
+    assert choice.reason and choice.config == load_preset(preset)
+    load_config(choice.config)  # every chosen preset is a valid LightX2V config
+
+
+def test_small_model_fits_where_14b_does_not():
+    rtx4090 = gpu("NVIDIA GeForce RTX 4090", (8, 9), 24)
+    assert choose_preset(rtx4090, get_model("wan2.1-t2v-1.3b")).name == "ada-fp8"
+
+
+def test_free_memory_not_total_decides():
+    busy = gpu("NVIDIA H100", (9, 0), 80, free_gb=24)
+    choice = choose_preset(busy, get_model("wan2.1-t2v-14b"))
+    assert choice.name.startswith("lowmem-fp8") and "24 GB are free" in choice.reason
+
+
+def test_every_preset_file_is_a_valid_config():
+    names = list_presets()
+    assert {"hopper-fp8", "ada-fp8", "ampere-int8", "blackwell-nvfp4", "blackwell-mxfp8", "cpu-demo"} <= set(names)
+    for name, about in names.items():
+        cfg = load_config(load_preset(name))
+        assert about, name
+        assert cfg.dit.quantized
+        assert cfg.get("infer_steps") == 4 and cfg.get("sample_guide_scale") == 1.0
+
+
+def test_lowmem_presets_use_int8_encoders_and_offload():
+    for name in ("lowmem-fp8-offload", "lowmem-int8-block-offload"):
+        cfg = load_config(load_preset(name))
+        assert cfg.t5.scheme.format == "int8" and cfg.clip.scheme.format == "int8"
+        assert cfg.get("cpu_offload") is True
+
+
+def test_fp8_on_ampere_says_what_to_choose():
+    cfg = load_config(load_preset("hopper-fp8"))
+    with pytest.raises(HardwareError) as e:
+        check_config_for_gpu(cfg, gpu("NVIDIA A100", (8, 0), 80))
+    msg = str(e.value)
+    assert "FP8 needs an FP8-capable GPU" in msg and "8.0" in msg and "int8" in msg
+
+
+def test_nvfp4_on_hopper_suggests_fp8():
+    cfg = load_config(load_preset("blackwell-nvfp4"))
+    with pytest.raises(HardwareError, match="Blackwell.*Choose fp8"):
+        check_config_for_gpu(cfg, gpu("NVIDIA H100", (9, 0), 80))
+    check_config_for_gpu(cfg, gpu("NVIDIA B200", (10, 0), 180))
+    check_config_for_gpu(cfg, None)  # CPU: the reference kernel runs every format
+
+
+def test_overrides_per_component():
+    base = load_preset("hopper-fp8")
+    out = apply_overrides(base, dit="int8-vllm", t5="bf16", clip="preset")
+    cfg = load_config(out)
+    assert cfg.dit.scheme.format == "int8" and not cfg.t5.quantized and cfg.clip.scheme.format == "fp8"
+    assert base["dit_quant_scheme"] == "fp8-sgl"  # the preset itself is untouched
+    assert not load_config(apply_overrides(base, dit="bf16")).dit.quantized
+    with pytest.raises(ConfigError):
+        apply_overrides(base, vae="int8")
+
+
+def test_unknown_preset_and_path_tricks():
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_preset("../requirements")
+    with pytest.raises(ConfigError):
+        load_preset("nope")
+
+
+def test_lighter_preset_chain():
+    assert lighter_preset("hopper-fp8") == "lowmem-fp8-offload"
+    assert lighter_preset("lowmem-int8-offload") == "lowmem-int8-block-offload"
+    assert lighter_preset("lowmem-int8-block-offload") is None
