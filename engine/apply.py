@@ -26,8 +26,8 @@ T5_RULES = (
     r"encoder\.block\.\d+\.layer\.1\.DenseReluDense\.(wi_0|wi_1|wi|wo)",
 )
 CLIP_RULES = (
-    r"vision_model\.encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",
-    r"vision_model\.encoder\.layers\.\d+\.mlp\.(fc1|fc2)",
+    r"(vision_model\.)?encoder\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",
+    r"(vision_model\.)?encoder\.layers\.\d+\.mlp\.(fc1|fc2)",
 )
 DEFAULT_RULES = {"WanTransformer3DModel": WAN_DIT_RULES, "UMT5EncoderModel": T5_RULES,
                  "T5EncoderModel": T5_RULES, "CLIPVisionModel": CLIP_RULES,

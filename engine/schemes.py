@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from .errors import SchemeError
+from .formats import FORMATS
 
 log = logging.getLogger("engine.schemes")
 
@@ -91,6 +92,9 @@ register_scheme("mxfp8", "mxfp8")
 register_scheme("nvfp4", "nvfp4")
 register_scheme("mxfp4", "mxfp4")
 register_scheme("none", None)
+for _fmt in FORMATS:  # our own format names work as scheme names too
+    if _fmt.lower() not in SCHEMES:
+        register_scheme(_fmt, _fmt)
 
 UNSUPPORTED.update({
     "int4-g128-marlin": "int4 weight-only needs Marlin kernels this engine does not ship; use int8 (same hardware) "

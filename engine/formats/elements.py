@@ -34,7 +34,7 @@ def e2m1_codes(t: torch.Tensor) -> torch.Tensor:
     idx = torch.bucketize(mag, mids)  # a value on a midpoint lands on the lower code
     on_mid = (mag == mids[(idx).clamp(max=len(mids) - 1)]) & (idx % 2 == 1)
     idx = idx + on_mid.to(idx.dtype)  # the lower code was odd: the even neighbour is above
-    sign = (t < 0) & (idx > 0)
+    sign = torch.signbit(t)  # keeps -0 as code 8, so every byte round-trips
     return (idx | (sign.to(idx.dtype) << 3)).to(torch.uint8)
 
 

@@ -1,0 +1,86 @@
+"""QuantLinear against float64 references, with outlier activation channels."""
+import pytest
+import torch
+from torch import nn
+
+from engine.errors import KernelError
+from engine.kernels import explain, select_kernel
+from engine.linear import QuantLinear
+from reference import reference_dequant
+
+# Relative Frobenius error of y = x W^T + b against the float64 product, activations with four
+# outlier channels 40x larger than the rest. int8/fp8/fp8_block128 use issue #5's accuracy targets
+# (0.06 / 0.036 / 0.03); the others are their typical error on these inputs (measured: mxfp8 0.038,
+# fp8_tensor 0.037, nvfp4 0.125, mxfp4 0.185) plus about 20%.
+BOUNDS = {"int8": 0.06, "fp8": 0.036, "fp8_block128": 0.03, "mxfp8": 0.045, "fp8_tensor": 0.045,
+          "nvfp4": 0.15, "mxfp4": 0.22}
+
+
+def outlier_input(rng, m=97, k=512):
+    x = torch.randn(m, k, generator=rng)
+    x[:, torch.randperm(k, generator=rng)[:4]] *= 40
+    return x
+
+
+@pytest.mark.parametrize("fmt", sorted(BOUNDS))
+def test_output_close_to_float64_product(fmt, rng):
+    lin = nn.Linear(512, 384)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(384, 512, generator=rng) / 512 ** 0.5)
+    x = outlier_input(rng)
+    want = x.double() @ lin.weight.double().t() + lin.bias.double()
+    got = QuantLinear.from_linear(lin, fmt)(x).double()
+    err = ((got - want).norm() / want.norm()).item()
+    assert err <= BOUNDS[fmt], f"{fmt}: relative error {err:.4f} > {BOUNDS[fmt]}"
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "fp8_tensor", "fp8_block128", "mxfp8", "nvfp4"])
+def test_reference_kernel_equals_dequantize_then_matmul(fmt, rng):
+    """The emulated kernel is the yardstick for fast kernels: it must be exactly the format's math."""
+    lin = nn.Linear(256, 136)
+    x = outlier_input(rng, m=33, k=256)
+    want = (reference_dequant(fmt, x, "act") @ reference_dequant(fmt, lin.weight.detach(), "weight").t()
+            + lin.bias.double())
+    got = QuantLinear.from_linear(lin, fmt)(x).double()
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_leading_dims_bias_and_dtype_are_kept():
+    lin = nn.Linear(64, 32, bias=False).to(torch.bfloat16)
+    q = QuantLinear.from_linear(lin, "int8")
+    x = torch.randn(2, 3, 5, 64, dtype=torch.bfloat16)
+    y = q(x)
+    assert y.shape == (2, 3, 5, 32) and y.dtype == torch.bfloat16 and q.bias is None
+
+
+def test_state_dict_uses_lightx2v_names_and_reloads_from_meta():
+    lin = nn.Linear(64, 32)
+    q = QuantLinear.from_linear(lin, "nvfp4")
+    sd = q.state_dict()
+    assert set(sd) == {"weight", "weight_scale", "weight_global_scale", "bias"}
+    fresh = QuantLinear(64, 32, "nvfp4", device="meta", bias_dtype=lin.bias.dtype)
+    fresh.load_state_dict(sd, assign=True)
+    x = torch.randn(4, 64)
+    assert torch.equal(fresh(x), q(x))
+
+
+def test_weight_bytes_shrink():
+    lin = nn.Linear(1024, 1024, bias=False).to(torch.bfloat16)
+    bf16 = lin.weight.numel() * 2
+    for fmt, limit in {"int8": 0.52, "fp8": 0.52, "fp8_block128": 0.52, "mxfp8": 0.52, "nvfp4": 0.30}.items():
+        q = QuantLinear.from_linear(lin, fmt)
+        size = sum(t.numel() * t.element_size() for t in q.buffers())
+        assert size / bf16 <= limit, fmt
+
+
+def test_kernel_choice_explains_itself_on_cpu():
+    reasons = dict(explain("fp8", torch.device("cpu")))
+    assert reasons["emulated"] is None
+    assert select_kernel("fp8", torch.device("cpu")).name == "emulated"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_no_kernel_lists_every_reason():
+    with pytest.raises(KernelError, match="no kernel can run fp8") as e:
+        select_kernel("fp8", torch.device("cuda"))  # no kernel takes a device this machine lacks
+    assert "emulated" in str(e.value) and "compute capability 8.9" in str(e.value)
