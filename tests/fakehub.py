@@ -1,0 +1,151 @@
+"""A small Hugging Face Hub stand-in on 127.0.0.1: the real huggingface_hub client talks to it via
+HF_ENDPOINT / `endpoint=`. It serves the endpoints downloads use (repo info, tree listing, resolve
+with HEAD/GET/Range), answers gated and missing repos the way the Hub does, and can cut a
+connection part-way through a file to test resume. Every request is logged for assertions.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeHub:
+    def __init__(self):
+        self.repos: dict[str, dict[str, bytes]] = {}
+        self.gated: set[str] = set()
+        self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.cut_after: dict[str, int] = {}  # file path -> bytes to send before dropping the connection
+        self.fail_after_cut = False  # answer 503 to the request that follows a cut
+        self._failing = False
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def add_repo(self, repo: str, files: dict[str, bytes]) -> None:
+        self.repos[repo] = dict(files)
+
+    def add_folder(self, repo: str, folder: Path) -> None:
+        folder = Path(folder)
+        self.add_repo(repo, {p.relative_to(folder).as_posix(): p.read_bytes()
+                             for p in sorted(folder.rglob("*")) if p.is_file()})
+
+    def gets(self, suffix: str) -> list[tuple[str, str, str | None]]:
+        return [entry for entry in self.log if entry[0] == "GET" and entry[1].endswith(suffix)]
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self._serve(head=True)
+
+            def do_GET(self):
+                self._serve(head=False)
+
+            def _serve(self, head):
+                path = self.path.split("?")[0]
+                hub.log.append((self.command, path, self.headers.get("Range")))
+                if hub._failing:
+                    hub._failing = False
+                    return self._error(503, None, "busy")
+                m = re.fullmatch(r"/api/models/(.+?)/revision/([^/]+)", path)
+                if m:
+                    return self._repo_call(m[1], lambda files: {
+                        "id": m[1], "sha": SHA, "siblings": [{"rfilename": f} for f in files]})
+                m = re.fullmatch(r"/api/models/(.+?)/tree/([^/]+)(/.*)?", path)
+                if m:
+                    return self._repo_call(m[1], lambda files: [
+                        {"type": "file", "oid": hashlib.sha1(d).hexdigest(), "size": len(d), "path": f}
+                        for f, d in files.items()])
+                m = re.fullmatch(r"/(.+?)/resolve/([^/]+)/(.+)", path)
+                if m:
+                    return self._file(m[1], m[3], head)
+                self._error(404, None, "no such endpoint")
+
+            def _access(self, repo):
+                if repo in hub.gated and not self.headers.get("Authorization"):
+                    self._error(401, "GatedRepo", "gated")
+                    return None
+                if repo not in hub.repos:
+                    # The Hub answers 401 RepoNotFound for unknown repos when not logged in.
+                    self._error(401, "RepoNotFound", "Repository not found")
+                    return None
+                return hub.repos[repo]
+
+            def _repo_call(self, repo, make):
+                files = self._access(repo)
+                if files is not None:
+                    self._json(make(files))
+
+            def _file(self, repo, name, head):
+                files = self._access(repo)
+                if files is None:
+                    return
+                if name not in files:
+                    return self._error(404, "EntryNotFound", "Entry not found")
+                data = files[name]
+                start = 0
+                rng = self.headers.get("Range")
+                if rng and not head:
+                    start = int(re.match(r"bytes=(\d+)-", rng)[1])
+                body = data[start:]
+                self.send_response(206 if start else 200)
+                self.send_header("X-Repo-Commit", SHA)
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(body) if not head else len(data)))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                if head:
+                    return
+                cut = hub.cut_after.pop(name, None)
+                if cut is not None:
+                    self.wfile.write(body[:cut])
+                    self.wfile.flush()
+                    hub._failing = hub.fail_after_cut
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(body)
+
+            def _json(self, obj):
+                body = json.dumps(obj).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _error(self, status, code, message):
+                body = json.dumps({"error": message}).encode()
+                self.send_response(status)
+                if code:
+                    self.send_header("X-Error-Code", code)
+                    self.send_header("X-Error-Message", message)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+        return Handler
