@@ -1,0 +1,143 @@
+"""Load a quantized (or plain) Wan DiT checkpoint into diffusers' WanTransformer3DModel.
+
+The model is built on the meta device, the linears the file holds quantized become meta QuantLinear
+of the format read from the tensors, and every tensor is assigned from a memory-mapped file: a
+quantized 14B never exists in bf16, in host or GPU memory. LightX2V (Wan) and diffusers key names,
+all LightX2V layouts, ComfyUI scaled fp8 and plain fp8 are understood; see checkpoint_formats.py.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint_assemble import LoadReport, assemble
+from .checkpoint_io import load_pth
+from .checkpoint_source import TensorSource
+from .errors import CheckpointError
+from .keymaps import detect_naming, strip_prefix, wan_to_diffusers
+
+log = logging.getLogger("engine.checkpoint")
+KEEP_FP32 = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")  # diffusers' _keep_in_fp32_modules
+MARKERS = ("scaled_fp8",)  # ComfyUI's "this file is scaled fp8" tensor
+
+
+def load_dit(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=None, calib=None):
+    """Returns (WanTransformer3DModel, LoadReport).
+
+    config: None (read from the file's metadata, else inferred from tensor shapes), a config dict
+    (e.g. `WanTransformer3DModel.load_config(repo, subfolder="transformer")`) or a model whose config
+    to reuse. scheme: a Scheme or format name the file must hold (disambiguates, else inferred).
+    calib: a calib.pt with NVFP4 activation absmax; by default one beside the checkpoint is used.
+    """
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    start = time.perf_counter()
+    src = TensorSource(path)
+    report = LoadReport(path=str(path), component="DiT", layout=src.layout, file_bytes=src.nbytes(),
+                        metadata=dict(src.metadata))
+    tensors, file_of = dit_tensors(src, report)
+    _add_calibration(tensors, calib, Path(path), report)
+    cfg = _config(config, src, tensors)
+    with init_empty_weights():  # parameters on meta; rope's computed buffers stay real
+        model = WanTransformer3DModel.from_config(cfg)
+    hint = _hint(scheme, src.metadata)
+    state = assemble(model, tensors, file_of, hint=hint, dtype=dtype, keep_fp32=KEEP_FP32, report=report)
+    model.load_state_dict(state, assign=True, strict=True)
+    model.eval().requires_grad_(False)
+    if torch.device(device).type != "cpu":
+        model.to(device)
+    report.seconds = time.perf_counter() - start
+    log.info("%s", report.summary())
+    return model, report
+
+
+def dit_tensors(src: TensorSource, report: LoadReport):
+    """File keys -> diffusers keys, with lazily mapped tensors; and key -> file for error messages."""
+    keys = [k for k in src.keys() if k not in MARKERS]
+    prefix = strip_prefix(keys)
+    naming = detect_naming([k[len(prefix):] for k in keys])
+    if naming == "mixed":
+        raise CheckpointError(f"{src.path}: mixes Wan (LightX2V) and diffusers key names; it was converted "
+                              "half-way. Convert it again from the original.")
+    report.naming = "Wan/LightX2V" if naming == "wan" else naming
+    if "scaled_fp8" in src:
+        report.notes.append("ComfyUI scaled fp8 file: per-tensor weight scales, activations quantized per token")
+    rename = wan_to_diffusers if naming == "wan" else (lambda k: k)
+    tensors, origin = {}, {}
+    for key in keys:
+        name = rename(key[len(prefix):])
+        tensors[name] = src.get(key)
+        origin[name] = src.file_of(key)
+    return tensors, (lambda k: origin.get(k, str(src.path)))
+
+
+def _hint(scheme, metadata) -> str | None:
+    if scheme is not None:
+        fmt = getattr(scheme, "format", scheme)
+        if fmt:
+            return fmt
+    return metadata.get("format") if metadata.get("format") not in (None, "none", "mixed") else None
+
+
+def _add_calibration(tensors, calib, path: Path, report) -> None:
+    """NVFP4 activation absmax from LightX2V's calib.pt ({"absmax": {layer: tensor}})."""
+    if calib is None:
+        beside = (path if path.is_dir() else path.parent) / "calib.pt"
+        if not beside.is_file():
+            return
+        calib = beside
+    data = load_pth(calib)
+    absmax = data.get("absmax", data) if isinstance(data.get("absmax", None), dict) else data
+    used = 0
+    for name, value in absmax.items():
+        layer = wan_to_diffusers(name[:-len(".weight")] if name.endswith(".weight") else name)
+        if f"{layer}.weight" in tensors and f"{layer}.input_global_scale" not in tensors:
+            tensors[f"{layer}.input_absmax"] = value
+            used += 1
+    report.notes.append(f"calibration {calib}: activation absmax for {used} layers")
+
+
+def _config(config, src: TensorSource, tensors) -> dict:
+    if config is not None:
+        cfg = getattr(config, "config", config)
+        return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
+    if "config" in src.metadata:
+        try:
+            return json.loads(src.metadata["config"])
+        except ValueError:
+            raise CheckpointError(f"{src.path}: the config in the file's metadata is not valid JSON") from None
+    return infer_wan_config(tensors, src.path)
+
+
+def infer_wan_config(tensors, where) -> dict:
+    """WanTransformer3DModel arguments read from tensor shapes (rows are never packed, so they are safe)."""
+    def shape(key):
+        if key not in tensors:
+            raise CheckpointError(f"{where}: cannot infer the model config without {key!r}; pass the config "
+                                  "of the base model (e.g. from Wan-AI/...-Diffusers, subfolder transformer)")
+        return tuple(tensors[key].shape)
+
+    dim, in_ch, *patch = shape("patch_embedding.weight")
+    layers = 1 + max(int(k.split(".")[1]) for k in tensors if k.startswith("blocks."))
+    if dim % 128:
+        raise CheckpointError(f"{where}: model width {dim} is not a multiple of Wan's head size 128; pass the config")
+    cfg = dict(patch_size=tuple(patch), num_attention_heads=dim // 128, attention_head_dim=128,
+               in_channels=in_ch, out_channels=shape("proj_out.weight")[0] // math.prod(patch),
+               text_dim=shape("condition_embedder.text_embedder.linear_1.weight")[1],
+               freq_dim=shape("condition_embedder.time_embedder.linear_1.weight")[1],
+               ffn_dim=shape("blocks.0.ffn.net.0.proj.weight")[0], num_layers=layers,
+               cross_attn_norm="blocks.0.norm2.weight" in tensors,
+               qk_norm="rms_norm_across_heads" if "blocks.0.attn1.norm_q.weight" in tensors else None,
+               eps=1e-6, rope_max_seq_len=1024)
+    if "condition_embedder.image_embedder.norm1.weight" in tensors:
+        cfg["image_dim"] = shape("condition_embedder.image_embedder.norm1.weight")[0]
+        cfg["added_kv_proj_dim"] = dim
+    if "condition_embedder.image_embedder.pos_embed" in tensors:
+        cfg["pos_embed_seq_len"] = shape("condition_embedder.image_embedder.pos_embed")[1]
+    return cfg

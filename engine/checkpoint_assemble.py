@@ -1,0 +1,160 @@
+"""Fill a model built on the meta device from file tensors: swap the linears the file holds quantized
+for meta QuantLinear of the inferred format, check every key and shape, then load with assign=True.
+
+Shared by the DiT, T5 and CLIP loaders; they only differ in key names (engine/keymaps.py).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .checkpoint_formats import QUANT_SUFFIXES, candidates, decode_layer, is_quantized_layer
+from .errors import CheckpointError
+from .linear import QuantLinear
+
+log = logging.getLogger("engine.checkpoint")
+LINEAR_SUFFIXES = ("weight", "bias") + QUANT_SUFFIXES
+
+
+@dataclass
+class LoadReport:
+    path: str
+    component: str
+    layout: str = ""
+    naming: str = ""
+    formats: Counter = field(default_factory=Counter)  # format -> number of linear layers
+    high_precision: int = 0  # tensors loaded as floating point
+    notes: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+    file_bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def format(self) -> str:
+        if not self.formats:
+            return "none"
+        return "+".join(sorted(self.formats)) if len(self.formats) > 1 else next(iter(self.formats))
+
+    def summary(self) -> str:
+        fmts = ", ".join(f"{n} layers {f}" for f, n in sorted(self.formats.items())) or "no quantized layers"
+        text = (f"{self.component} from {self.path} ({self.layout}, {self.naming} names, "
+                f"{self.file_bytes / 2**30:.2f} GiB): {fmts}; {self.high_precision} tensors in high precision; "
+                f"loaded in {self.seconds:.1f} s")
+        return text + "".join(f"\n  - {n}" for n in self.notes)
+
+
+@dataclass
+class Decoded:
+    """A layer whose format is already settled (e.g. a slice of a fused projection)."""
+    fmt: str
+    buffers: dict[str, torch.Tensor]
+
+
+def group_by_module(tensors: dict[str, object]) -> dict[str, dict[str, object]]:
+    groups: dict[str, dict[str, object]] = defaultdict(dict)
+    for key, value in tensors.items():
+        prefix, _, suffix = key.rpartition(".")
+        groups[prefix][suffix] = value
+    return groups
+
+
+def settle_format(where: str, shapes, dtypes, rows: int, cols: int, hint: str | None) -> str:
+    found = candidates(shapes, dtypes, rows, cols)
+    described = ", ".join(f"{s} {str(dtypes[s]).replace('torch.', '')}{list(shapes[s])}" for s in sorted(shapes))
+    if hint == "fp8_tensor" and {"fp8", "fp8_block128"} & set(found) and shapes.get("weight_scale", (2,)) in ((), (1,), (1, 1)):
+        return "fp8_tensor"
+    if hint in found:
+        return hint
+    if hint and found:
+        raise CheckpointError(f"{where}: the config asks for {hint} but this layer holds {found[0]} "
+                              f"({described}). Remove the scheme from the config to use the file's format, "
+                              "or pick the checkpoint made for that scheme.")
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise CheckpointError(f"{where}: a quantized layer of a {rows}x{cols} linear in no format this engine "
+                              f"knows ({described}); the file is corrupt, for another model, or a missing scale")
+    raise CheckpointError(f"{where}: ambiguous layer ({described}) fits {' and '.join(found)}; "
+                          "name the scheme in the config (e.g. dit_quant_scheme) to choose")
+
+
+def assemble(model: nn.Module, tensors: dict[str, torch.Tensor | Decoded], file_of, *, hint: str | None,
+             dtype: torch.dtype, keep_fp32: tuple[str, ...], report: LoadReport,
+             ignorable: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """tensors: model-named keys -> lazily-mapped file tensors (or Decoded layers by module name).
+    Swaps quantized linears in `model` (on meta) and returns the state dict to load with assign=True."""
+    plain: dict[str, torch.Tensor] = {}
+    groups = group_by_module({k: v for k, v in tensors.items() if not isinstance(v, Decoded)})
+    decoded = {k: v for k, v in tensors.items() if isinstance(v, Decoded)}
+    modules = dict(model.named_modules())
+    for prefix, group in groups.items():
+        module = modules.get(prefix)
+        dtypes = {s: t.dtype for s, t in group.items()}
+        if isinstance(module, nn.Linear) and is_quantized_layer(dtypes) and set(group) <= set(LINEAR_SUFFIXES):
+            shapes = {s: tuple(t.shape) for s, t in group.items()}
+            where = f"{file_of(prefix + '.weight')} (layer {prefix!r})"
+            fmt = settle_format(where, shapes, dtypes, module.out_features, module.in_features, hint)
+            buffers = decode_layer(fmt, group, module.out_features, module.in_features, where)
+            if "bias" in group:
+                buffers["bias"] = group["bias"]
+            decoded[prefix] = Decoded(fmt, buffers)
+        else:
+            for suffix, t in group.items():
+                plain[f"{prefix}.{suffix}" if prefix else suffix] = t
+    state: dict[str, torch.Tensor] = {}
+    for prefix, layer in decoded.items():
+        module = modules.get(prefix)
+        if not isinstance(module, nn.Linear):
+            raise CheckpointError(f"{file_of(prefix + '.weight')}: quantized layer {prefix!r} is not a linear layer "
+                                  "of this model; the checkpoint is for another model or config")
+        quant = QuantLinear(module.in_features, module.out_features, layer.fmt, module.bias is not None,
+                            device="meta", bias_dtype=dtype, static_input_scale="input_global_scale" in layer.buffers)
+        _replace(model, prefix, quant)
+        report.formats[layer.fmt] += 1
+        for name, t in layer.buffers.items():
+            state[f"{prefix}.{name}"] = t.to(dtype) if name == "bias" else t
+    for key, t in plain.items():
+        want = dtype if not _keeps_fp32(key, keep_fp32) else torch.float32
+        if t.is_floating_point() and t.dtype != want:
+            t = t.to(want)  # small tensors: norms, embeddings, biases, modulation
+        state[key] = t
+        report.high_precision += 1
+    _check(model, state, file_of, ignorable, report)
+    return state
+
+
+def _keeps_fp32(key: str, keep_fp32) -> bool:
+    return any(re.search(rf"(^|\.){re.escape(m)}(\.|$)", key) for m in keep_fp32)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+
+
+def _check(model, state, file_of, ignorable, report) -> None:
+    expected = model.state_dict(keep_vars=True)
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {len(missing)} tensor(s) this model needs, first "
+                              f"{missing[0]!r}{' (a missing scale?)' if 'scale' in missing[0] else ''}; "
+                              "it is incomplete or for a different model/config")
+    for key in list(state):
+        if key not in expected:
+            if any(re.fullmatch(p, key) for p in ignorable):
+                report.notes.append(f"ignored {key}")
+                del state[key]
+                continue
+            raise CheckpointError(f"{file_of(key)}: tensor {key!r} has no place in this model; the checkpoint is "
+                                  "for a different model variant (e.g. i2v vs t2v, or another size)")
+        want, got = tuple(expected[key].shape), tuple(state[key].shape)
+        if want != got:
+            raise CheckpointError(f"{file_of(key)}: tensor {key!r} has shape {list(got)} but the model expects "
+                                  f"{list(want)}; the checkpoint is for a different model size or config")
+        if expected[key].dtype != state[key].dtype and not state[key].is_floating_point():
+            raise CheckpointError(f"{file_of(key)}: tensor {key!r} is {state[key].dtype}, expected {expected[key].dtype}")

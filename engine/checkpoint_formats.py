@@ -1,0 +1,154 @@
+"""How each number format lays out one quantized linear layer in a LightX2V file, both ways.
+
+In a file, layer `<p>` is `<p>.weight` + `<p>.weight_scale` (+ `<p>.weight_global_scale`, and for
+NVFP4 a static activation scale as `<p>.input_global_scale`, `<p>.alpha` or `<p>.input_absmax`).
+MX/NV elements are raw uint8 and their scales are swizzled (formats/swizzle.py). ComfyUI's scaled
+fp8 uses one per-tensor `<p>.scale_weight`. QuantLinear's buffers are the unswizzled, typed form.
+The format of a layer is inferred from dtypes and shapes against the (rows, cols) the model expects.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import CheckpointError
+from .formats import get_format
+from .formats.swizzle import swizzle, swizzled_shape, unswizzle
+
+NVFP4_GS_NUMERATOR = 6.0 * 448.0  # a global scale maps amax onto e2m1 max times e4m3 max
+QUANT_SUFFIXES = ("weight_scale", "weight_global_scale", "input_global_scale", "alpha", "input_absmax",
+                  "scale_weight", "input_scale")
+FP8 = torch.float8_e4m3fn
+SWIZZLED = ("mxfp8", "mxfp4", "nvfp4")
+
+
+def is_quantized_layer(dtypes: dict[str, torch.dtype]) -> bool:
+    """dtypes: suffix -> dtype of the tensors a file holds for one layer."""
+    w = dtypes.get("weight")
+    return w in (torch.int8, torch.uint8, FP8) or "weight_scale" in dtypes or "scale_weight" in dtypes
+
+
+def candidates(shapes: dict[str, tuple], dtypes: dict[str, torch.dtype], rows: int, cols: int) -> list[str]:
+    """Every format whose file layout matches this layer's tensors, for a rows x cols nn.Linear."""
+    w, ws = dtypes.get("weight"), shapes.get("weight")
+    s_shape = shapes.get("weight_scale")
+    s_dtype = dtypes.get("weight_scale")
+    has_gs = "weight_global_scale" in shapes
+    found = []
+    if w == torch.int8 and ws == (rows, cols) and _per_row(s_shape, rows):
+        found.append("int8")
+    if w == FP8 and ws == (rows, cols) and not has_gs:
+        block_grid = s_shape is not None and tuple(s_shape) == (math.ceil(rows / 128), math.ceil(cols / 128))
+        # A [1,1] scale of a matrix within one 128x128 block is the block format's own shape; a
+        # per-tensor scale (ComfyUI) is a scalar or [1].
+        per_tensor = _numel(s_shape) == 1 and not block_grid
+        if s_shape is None or _per_row(s_shape, rows) or per_tensor:
+            found.append("fp8")  # no scale (plain fp8), per row, or per tensor (broadcast to rows)
+        if block_grid:
+            found.append("fp8_block128")
+    one_byte_scale = s_dtype in (torch.uint8, torch.float8_e8m0fnu, FP8)
+    if s_shape is not None and one_byte_scale and cols % 32 == 0:
+        mx_scale = tuple(s_shape) in (swizzled_shape(rows, cols // 32), (rows, cols // 32))
+        if w in (torch.uint8, FP8) and ws == (rows, cols) and mx_scale and not has_gs and s_dtype != FP8:
+            found.append("mxfp8")
+        if w == torch.uint8 and ws == (rows, cols // 2) and mx_scale and not has_gs and s_dtype != FP8:
+            found.append("mxfp4")
+        nv_scale = tuple(s_shape) in (swizzled_shape(rows, cols // 16), (rows, cols // 16))
+        if w == torch.uint8 and ws == (rows, cols // 2) and nv_scale and has_gs and s_dtype != torch.float8_e8m0fnu:
+            found.append("nvfp4")
+    return found
+
+
+def _per_row(shape, rows) -> bool:
+    return shape is not None and tuple(shape) in ((rows, 1), (rows,))
+
+
+def _numel(shape) -> int:
+    return math.prod(shape) if shape is not None else 0
+
+
+def decode_layer(fmt: str, t: dict[str, torch.Tensor], rows: int, cols: int, where: str) -> dict[str, torch.Tensor]:
+    """File tensors of one layer -> QuantLinear buffers. Large tensors stay views of the file."""
+    f = get_format(fmt)
+    out = {"weight": t["weight"]}
+    scale = t.get("weight_scale", t.get("scale_weight"))
+    if fmt in ("int8", "fp8", "fp8_tensor", "fp8_block128"):
+        if scale is None:  # plain fp8: the values are the weights
+            scale = torch.ones((rows, 1), dtype=torch.float32)
+        scale = scale.to(torch.float32)
+        if fmt == "fp8" and scale.numel() == 1:
+            scale = scale.reshape(1, 1).expand(rows, 1).contiguous()  # per-tensor scale, same for every row
+        elif fmt == "fp8_tensor":
+            scale = scale.reshape(1, 1)
+        out["weight_scale"] = scale.reshape(f.weight_scale_shape(rows, cols))
+        return out
+    if out["weight"].dtype != f.data_dtype:
+        out["weight"] = out["weight"].view(f.data_dtype)
+    want = f.weight_scale_shape(rows, cols)
+    raw = scale.view(torch.uint8) if scale.element_size() == 1 else scale
+    if tuple(raw.shape) != want:
+        raw = unswizzle(raw, *want)
+    out["weight_scale"] = raw.view(f.scale_dtype)
+    if f.has_global_scale:
+        gs = t["weight_global_scale"].to(torch.float32).reshape(1)
+        out["weight_global_scale"] = gs
+        igs = static_input_scale(t, gs, where)
+        if igs is not None:
+            out["input_global_scale"] = igs
+    return out
+
+
+def static_input_scale(t: dict[str, torch.Tensor], weight_gs: torch.Tensor, where: str) -> torch.Tensor | None:
+    """NVFP4's calibrated activation global scale, from whichever form the file gives it in."""
+    if "input_global_scale" in t:
+        igs = t["input_global_scale"].to(torch.float32).reshape(-1)[:1]
+    elif "alpha" in t:  # alpha = 1 / (input_gs * weight_gs)
+        igs = 1.0 / (t["alpha"].to(torch.float32).reshape(-1)[:1] * weight_gs)
+    elif "input_absmax" in t:
+        igs = NVFP4_GS_NUMERATOR / t["input_absmax"].to(torch.float32).reshape(-1).amax().clamp(min=1e-12).reshape(1)
+    else:
+        return None
+    if not bool(torch.isfinite(igs).all()) or float(igs) <= 0:
+        raise CheckpointError(f"{where}: the activation scale is {float(igs)}; the calibration data is corrupt")
+    return igs
+
+
+def encode_layer(fmt: str, buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """QuantLinear buffers (or a formats.Quantized as a dict) -> tensors in LightX2V's file layout."""
+    out = {"weight": buffers["weight"]}
+    scale = buffers["weight_scale"]
+    if fmt in SWIZZLED:
+        out["weight"] = out["weight"].view(torch.uint8)  # LightX2V stores MX/NV elements as raw bytes
+        out["weight_scale"] = swizzle(scale)
+    else:
+        out["weight_scale"] = scale.to(torch.float32)
+    if "weight_global_scale" in buffers:
+        out["weight_global_scale"] = buffers["weight_global_scale"].to(torch.float32).reshape(1)
+    if "input_global_scale" in buffers:
+        igs = buffers["input_global_scale"].to(torch.float32).reshape(1)
+        out["input_global_scale"] = igs
+        out["alpha"] = 1.0 / (igs * out["weight_global_scale"])
+    return out
+
+
+def split_rows(fmt: str, buffers: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    """Split a fused projection (CLIP's to_qkv) row-wise into equal parts, scales with their rows."""
+    f = get_format(fmt)
+    rows = buffers["weight"].shape[0]
+    if rows % parts:
+        raise CheckpointError(f"a fused projection of {rows} rows does not split into {parts} equal parts")
+    n = rows // parts
+    br = f.weight_block[0]
+    if br is None or (br > 1 and n % br):
+        raise CheckpointError(f"{fmt}: scales of {br}-row blocks cannot be split at row {n}; "
+                              "use int8, fp8 or an MX/NV format for this encoder")
+    out = []
+    for i in range(parts):
+        piece = {"weight": buffers["weight"][i * n:(i + 1) * n],
+                 "weight_scale": buffers["weight_scale"][i * n // br:(i + 1) * n // br]}
+        for k in ("weight_global_scale", "input_global_scale"):
+            if k in buffers:
+                piece[k] = buffers[k]
+        out.append(piece)
+    return out
