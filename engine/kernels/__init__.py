@@ -1,5 +1,17 @@
-"""Kernel backends. Importing this package registers every kernel that this install can offer."""
+"""Kernel backends. Importing this package registers every kernel that this install can offer.
+
+The GPU kernels import on any machine (their `unavailable` says why they cannot run here); only a
+missing or broken optional dependency is tolerated, so a CPU-only install still imports.
+"""
+import logging
+
 from .base import KERNELS, Kernel, explain, register_kernel, select_kernel
 from . import emulated  # noqa: F401  (registers the reference kernel)
+
+for _module in ("torch_scaled", "triton_gemm", "triton_mx"):
+    try:
+        __import__(f"{__name__}.{_module}")
+    except ImportError as _e:  # e.g. a torch build without float8 dtypes
+        logging.getLogger("engine.kernels").info("kernel module %s not loaded: %s", _module, _e)
 
 __all__ = ["KERNELS", "Kernel", "explain", "register_kernel", "select_kernel"]

@@ -15,6 +15,11 @@ class Kernel:
 
     Subclasses set `name` and `formats`, answer `unavailable` with a reason (or None when they can
     run), and implement `forward(layer, x2d)` for a 2-D activation.
+
+    Kernels whose activation is an 8-bit tensor plus scales also name that activation kind
+    (`act_kind`) and split `forward` into `quantize_input` and `forward_quantized`, so that code
+    around the layer can produce the quantized activation itself (fused into a norm or GELU) or
+    share one quantization among layers that read the same input (q, k, v).
     """
 
     name = "?"
@@ -22,10 +27,32 @@ class Kernel:
     # Higher runs first in automatic selection.
     priority = 0
 
-    def unavailable(self, fmt: str, device: torch.device) -> str | None:
+    def unavailable(self, fmt: str, device: torch.device, layer=None) -> str | None:
+        """Why this kernel cannot run `fmt` on `device` (and, when given, this layer's shape)."""
         if fmt not in self.formats:
             return f"does not implement {fmt}"
         return None
+
+    def rank(self, fmt: str) -> int:
+        """Order among usable kernels for a format; higher is tried first."""
+        return self.priority
+
+    # ---- pre-quantized activations (optional) -----------------------------------------------
+    def act_kind(self, layer) -> str | None:
+        """The activation kind (engine.kernels.triton_quant.ACT_KINDS) this kernel consumes, or None."""
+        return None
+
+    def row_pad(self, layer) -> int:
+        """Quantized activations must have a multiple of this many rows (zero padding rows)."""
+        return 1
+
+    def quantize_input(self, layer, x: torch.Tensor):
+        raise NotImplementedError
+
+    def forward_quantized(self, layer, q: torch.Tensor, scale: torch.Tensor, rows: int,
+                          out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        """q, scale from `quantize_input` (or a fused producer); returns [rows, out_features]."""
+        raise NotImplementedError
 
     def prepare(self, layer) -> None:
         """Called once per layer and device before the first forward; may cache derived tensors."""
@@ -42,15 +69,16 @@ def register_kernel(kernel: Kernel) -> Kernel:
     return kernel
 
 
-def explain(fmt: str, device: torch.device) -> list[tuple[str, str | None]]:
+def explain(fmt: str, device: torch.device, layer=None) -> list[tuple[str, str | None]]:
     """Every kernel, best first, with the reason it cannot run here (None when it can)."""
-    ranked = sorted(KERNELS.values(), key=lambda k: -k.priority)
-    return [(k.name, k.unavailable(fmt, device)) for k in ranked]
-
-
-def select_kernel(fmt: str, device: torch.device, preference: str = "auto") -> Kernel:
     device = torch.device(device)
-    reasons = explain(fmt, device)
+    ranked = sorted(KERNELS.values(), key=lambda k: -k.rank(fmt))
+    return [(k.name, k.unavailable(fmt, device, layer)) for k in ranked]
+
+
+def select_kernel(fmt: str, device: torch.device, preference: str = "auto", layer=None) -> Kernel:
+    device = torch.device(device)
+    reasons = explain(fmt, device, layer)
     usable = [name for name, why in reasons if why is None]
     if preference not in ("auto", None) and preference in KERNELS:
         why = dict(reasons)[preference]

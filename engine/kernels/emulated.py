@@ -14,7 +14,7 @@ class EmulatedKernel(Kernel):
     formats = frozenset(FORMATS)
     priority = -100
 
-    def unavailable(self, fmt, device):
+    def unavailable(self, fmt, device, layer=None):
         if fmt not in FORMATS:
             return f"does not implement {fmt}"
         if device.type == "cuda":

@@ -1,0 +1,62 @@
+"""Our Triton kernels as torch custom ops (namespace `wanq`).
+
+As custom ops, torch.compile treats each kernel as one opaque node with a known output shape
+(the fake implementations below) instead of breaking the graph at a Python call into Triton.
+Only imported where Triton is.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import triton_gemm, triton_quant
+from .triton_quant import ACT_KINDS, padded
+
+
+def _fake_act(m: int, k: int, kind: str, like: torch.Tensor):
+    dtype, _, _, group = ACT_KINDS[kind]
+    q = like.new_empty((m, k), dtype=dtype)
+    if group:
+        s = like.new_empty((math.ceil(k / group), m), dtype=torch.float32).t()
+    else:
+        s = like.new_empty((m, 1), dtype=torch.float32)
+    return q, s
+
+
+@torch.library.custom_op("wanq::quantize_rows", mutates_args=())
+def quantize_rows(x: torch.Tensor, kind: str, gelu: bool, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return triton_quant.quantize_rows(x, kind, gelu=gelu, pad=pad)
+
+
+@quantize_rows.register_fake
+def _(x, kind, gelu, pad):
+    return _fake_act(padded(x.shape[0], pad), x.shape[1], kind, x)
+
+
+@torch.library.custom_op("wanq::norm_quant", mutates_args=())
+def norm_quant(h: torch.Tensor, y: torch.Tensor | None, gate: torch.Tensor | None, weight: torch.Tensor | None,
+               bias: torch.Tensor | None, shift: torch.Tensor | None, scale: torch.Tensor | None,
+               kind: str, eps: float, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    new_h, q, s = triton_quant.norm_quant(h, kind, eps, y=y, gate=gate, weight=weight, bias=bias,
+                                          shift=shift, scale=scale, pad=pad)
+    # a custom op may not return its input: without a residual the new hidden state is empty
+    return (new_h if new_h is not None else h.new_empty(0)), q, s
+
+
+@norm_quant.register_fake
+def _(h, y, gate, weight, bias, shift, scale, kind, eps, pad):
+    m = h.shape[0] * h.shape[1]
+    q, s = _fake_act(padded(m, pad), h.shape[2], kind, h)
+    return (torch.empty_like(h) if y is not None else h.new_empty(0)), q, s
+
+
+@torch.library.custom_op("wanq::scaled_gemm", mutates_args=())
+def scaled_gemm(a: torch.Tensor, w: torch.Tensor, sa: torch.Tensor, sw: torch.Tensor, bias: torch.Tensor | None,
+                out_dtype: torch.dtype, blockwise: bool) -> torch.Tensor:
+    return triton_gemm.scaled_gemm(a, w, sa, sw, bias, out_dtype, blockwise)
+
+
+@scaled_gemm.register_fake
+def _(a, w, sa, sw, bias, out_dtype, blockwise):
+    return a.new_empty((a.shape[0], w.shape[0]), dtype=out_dtype)

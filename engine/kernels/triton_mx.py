@@ -1,0 +1,174 @@
+"""MXFP8, MXFP4 and NVFP4 on GPUs without block-scaled tensor cores (Hopper, Ada, Ampere): emulated.
+
+Hopper has no MX/NVFP4 GEMM (cuBLAS answers NOT_SUPPORTED; these are sm100/sm120 features), so:
+  1. the activation is quantized to the format and straight back (one Triton pass, bf16 out): the
+     values the GEMM sees are exactly the format's values (MX: e4m3/e2m1 times a power of two is
+     exact in bf16; NVFP4: rounded to bf16 after dividing by the global scale);
+  2. the weight stays packed in GPU memory (the memory saving is real) and is unpacked to a
+     temporary bf16 [N, K] per forward, one Triton pass;
+  3. a bf16 GEMM.
+So this is slower than bf16 (two extra passes), never faster: it exists so these checkpoints run,
+with their accuracy, on the GPUs people have. Native block-scaled GEMMs are future work (sm100+).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Kernel, register_kernel
+from .eightbit import MAX_ROW, needs_cuda
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+# format -> (element kind, block along K, scale kind)
+MX = {"mxfp8": ("e4m3", 32, "e8m0"), "mxfp4": ("e2m1", 32, "e8m0"), "nvfp4": ("e2m1", 16, "e4m3")}
+_ELEM_MAX = {"e4m3": 448.0, "e2m1": 6.0}
+
+
+if triton is not None:
+    from .triton_quant import _round_e4m3, _round_half_even
+
+    @triton.jit
+    def _round_e2m1(a):
+        """a >= 0, already clamped to 6: nearest e2m1 magnitude, ties to the even code."""
+        quantum = tl.where(a < 2.0, 0.5, tl.where(a < 4.0, 1.0, 2.0))
+        return _round_half_even(a / quantum) * quantum
+
+    @triton.jit
+    def _ceil_log2(r):
+        """Exact ceil(log2(r)) for normal positive float32 r, from its bits."""
+        bits = r.to(tl.int32, bitcast=True)
+        e = ((bits >> 23) & 0xFF) - 127
+        return e + ((bits & 0x7FFFFF) != 0).to(tl.int32)
+
+    @triton.jit
+    def _exp2_int(e):
+        return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _fake_quant_kernel(x_ptr, out_ptr, gs_ptr, M, K, stride_xm,
+                           E2M1: tl.constexpr, E8M0: tl.constexpr, GROUP: tl.constexpr,
+                           ELEM_MAX: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK)
+        mask = offs < K
+        v = tl.load(x_ptr + row * stride_xm + offs, mask=mask, other=0.0).to(tl.float32)
+        v2 = tl.reshape(v, (BLOCK // GROUP, GROUP))
+        amax = tl.max(tl.abs(v2), axis=1)
+        if E8M0:  # power-of-two scale rounded up, so no element overflows
+            r = tl.maximum(amax, 5.877471754111438e-39) / ELEM_MAX  # 2**-127
+            e = tl.minimum(tl.maximum(_ceil_log2(r), -127), 127)
+            real = _exp2_int(tl.maximum(e, -126))  # 2**-127 is not a normal float; close enough
+        else:  # NVFP4: e4m3 block scale under a global fp32 scale
+            gs = tl.load(gs_ptr)
+            s = _round_e4m3(tl.minimum(amax / ELEM_MAX * gs, 448.0))
+            real = s / gs
+        inv = tl.where(real > 0, 1.0 / real, 0.0)
+        y = v2 * inv[:, None]
+        if E2M1:
+            a = tl.minimum(tl.abs(y), 6.0)
+            q = _round_e2m1(a)
+            q = tl.where(y < 0, -q, q)
+        else:
+            q = _round_e4m3(tl.minimum(tl.maximum(y, -448.0), 448.0))
+        out = tl.reshape(q * real[:, None], (BLOCK,))
+        tl.store(out_ptr + row * K + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _e2m1_value(c):
+        """4-bit code (int32) -> float32 value."""
+        e = (c >> 1) & 3
+        m = (c & 1).to(tl.float32)
+        mag = tl.where(e == 0, 0.5 * m, (1.0 + 0.5 * m) * _exp2_int(e - 1))
+        return tl.where((c & 8) != 0, -mag, mag)
+
+    @triton.jit
+    def _unpack_weight_kernel(w_ptr, s_ptr, gs_ptr, out_ptr, K, KS,
+                              E2M1: tl.constexpr, E8M0: tl.constexpr, GROUP: tl.constexpr,
+                              BLOCK: tl.constexpr):
+        """One weight row: packed elements and per-block scales -> bf16 values."""
+        row = tl.program_id(0).to(tl.int64)
+        if E2M1:
+            offs = tl.arange(0, BLOCK // 2)
+            byte = tl.load(w_ptr + row * (K // 2) + offs, mask=offs < K // 2, other=0).to(tl.int32)
+            v = tl.interleave(_e2m1_value(byte & 0xF), _e2m1_value(byte >> 4))  # low nibble = even element
+        else:
+            offs = tl.arange(0, BLOCK)
+            v = tl.load(w_ptr + row * K + offs, mask=offs < K, other=0.0).to(tl.float32)
+        g = tl.arange(0, BLOCK // GROUP)
+        if E8M0:
+            sbyte = tl.load(s_ptr + row * KS + g, mask=g < KS, other=127).to(tl.int32)
+            scale = _exp2_int(tl.maximum(sbyte - 127, -126))
+        else:
+            scale = tl.load(s_ptr + row * KS + g, mask=g < KS, other=0.0).to(tl.float32) / tl.load(gs_ptr)
+        out = tl.reshape(tl.reshape(v, (BLOCK // GROUP, GROUP)) * scale[:, None], (BLOCK,))
+        cols = tl.arange(0, BLOCK)
+        tl.store(out_ptr + row * K + cols, out.to(out_ptr.dtype.element_ty), mask=cols < K)
+
+
+def _block(k: int) -> int:
+    return max(128, triton.next_power_of_2(k))
+
+
+def fake_quantize(x: torch.Tensor, fmt: str, global_scale: torch.Tensor | None = None,
+                  out_dtype=torch.bfloat16) -> torch.Tensor:
+    """Quantize x [M, K] to `fmt` and back, in one pass. NVFP4 needs the activation global scale
+    (static from calibration, or 6*448/amax(x) computed here)."""
+    elem, group, scale_kind = MX[fmt]
+    m, k = x.shape
+    out = torch.empty((m, k), dtype=out_dtype, device=x.device)
+    if scale_kind == "e4m3" and global_scale is None:
+        global_scale = (6.0 * 448.0) / x.abs().amax().float().clamp(min=1e-12)
+    gs = global_scale.reshape(1).float() if global_scale is not None else out
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    block = _block(k)
+    _fake_quant_kernel[(m,)](x, out, gs, m, k, x.stride(0), E2M1=elem == "e2m1", E8M0=scale_kind == "e8m0",
+                             GROUP=group, ELEM_MAX=_ELEM_MAX[elem], BLOCK=block,
+                             num_warps=max(4, min(16, block // 512)))
+    return out
+
+
+def unpack_weight(layer, out_dtype=torch.bfloat16) -> torch.Tensor:
+    elem, group, scale_kind = MX[layer.fmt]
+    n, k = layer.out_features, layer.in_features
+    out = torch.empty((n, k), dtype=out_dtype, device=layer.weight.device)
+    w = layer.weight.view(torch.uint8) if elem == "e2m1" else layer.weight.view(torch.float8_e4m3fn)
+    s = layer.weight_scale.view(torch.uint8) if scale_kind == "e8m0" else layer.weight_scale
+    gs = layer.weight_global_scale if scale_kind == "e4m3" else out
+    block = _block(k)
+    _unpack_weight_kernel[(n,)](w, s, gs, out, k, s.shape[1], E2M1=elem == "e2m1", E8M0=scale_kind == "e8m0",
+                                GROUP=group, BLOCK=block, num_warps=max(4, min(16, block // 512)))
+    return out
+
+
+class TritonMXKernel(Kernel):
+    name = "triton_mx"
+    formats = frozenset(MX)
+    priority = 5
+
+    def unavailable(self, fmt, device, layer=None):
+        if fmt not in self.formats:
+            return f"does not implement {fmt}"
+        if triton is None:
+            return "triton is not installed (pip install triton)"
+        why = needs_cuda(device, (8, 0), "the bf16 GEMM of the MX/NVFP4 emulation")
+        if why or layer is None:
+            return why
+        if layer.in_features > MAX_ROW:
+            return f"rows of at most {MAX_ROW} features; this layer has {layer.in_features}"
+        return None
+
+    def forward(self, layer, x):
+        dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+        xq = fake_quantize(x, layer.fmt, layer.static_input_scale(), dtype)
+        w = unpack_weight(layer, dtype)
+        bias = layer.bias.to(dtype) if layer.bias is not None else None
+        return F.linear(xq, w, bias).to(x.dtype)
+
+
+register_kernel(TritonMXKernel())

@@ -1,0 +1,204 @@
+"""Fused one-pass activation quantization in Triton, and the producers it folds into.
+
+Why fused: quantizing a [32760, 5120] bf16 activation with plain torch ops (abs, amax, div, clamp,
+cast) takes several passes over 335 MB and costs more than the 8-bit GEMM saves. Here one program
+holds one whole row (token) in registers: it reads the row once, and writes the 8-bit row and its
+scale(s) once. The same row kernel also does the elementwise work that produces the activation in a
+Wan block (residual + gate, LayerNorm, modulation, GELU), so that work costs no extra pass either.
+
+Activation kinds (what the GEMM that follows expects):
+  "fp8_row"   e4m3, one fp32 scale per token               (formats fp8)
+  "int8_row"  int8, one fp32 scale per token               (formats int8)
+  "fp8_g128"  e4m3, one fp32 scale per 128 columns per token (format fp8_block128); the scale tensor
+              is [M, K/128] stored column-major, the layout cuBLAS blockwise scaling reads.
+Numerics follow engine/formats: scale = max(amax, floor) / elem_max, element = round(x * (1/scale)).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the registry reports "triton is not installed"
+    triton = None
+
+ACT_KINDS = {
+    # kind: (element dtype, elem_max, amax floor, group)
+    "fp8_row": (torch.float8_e4m3fn, 448.0, 1e-12, 0),
+    "int8_row": (torch.int8, 127.0, 1e-5, 0),
+    "fp8_g128": (torch.float8_e4m3fn, 448.0, 1e-12, 128),
+}
+MAX_ROW = 16384  # a row this long still fits in one program's registers at 16 warps
+
+
+def row_block(k: int) -> int:
+    return max(128, triton.next_power_of_2(k))
+
+
+def row_warps(block: int) -> int:
+    return max(4, min(16, block // 512))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _round_half_even(v):
+        r = tl.floor(v + 0.5)
+        tie = (r - v) == 0.5
+        odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+        return tl.where(tie & odd, r - 1.0, r)
+
+    @triton.jit
+    def _round_e4m3(v):
+        """Round float32 to the nearest e4m3 value, ties to even, in float32 arithmetic.
+
+        The cast that follows is then exact. Done by hand because Triton's CPU interpreter rounds
+        fp8 casts differently from the GPU (and from torch); this way CI checks the GPU's numbers.
+        """
+        biased = (v.to(tl.int32, bitcast=True) >> 23) & 0xFF
+        q_exp = tl.maximum(biased - 127, -6) - 3  # 3 mantissa bits; subnormals below 2**-6
+        quantum = ((q_exp + 127) << 23).to(tl.float32, bitcast=True)
+        return _round_half_even(v / quantum) * quantum
+
+    @triton.jit
+    def _store_quantized(v, offs, mask, row, q_ptr, s_ptr, K, stride_sm, stride_sg,
+                         QMAX: tl.constexpr, FLOOR: tl.constexpr, IS_INT: tl.constexpr,
+                         GROUP: tl.constexpr, BLOCK: tl.constexpr):
+        """v: one row as float32 [BLOCK] (zeros past K). Writes the elements and the scale(s)."""
+        if GROUP == 0:
+            amax = tl.max(tl.abs(v), axis=0)
+            scale = tl.maximum(amax, FLOOR) / QMAX
+            y = v * (1.0 / scale)
+            tl.store(s_ptr + row * stride_sm, scale)
+        else:
+            v2 = tl.reshape(v, (BLOCK // GROUP, GROUP))
+            amax = tl.max(tl.abs(v2), axis=1)
+            scale = tl.maximum(amax, FLOOR) / QMAX
+            y = tl.reshape(v2 * (1.0 / scale)[:, None], (BLOCK,))
+            g = tl.arange(0, BLOCK // GROUP)
+            tl.store(s_ptr + row * stride_sm + g * stride_sg, scale, mask=g * GROUP < K)
+        y = tl.minimum(tl.maximum(y, -QMAX), QMAX)
+        if IS_INT:
+            tl.store(q_ptr + row * K + offs, _round_half_even(y).to(tl.int8), mask=mask)
+        else:
+            tl.store(q_ptr + row * K + offs, _round_e4m3(y).to(tl.float8e4nv), mask=mask)
+
+    @triton.jit
+    def _quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_sm, stride_sg,
+                      GELU: tl.constexpr, QMAX: tl.constexpr, FLOOR: tl.constexpr, IS_INT: tl.constexpr,
+                      GROUP: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK)
+        mask = offs < K
+        # rows past M are padding some GEMMs need: they come out as zeros
+        live = offs < tl.where(row < M, K, 0)
+        v = tl.load(x_ptr + row * stride_xm + offs, mask=live, other=0.0).to(tl.float32)
+        if GELU:  # tanh approximation, as diffusers' "gelu-approximate"; bf16 result like F.gelu on bf16
+            inner = 0.7978845608028654 * (v + 0.044715 * v * v * v)
+            t = 1.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0)
+            v = (0.5 * v * (1.0 + t)).to(tl.bfloat16).to(tl.float32)
+        _store_quantized(v, offs, mask, row, q_ptr, s_ptr, K, stride_sm, stride_sg,
+                         QMAX, FLOOR, IS_INT, GROUP, BLOCK)
+
+    @triton.jit
+    def _norm_quant_kernel(h_ptr, y_ptr, gate_ptr, hout_ptr, w_ptr, b_ptr, shift_ptr, scl_ptr,
+                           q_ptr, s_ptr, M, K, rows_per_batch, stride_mod, stride_sm, stride_sg, eps,
+                           HAS_RES: tl.constexpr, HAS_GATE: tl.constexpr, HAS_AFFINE: tl.constexpr,
+                           HAS_MOD: tl.constexpr, QMAX: tl.constexpr, FLOOR: tl.constexpr,
+                           IS_INT: tl.constexpr, GROUP: tl.constexpr, BLOCK: tl.constexpr):
+        """h' = bf16(h + y*gate); n = LayerNorm(h')(*w+b); n = n*(1+scale)+shift; quantize bf16(n)."""
+        row = tl.program_id(0).to(tl.int64)
+        batch = row // rows_per_batch
+        offs = tl.arange(0, BLOCK)
+        mask = offs < K
+        live = offs < tl.where(row < M, K, 0)
+        h = tl.load(h_ptr + row * K + offs, mask=live, other=0.0).to(tl.float32)
+        if HAS_RES:
+            y = tl.load(y_ptr + row * K + offs, mask=live, other=0.0).to(tl.float32)
+            if HAS_GATE:
+                y = y * tl.load(gate_ptr + batch * stride_mod + offs, mask=mask, other=0.0)
+            h = (h + y).to(tl.bfloat16)
+            tl.store(hout_ptr + row * K + offs, h, mask=live)
+            h = h.to(tl.float32)
+        mean = tl.sum(h, axis=0) / K
+        xc = tl.where(mask, h - mean, 0.0)
+        var = tl.sum(xc * xc, axis=0) / K
+        n = xc * tl.rsqrt(var + eps)
+        if HAS_AFFINE:
+            n = (n * tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+                     + tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+        if HAS_MOD:
+            sc = tl.load(scl_ptr + batch * stride_mod + offs, mask=mask, other=0.0)
+            sh = tl.load(shift_ptr + batch * stride_mod + offs, mask=mask, other=0.0)
+            n = n * (1.0 + sc) + sh
+        n = tl.where(live, n.to(tl.bfloat16).to(tl.float32), 0.0)
+        _store_quantized(n, offs, mask, row, q_ptr, s_ptr, K, stride_sm, stride_sg,
+                         QMAX, FLOOR, IS_INT, GROUP, BLOCK)
+
+
+def padded(m: int, pad: int) -> int:
+    return -(-m // pad) * pad
+
+
+def _outputs(m: int, k: int, kind: str, device):
+    """m already includes any padding rows."""
+    dtype, _, _, group = ACT_KINDS[kind]
+    q = torch.empty((m, k), dtype=dtype, device=device)
+    if group:
+        # column-major [M, K/128]: cuBLAS blockwise scaling wants the token dimension contiguous
+        s = torch.empty((math.ceil(k / group), m), dtype=torch.float32, device=device).t()
+    else:
+        s = torch.empty((m, 1), dtype=torch.float32, device=device)
+    return q, s
+
+
+def _consts(kind: str):
+    _, qmax, floor, group = ACT_KINDS[kind]
+    return dict(QMAX=qmax, FLOOR=floor, IS_INT=kind.startswith("int8"), GROUP=group)
+
+
+def quantize_rows(x: torch.Tensor, kind: str, gelu: bool = False, pad: int = 1):
+    """x: [M, K] (any float dtype, last dim contiguous) -> (q [Mp, K], scale), Mp = M rounded up to
+    a multiple of `pad` (padding rows are zero). One pass over x."""
+    m, k = x.shape
+    mp = padded(m, pad)
+    q, s = _outputs(mp, k, kind, x.device)
+    if mp == 0:
+        return q, s
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    block = row_block(k)
+    _quant_kernel[(mp,)](x, q, s, m, k, x.stride(0), s.stride(0), s.stride(1),
+                        GELU=gelu, BLOCK=block, num_warps=row_warps(block), **_consts(kind))
+    return q, s
+
+
+def norm_quant(h, kind: str, eps: float, y=None, gate=None, weight=None, bias=None, shift=None, scale=None,
+               pad: int = 1):
+    """Fused (residual [+gate]) + LayerNorm [+affine] [+modulation] + quantization.
+
+    h, y: [B, S, D] bf16 contiguous. gate/shift/scale: [B, 1, D] (or [1, D]) fp32 per batch.
+    Returns (new_h or None, q [Mp, D], scale), Mp = B*S rounded up to a multiple of `pad`.
+    new_h is h + y*gate in h's dtype (when y is given).
+    """
+    b, s_len, d = h.shape
+    m = b * s_len
+    mp = padded(m, pad)
+    q, s = _outputs(mp, d, kind, h.device)
+    new_h = torch.empty_like(h) if y is not None else None
+    # per-batch modulation rows [B, D]; a single row is shared by every batch (stride 0)
+    gate_t, shift_t, scale_t = (
+        (t.reshape(-1, d).float().contiguous() if t is not None else h) for t in (gate, shift, scale))
+    mod_rows = max((t.shape[0] for t in (gate_t, shift_t, scale_t) if t is not h), default=1)
+    stride_mod = d if mod_rows > 1 else 0
+    block = row_block(d)
+    _norm_quant_kernel[(mp,)](
+        h, y if y is not None else h, gate_t, new_h if new_h is not None else h,
+        weight if weight is not None else h, bias if bias is not None else h, shift_t, scale_t,
+        q, s, m, d, s_len, stride_mod, s.stride(0), s.stride(1), eps,
+        HAS_RES=y is not None, HAS_GATE=gate is not None, HAS_AFFINE=weight is not None,
+        HAS_MOD=shift is not None, BLOCK=block, num_warps=row_warps(block), **_consts(kind))
+    return new_h, q, s
