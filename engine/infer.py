@@ -1,0 +1,110 @@
+"""LightX2V-style command line: one video from a diffusers-format Wan folder and a JSON config.
+
+    python -m engine.infer --model_cls wan2.1 --task t2v --model_path DIR --config_json CFG \\
+        --prompt "..." [--negative_prompt ...] [--image_path IMG] [--seed N] --save_result_path out.mp4
+
+The config uses LightX2V's keys: infer_steps, target_video_length, target_height, target_width,
+sample_guide_scale, sample_shift, fps, dit_quantized_ckpt, mm_config or dit_quant_scheme, t5_*, clip_*.
+
+    python -m engine.infer --save_tiny DIR [--task t2v|i2v]
+
+writes the tiny built-in model as a diffusers-format folder (for tests and trying the command offline).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import EngineError
+
+MODEL_CLASSES = {"wan2.1": 1, "wan2.2_moe": 2}  # --model_cls -> number of transformers
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m engine.infer", description=__doc__.split("\n")[0])
+    p.add_argument("--model_cls", choices=sorted(MODEL_CLASSES), default="wan2.1")
+    p.add_argument("--task", choices=("t2v", "i2v"), default="t2v")
+    p.add_argument("--model_path", help="diffusers-format Wan folder (model_index.json, vae/, tokenizer/, ...)")
+    p.add_argument("--config_json", help="LightX2V-style JSON config")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--negative_prompt", default="")
+    p.add_argument("--image_path", help="input image for i2v")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--save_result_path", default="output.mp4")
+    p.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+    p.add_argument("--save_tiny", metavar="DIR", help="write the tiny built-in model to DIR and exit")
+    return p.parse_args(argv)
+
+
+def save_tiny(folder: str | Path, task: str = "t2v", seed: int = 0) -> Path:
+    from .tiny import build_tiny_pipeline
+
+    folder = Path(folder)
+    build_tiny_pipeline(task, seed).save_pretrained(folder)
+    return folder
+
+
+def run(args: argparse.Namespace) -> Path:
+    from .builder import build_from_dir
+    from .config import load_config
+    from .generate import generate
+    from .request import VideoRequest
+
+    if not args.model_path or not args.config_json:
+        raise EngineError("--model_path and --config_json are required (or --save_tiny DIR)")
+    cfg = load_config(args.config_json)
+    model = build_from_dir(args.model_path, cfg, device=args.device)
+    want = MODEL_CLASSES[args.model_cls]
+    have = 2 if getattr(model.pipe, "transformer_2", None) is not None else 1
+    if have != want:
+        raise EngineError(f"--model_cls {args.model_cls} expects {want} transformer(s) but {args.model_path} has "
+                          f"{have}; use --model_cls {'wan2.2_moe' if have == 2 else 'wan2.1'}")
+    if model.task != args.task:
+        raise EngineError(f"{args.model_path} is a {model.task} model but --task {args.task} was given")
+    image = _image(args.image_path) if args.task == "i2v" else None
+    req = VideoRequest.from_lightx2v(cfg.raw, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                                     task=args.task, image=image, seed=args.seed)
+    out = Path(args.save_result_path)
+
+    def step(info):
+        print(f"step {info.step}/{info.total}: {info.seconds:.2f} s", flush=True)
+
+    result = generate(model, req, out.parent if str(out.parent) else ".", on_step=step)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.path.replace(out)
+    for comp, text in model.reports.items():
+        print(f"{comp}: {text}")
+    print(f"saved {out} ({result.frames} frames, {result.width}x{result.height}) in "
+          f"{result.stats.seconds_total:.1f} s")
+    return out
+
+
+def _image(path):
+    from PIL import Image, UnidentifiedImageError
+
+    if not path:
+        raise EngineError("--task i2v needs --image_path")
+    try:
+        return Image.open(path).convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise EngineError(f"cannot read the image {path}: {e}") from None
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        if args.save_tiny:
+            print(f"saved the tiny {args.task} model to {save_tiny(args.save_tiny, args.task)}")
+        else:
+            run(args)
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

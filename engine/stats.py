@@ -1,0 +1,48 @@
+"""What a loaded pipeline holds: weight memory per component and the kernel each layer type runs."""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from .apply import model_bytes
+from .kernels import select_kernel
+from .linear import QuantLinear
+
+COMPONENTS = ("transformer", "transformer_2", "text_encoder", "image_encoder", "vae")
+
+
+def weight_bytes(pipe) -> dict[str, int]:
+    out = {}
+    for name in COMPONENTS:
+        module = getattr(pipe, name, None)
+        if isinstance(module, nn.Module):
+            out[name] = model_bytes(module)
+    return out
+
+
+def layer_type(name: str) -> str:
+    """`blocks.3.attn1.to_q` -> `attn1.to_q`: one row per kind of layer, not per block."""
+    return re.sub(r"^(.*?\.)?(blocks|block|layers)\.\d+\.", "", name)
+
+
+def kernel_table(pipe, device: torch.device) -> dict[str, dict[str, str]]:
+    """component -> layer type -> "format: kernel" for every quantized layer (the kernel the
+    registry picks on `device`, the same choice QuantLinear makes on its first forward)."""
+    table: dict[str, dict[str, str]] = {}
+    for comp in COMPONENTS:
+        module = getattr(pipe, comp, None)
+        if not isinstance(module, nn.Module):
+            continue
+        rows = {}
+        for name, layer in module.named_modules():
+            if isinstance(layer, QuantLinear):
+                try:
+                    kernel = select_kernel(layer.fmt, device, layer.kernel_preference).name
+                except Exception as e:  # noqa: BLE001 - shown as text in the table
+                    kernel = f"none ({type(e).__name__})"
+                rows[layer_type(name)] = f"{layer.fmt}: {kernel}"
+        if rows:
+            table[comp] = rows
+    return table
