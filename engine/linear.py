@@ -64,7 +64,7 @@ class QuantLinear(nn.Module):
     def kernel_for(self, device: torch.device):
         kernel = self._kernels.get(device)
         if kernel is None:
-            kernel = select_kernel(self.fmt, device, self.kernel_preference)
+            kernel = select_kernel(self.fmt, device, self.kernel_preference, layer=self)
             kernel.prepare(self)
             self._kernels[device] = kernel
         return kernel

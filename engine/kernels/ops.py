@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from . import triton_gemm, triton_quant
+from . import triton_gemm, triton_quant, triton_wan
 from .triton_quant import ACT_KINDS, padded
 
 
@@ -37,15 +37,15 @@ def _(x, kind, gelu, pad):
 @torch.library.custom_op("wanq::norm_quant", mutates_args=())
 def norm_quant(h: torch.Tensor, y: torch.Tensor | None, gate: torch.Tensor | None, weight: torch.Tensor | None,
                bias: torch.Tensor | None, shift: torch.Tensor | None, scale: torch.Tensor | None,
-               kind: str, eps: float, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               kind: str, eps: float, pad: int, norm: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     new_h, q, s = triton_quant.norm_quant(h, kind, eps, y=y, gate=gate, weight=weight, bias=bias,
-                                          shift=shift, scale=scale, pad=pad)
+                                          shift=shift, scale=scale, pad=pad, norm=norm)
     # a custom op may not return its input: without a residual the new hidden state is empty
     return (new_h if new_h is not None else h.new_empty(0)), q, s
 
 
 @norm_quant.register_fake
-def _(h, y, gate, weight, bias, shift, scale, kind, eps, pad):
+def _(h, y, gate, weight, bias, shift, scale, kind, eps, pad, norm):
     m = h.shape[0] * h.shape[1]
     q, s = _fake_act(padded(m, pad), h.shape[2], kind, h)
     return (torch.empty_like(h) if y is not None else h.new_empty(0)), q, s
@@ -60,3 +60,24 @@ def scaled_gemm(a: torch.Tensor, w: torch.Tensor, sa: torch.Tensor, sw: torch.Te
 @scaled_gemm.register_fake
 def _(a, w, sa, sw, bias, out_dtype, blockwise):
     return a.new_empty((a.shape[0], w.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("wanq::rmsnorm_rope", mutates_args=())
+def rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, head_dim: int,
+                 cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+    return triton_wan.rmsnorm_rope(x, weight, eps, head_dim, cos, sin)
+
+
+@rmsnorm_rope.register_fake
+def _(x, weight, eps, head_dim, cos, sin):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("wanq::gated_residual", mutates_args=())
+def gated_residual(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    return triton_wan.gated_residual(h, y, gate)
+
+
+@gated_residual.register_fake
+def _(h, y, gate):
+    return torch.empty_like(h)

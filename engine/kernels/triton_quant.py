@@ -106,7 +106,8 @@ if triton is not None:
     @triton.jit
     def _norm_quant_kernel(h_ptr, y_ptr, gate_ptr, hout_ptr, w_ptr, b_ptr, shift_ptr, scl_ptr,
                            q_ptr, s_ptr, M, K, rows_per_batch, stride_mod, stride_sm, stride_sg, eps,
-                           HAS_RES: tl.constexpr, HAS_GATE: tl.constexpr, HAS_AFFINE: tl.constexpr,
+                           HAS_RES: tl.constexpr, HAS_GATE: tl.constexpr, HAS_NORM: tl.constexpr,
+                           HAS_AFFINE: tl.constexpr,
                            HAS_MOD: tl.constexpr, QMAX: tl.constexpr, FLOOR: tl.constexpr,
                            IS_INT: tl.constexpr, GROUP: tl.constexpr, BLOCK: tl.constexpr):
         """h' = bf16(h + y*gate); n = LayerNorm(h')(*w+b); n = n*(1+scale)+shift; quantize bf16(n)."""
@@ -123,10 +124,13 @@ if triton is not None:
             h = (h + y).to(tl.bfloat16)
             tl.store(hout_ptr + row * K + offs, h, mask=live)
             h = h.to(tl.float32)
-        mean = tl.sum(h, axis=0) / K
-        xc = tl.where(mask, h - mean, 0.0)
-        var = tl.sum(xc * xc, axis=0) / K
-        n = xc * tl.rsqrt(var + eps)
+        if HAS_NORM:
+            mean = tl.sum(h, axis=0) / K
+            xc = tl.where(mask, h - mean, 0.0)
+            var = tl.sum(xc * xc, axis=0) / K
+            n = xc * tl.rsqrt(var + eps)
+        else:  # the block has no norm here (Wan's cross_attn_norm=False): quantize h itself
+            n = h
         if HAS_AFFINE:
             n = (n * tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
                      + tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32))
@@ -177,8 +181,8 @@ def quantize_rows(x: torch.Tensor, kind: str, gelu: bool = False, pad: int = 1):
 
 
 def norm_quant(h, kind: str, eps: float, y=None, gate=None, weight=None, bias=None, shift=None, scale=None,
-               pad: int = 1):
-    """Fused (residual [+gate]) + LayerNorm [+affine] [+modulation] + quantization.
+               pad: int = 1, norm: bool = True):
+    """Fused (residual [+gate]) + LayerNorm (if `norm`) [+affine] [+modulation] + quantization.
 
     h, y: [B, S, D] bf16 contiguous. gate/shift/scale: [B, 1, D] (or [1, D]) fp32 per batch.
     Returns (new_h or None, q [Mp, D], scale), Mp = B*S rounded up to a multiple of `pad`.
@@ -199,6 +203,6 @@ def norm_quant(h, kind: str, eps: float, y=None, gate=None, weight=None, bias=No
         h, y if y is not None else h, gate_t, new_h if new_h is not None else h,
         weight if weight is not None else h, bias if bias is not None else h, shift_t, scale_t,
         q, s, m, d, s_len, stride_mod, s.stride(0), s.stride(1), eps,
-        HAS_RES=y is not None, HAS_GATE=gate is not None, HAS_AFFINE=weight is not None,
+        HAS_RES=y is not None, HAS_GATE=gate is not None, HAS_NORM=norm, HAS_AFFINE=weight is not None,
         HAS_MOD=shift is not None, BLOCK=block, num_warps=row_warps(block), **_consts(kind))
     return new_h, q, s
