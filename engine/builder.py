@@ -73,7 +73,8 @@ def build_tiny(task: str, cfg: QuantConfig, seed: int = 0, preset: str | None = 
 def build_from_dir(model_dir: str | Path, cfg: QuantConfig, *, dit_ckpts: list[str] | None = None,
                    t5_ckpt: str | None = None, clip_ckpt: str | None = None, device=None, dtype=None,
                    label: str | None = None, preset: str | None = None, limits: Limits = Limits()) -> LoadedModel:
-    from diffusers import AutoencoderKLWan, DiffusionPipeline
+    import diffusers
+    from diffusers import AutoencoderKLWan
 
     model_dir = Path(model_dir)
     index = _index(model_dir)
@@ -99,8 +100,13 @@ def build_from_dir(model_dir: str | Path, cfg: QuantConfig, *, dit_ckpts: list[s
                                                    dtype, getattr(cfg, comp).scheme)
     # Wan's VAE is numerically fragile in bf16; diffusers' examples keep it in float32 too.
     parts["vae"] = AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch.float32)
+    # The concrete class, not DiffusionPipeline: in diffusers 0.42 DiffusionPipeline.from_pretrained with
+    # torch_dtype drops components passed in (our pre-quantized transformer) and loads the folder's own.
+    pipeline_class = getattr(diffusers, index.get("_class_name", ""), None)
+    if pipeline_class is None or not index["_class_name"].startswith("Wan"):
+        raise ConfigError(f"{model_dir} holds a {index.get('_class_name')!r}, not a Wan pipeline")
     try:
-        pipe = DiffusionPipeline.from_pretrained(model_dir, torch_dtype=dtype, **parts)
+        pipe = pipeline_class.from_pretrained(model_dir, torch_dtype=dtype, **parts)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot load the diffusers pipeline from {model_dir}: {e}") from None
     for attr, report in quantize_pipeline(pipe, cfg).items():
