@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_assemble import LoadReport, assemble
+from .checkpoint_assemble import LoadReport, assemble, format_of
 from .checkpoint_io import load_pth
 from .checkpoint_source import TensorSource
 from .errors import CheckpointError
@@ -79,9 +79,7 @@ def dit_tensors(src: TensorSource, report: LoadReport):
 
 def _hint(scheme, metadata) -> str | None:
     if scheme is not None:
-        fmt = getattr(scheme, "format", scheme)
-        if fmt:
-            return fmt
+        return format_of(scheme)
     return metadata.get("format") if metadata.get("format") not in (None, "none", "mixed") else None
 
 
@@ -92,12 +90,13 @@ def _add_calibration(tensors, calib, path: Path, report) -> None:
         if not beside.is_file():
             return
         calib = beside
-    data = load_pth(calib)
+    data = load_pth(calib, raw=True)
     absmax = data.get("absmax", data) if isinstance(data.get("absmax", None), dict) else data
     used = 0
     for name, value in absmax.items():
         layer = wan_to_diffusers(name[:-len(".weight")] if name.endswith(".weight") else name)
-        if f"{layer}.weight" in tensors and f"{layer}.input_global_scale" not in tensors:
+        weight = tensors.get(f"{layer}.weight")
+        if weight is not None and weight.dim() == 2 and f"{layer}.input_global_scale" not in tensors:
             tensors[f"{layer}.input_absmax"] = value
             used += 1
     report.notes.append(f"calibration {calib}: activation absmax for {used} layers")

@@ -55,6 +55,18 @@ class Decoded:
     buffers: dict[str, torch.Tensor]
 
 
+def format_of(scheme) -> str | None:
+    """A Scheme, a scheme name ("fp8-sgl") or a format name ("fp8") -> the format name, or None."""
+    from .formats import FORMATS
+    from .schemes import resolve_scheme
+
+    if scheme is None:
+        return None
+    if isinstance(scheme, str):
+        return scheme if scheme in FORMATS else resolve_scheme(scheme).format
+    return scheme.format
+
+
 def group_by_module(tensors: dict[str, object]) -> dict[str, dict[str, object]]:
     groups: dict[str, dict[str, object]] = defaultdict(dict)
     for key, value in tensors.items():

@@ -150,8 +150,9 @@ def write_atomic_bytes(path: str | Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def load_pth(path: str | Path) -> dict[str, torch.Tensor]:
-    """A .pth/.pt state dict, through torch.load(weights_only=True) only, memory-mapped when possible."""
+def load_pth(path: str | Path, raw: bool = False):
+    """A .pth/.pt state dict, through torch.load(weights_only=True) only, memory-mapped when possible.
+    raw=True returns the loaded object as it is (e.g. calib.pt's nested dict)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
@@ -171,7 +172,7 @@ def load_pth(path: str | Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{path} could not be read as a PyTorch file ({e}); it may be truncated or "
                               "corrupt: download it again") from None
-    return _state_dict_of(obj, path)
+    return obj if raw else _state_dict_of(obj, path)
 
 
 def _state_dict_of(obj, path) -> dict[str, torch.Tensor]:

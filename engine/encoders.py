@@ -14,7 +14,7 @@ import types
 
 import torch
 
-from .checkpoint_assemble import Decoded, LoadReport, assemble, group_by_module, settle_format
+from .checkpoint_assemble import Decoded, LoadReport, assemble, format_of, group_by_module, settle_format
 from .checkpoint_formats import decode_layer, is_quantized_layer, split_rows
 from .checkpoint_source import TensorSource
 from .errors import CheckpointError
@@ -41,7 +41,7 @@ def _finish(model, state, device, report, start):
 
 
 def _hint(scheme):
-    return getattr(scheme, "format", scheme) if scheme is not None else None
+    return format_of(scheme)
 
 
 # ---- T5 --------------------------------------------------------------------------------------

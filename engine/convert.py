@@ -1,0 +1,231 @@
+"""`python -m engine.convert`: LightX2V's converter, with its options, written for this engine.
+
+Reads a bf16/fp16/fp32 (or already quantized-free) Wan DiT, T5 or CLIP checkpoint in any layout,
+optionally renames keys (--direction), merges LoRAs, quantizes the linear layers LightX2V quantizes,
+and writes LightX2V's keys, dtypes, shapes and file layouts, with self-describing metadata in every
+safetensors header. One output file is built at a time; each is written to a temporary name and
+renamed when complete. Runs on CPU or GPU (--device).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from .apply import WAN_DIT_RULES
+from .checkpoint_formats import NVFP4_GS_NUMERATOR, encode_layer
+from .checkpoint_io import load_pth, write_atomic_bytes, write_safetensors
+from .checkpoint_source import INDEX_NAME, TensorSource
+from .errors import EngineError
+from .formats import get_format
+from .keymaps import rename, wan_to_diffusers
+from .lora import LoraSet
+
+log = logging.getLogger("engine.convert")
+LINEAR_TYPES = {"int8": "int8", "fp8": "fp8", "fp8-block128": "fp8_block128", "fp8_block128": "fp8_block128",
+                "mxfp8": "mxfp8", "nvfp4": "nvfp4", "mxfp4": "mxfp4"}
+OLD_DTYPES = {"torch.int8": "int8", "torch.float8_e4m3fn": "fp8"}
+FLOAT_DTYPES = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}
+_DIT_DIFFUSERS = [re.compile(r) for r in WAN_DIT_RULES]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m engine.convert", description=__doc__.splitlines()[0])
+    p.add_argument("-s", "--source", required=True, help="a file, a folder of .safetensors, or an index.json")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-o_n", "--output_name", default="converted")
+    p.add_argument("-o_e", "--output_ext", default=".safetensors", choices=[".safetensors", ".pth"])
+    p.add_argument("-t", "--model_type", default="wan_dit", choices=["wan_dit", "wan_t5", "wan_clip"])
+    p.add_argument("-d", "--direction", default=None, choices=["forward", "backward"],
+                   help="forward: LightX2V (Wan) names -> diffusers; backward: diffusers -> LightX2V")
+    p.add_argument("-b", "--save_by_block", action="store_true")
+    p.add_argument("--single_file", action="store_true")
+    p.add_argument("-c", "--chunk-size", "--chunk_size", dest="chunk_size", type=int, default=100,
+                   help="tensors per part file when neither --single_file nor --save_by_block (0: one part)")
+    p.add_argument("--quantized", action="store_true")
+    p.add_argument("--linear_type", choices=sorted(LINEAR_TYPES))
+    p.add_argument("--linear_dtype", choices=sorted(OLD_DTYPES), help="older spelling of --linear_type")
+    p.add_argument("--non_linear_dtype", default="torch.float32", choices=sorted(FLOAT_DTYPES))
+    p.add_argument("--lora_path", nargs="*", default=None)
+    p.add_argument("--lora_alpha", type=float, nargs="*", default=None)
+    p.add_argument("--lora_strength", type=float, nargs="*", default=None)
+    p.add_argument("--comfyui_mode", action="store_true", help="fp8 with one per-tensor scale_weight (ComfyUI)")
+    p.add_argument("--ignore-keys", "--ignore_keys", dest="ignore_keys", nargs="*", default=[],
+                   help="drop tensors whose key contains any of these")
+    p.add_argument("--ignore-quant-keys", "--ignore_quant_keys", dest="ignore_quant_keys", nargs="*", default=[],
+                   help="keep tensors whose key contains any of these in high precision")
+    p.add_argument("--copy_no_weight_files", action="store_true")
+    p.add_argument("--calib", help="calib.pt of per-layer activation absmax (NVFP4's static activation scale)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    args.fmt = None
+    if args.quantized:
+        name = args.linear_type or OLD_DTYPES.get(args.linear_dtype or "")
+        if not name:
+            p.error("--quantized needs --linear_type (int8, fp8, fp8-block128, mxfp8, nvfp4, mxfp4)")
+        args.fmt = LINEAR_TYPES[name] if name in LINEAR_TYPES else name
+        if args.comfyui_mode and args.fmt != "fp8":
+            p.error("--comfyui_mode writes ComfyUI scaled fp8: use it with --linear_type fp8")
+    if args.save_by_block and args.single_file:
+        p.error("--save_by_block and --single_file are exclusive")
+    return args
+
+
+def is_target(key: str, model_type: str) -> bool:
+    """Would LightX2V quantize this 2-D weight (in either naming)?"""
+    if not key.endswith(".weight"):
+        return False
+    parts = key.split(".")
+    if model_type == "wan_dit":
+        return (len(parts) > 2 and parts[2] in ("self_attn", "cross_attn", "ffn")) or any(
+            r.fullmatch(key[:-len(".weight")]) for r in _DIT_DIFFUSERS)
+    if model_type == "wan_t5":
+        return len(parts) > 2 and parts[2] in ("attn", "ffn")
+    return parts[0] == "visual" and len(parts) > 3 and parts[3] in ("attn", "mlp")
+
+
+class Converter:
+    def __init__(self, args):
+        self.args = args
+        self.device = torch.device(args.device)
+        self.non_linear = FLOAT_DTYPES[args.non_linear_dtype]
+        self.lora = LoraSet(args.lora_path, args.lora_alpha, args.lora_strength) if args.lora_path else None
+        self.absmax = _read_calib(args.calib) if args.calib else {}
+        self.quantized = 0
+
+    def convert_tensor(self, key: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One source tensor (already renamed) -> its output tensors."""
+        if self.lora is not None and t.is_floating_point():
+            t = self.lora.apply(key, t)
+        a = self.args
+        quantize = (a.fmt and t.dim() == 2 and is_target(key, a.model_type)
+                    and not any(s in key for s in a.ignore_quant_keys))
+        if not quantize:
+            return {key: t.to(self.non_linear) if t.is_floating_point() else t}
+        w = t.to(self.device, torch.float32)
+        prefix = key[:-len("weight")]
+        self.quantized += 1
+        if a.comfyui_mode:
+            scale = w.abs().amax().clamp(min=1e-12) / 448.0
+            return {key: (w / scale).clamp(-448, 448).to(torch.float8_e4m3fn).cpu(), prefix + "scale_weight": scale.cpu()}
+        q = get_format(a.fmt).quantize_weight(w)
+        buffers = {"weight": q.data, "weight_scale": q.scale}
+        if q.global_scale is not None:
+            buffers["weight_global_scale"] = q.global_scale
+            amax = self.absmax.get(wan_to_diffusers(key[:-len(".weight")]))
+            if amax is not None:
+                buffers["input_global_scale"] = (NVFP4_GS_NUMERATOR / amax.float().amax().clamp(min=1e-12)).reshape(1)
+        return {prefix + s: v.cpu() for s, v in encode_layer(a.fmt, buffers).items()}
+
+    def metadata(self, layout: str, naming: str) -> dict[str, str]:
+        a = self.args
+        fmt = "fp8" if a.comfyui_mode else (a.fmt or "none")
+        meta = {"format": fmt, "scheme": a.linear_type or a.linear_dtype or "none", "source": Path(a.source).name,
+                "layout": layout, "model_type": a.model_type, "naming": naming, "producer": "engine.convert",
+                "scales": "comfyui per-tensor" if a.comfyui_mode else "lightx2v"}
+        cfg = Path(a.source) / "config.json" if Path(a.source).is_dir() else None
+        if cfg and cfg.is_file() and a.model_type == "wan_dit":
+            meta["config"] = json.dumps({k: v for k, v in json.loads(cfg.read_text()).items() if not k.startswith("_")})
+        return meta
+
+
+def _read_calib(path) -> dict[str, torch.Tensor]:
+    data = load_pth(path, raw=True)
+    table = data["absmax"] if isinstance(data.get("absmax"), dict) else data
+    return {wan_to_diffusers(k[:-len(".weight")] if k.endswith(".weight") else k): v for k, v in table.items()}
+
+
+def plan_files(keys: list[str], args) -> dict[str, list[str]]:
+    """Output file name -> the (renamed) source keys it holds, in LightX2V's layouts."""
+    if args.single_file or args.output_ext == ".pth":
+        return {f"{args.output_name}{args.output_ext}": list(keys)}
+    if args.save_by_block:
+        files: dict[str, list[str]] = {}
+        for key in keys:
+            m = re.search(r"blocks\.(\d+)\.", key)
+            files.setdefault(f"block_{m.group(1)}.safetensors" if m else "non_block.safetensors", []).append(key)
+        return files
+    size = args.chunk_size if args.chunk_size > 0 else max(1, len(keys))
+    return {f"{args.output_name}_part{i // size}.safetensors": keys[i:i + size] for i in range(0, len(keys), size)}
+
+
+def convert(args) -> list[Path]:
+    from tqdm import tqdm
+
+    out_dir = Path(args.output)
+    if out_dir.is_file():
+        raise EngineError(f"--output {out_dir} is a file; give a folder")
+    src = TensorSource(args.source)
+    conv = Converter(args)
+    names = {}
+    for key in src.keys():
+        if any(s in key for s in args.ignore_keys) or (args.model_type == "wan_clip" and key.startswith("textual.")):
+            continue
+        names[rename(key, args.direction)] = key
+    naming = {"forward": "diffusers", "backward": "Wan/LightX2V"}.get(args.direction, "as source")
+    plan = plan_files(list(names), args)
+    layout = "single file" if len(plan) == 1 else ("save_by_block" if args.save_by_block else "chunked parts")
+    meta = conv.metadata(layout, naming)
+    index = {"metadata": {"total_size": 0, **meta}, "weight_map": {}}
+    written = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(names), desc="Converting", unit="tensor", disable=None) as bar:
+        for filename, keys in plan.items():
+            tensors = {}
+            for key in keys:
+                bar.set_postfix_str(key, refresh=False)
+                tensors.update(conv.convert_tensor(key, src.get(names[key])))
+                bar.update()
+            if args.comfyui_mode and filename == next(iter(plan)):
+                tensors["scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
+            path = out_dir / filename
+            if args.output_ext == ".pth":
+                _save_pth(path, tensors)
+            else:
+                index["metadata"]["total_size"] += write_safetensors(path, tensors, meta)
+                index["weight_map"].update({k: filename for k in tensors})
+            written.append(path)
+    if conv.lora is not None:
+        conv.lora.finish()
+    if len(plan) > 1:
+        write_atomic_bytes(out_dir / INDEX_NAME, json.dumps(index, indent=2).encode())
+        written.append(out_dir / INDEX_NAME)
+    if args.copy_no_weight_files and Path(args.source).is_dir():
+        _copy_non_weight_files(Path(args.source), out_dir)
+    log.info("quantized %d linear weights to %s; wrote %d files to %s", conv.quantized, meta["format"], len(written), out_dir)
+    return written
+
+
+def _save_pth(path: Path, tensors) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp)
+    tmp.replace(path)
+
+
+def _copy_non_weight_files(source: Path, target: Path) -> None:
+    for item in source.rglob("*"):
+        if item.is_file() and not item.name.endswith((".safetensors", ".pth", ".pt", ".index.json")):
+            dest = target / item.relative_to(source)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(item, dest)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        convert(args)
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
