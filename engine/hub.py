@@ -16,7 +16,7 @@ from typing import Callable
 
 from .catalog import ENCODERS, ModelEntry, encoder_file
 from .config import QuantConfig
-from .errors import HubError
+from .errors import EngineError, HubError
 
 DISK_MARGIN = 512 * 2**20  # leave this much free after a download: a full disk breaks everything else
 
@@ -198,6 +198,8 @@ def _download(repo, filename, endpoint, cache_dir, token, report) -> str:
 
     try:
         return hf_hub_download(repo, filename, endpoint=endpoint, cache_dir=cache_dir, token=token, tqdm_class=Bar)
+    except EngineError:
+        raise  # e.g. the user's Stop, raised from the progress callback
     except Exception as e:  # noqa: BLE001
         raise hub_error(e, repo, filename, endpoint) from e
 

@@ -1,0 +1,82 @@
+"""Gradio app: quantized Wan text- and image-to-video.
+
+    python app.py --demo        the tiny built-in model on CPU, no network needed
+    python app.py               the model catalog (downloads from the Hub) on a GPU; falls back to
+                                the demo when there is no GPU or the Hub cannot be reached
+Honours --port / --host and Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+
+from engine.hardware import detect_gpu
+from engine.service import VideoService
+
+log = logging.getLogger("app")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Quantized Wan video generation UI")
+    p.add_argument("--demo", action="store_true", help="use the tiny built-in model on CPU (no download)")
+    p.add_argument("--port", type=int, default=None, help="default: GRADIO_SERVER_PORT or 7860")
+    p.add_argument("--host", default=None, help="default: GRADIO_SERVER_NAME or 127.0.0.1")
+    p.add_argument("--outputs", default=None, help="folder for generated videos (default: a temp folder)")
+    return p.parse_args(argv)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    from engine.hub import is_offline
+
+    if is_offline():
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return True  # a proxy decides; downloads will say if it cannot
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def make_service(args: argparse.Namespace) -> VideoService:
+    gpu = None if args.demo else detect_gpu()
+    demo = args.demo
+    if not demo and gpu is None:
+        log.warning("no CUDA GPU found: starting the demo with the built-in model (use a GPU for real models)")
+        demo = True
+    elif not demo and not hub_reachable():
+        log.warning("the Hugging Face Hub cannot be reached (or HF_HUB_OFFLINE is set): starting the demo")
+        demo = True
+    return VideoService(gpu, demo, out_dir=args.outputs)
+
+
+def build_app(args: argparse.Namespace | None = None):
+    from ui import build_ui
+
+    args = args or parse_args([])
+    service = make_service(args)
+    app = build_ui(service)
+    app.queue(default_concurrency_limit=1, max_size=16)  # one GPU job at a time, a bounded wait list
+    return app, service
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    app, service = build_app(args)
+    host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    port = args.port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    # Only the outputs folder is served; user-supplied paths are never read.
+    app.launch(server_name=host, server_port=port, allowed_paths=[str(service.out_dir)], ssr_mode=False,
+               show_error=True)
+
+
+if __name__ == "__main__":
+    main()
