@@ -1,0 +1,112 @@
+"""The engine side of the app on the tiny model: requests, validation, stop, one job at a time, OOM advice."""
+import threading
+
+import pytest
+import torch
+
+from engine.errors import ConfigError, HardwareError
+from engine.generate import Cancelled, GenerationError
+from engine.hardware import GB, GpuInfo
+from engine.request import Limits, RequestError, VideoRequest, validate
+from engine.service import TINY, VideoService
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    return VideoService(None, demo=True, out_dir=tmp_path_factory.mktemp("out"))
+
+
+def tiny_request(**kw):
+    base = dict(prompt="a boat", height=32, width=32, num_frames=5, steps=3)
+    return VideoRequest(**{**base, **kw})
+
+
+def test_t2v_and_i2v_on_the_built_in_model(service):
+    from PIL import Image
+
+    steps = []
+    result = service.run(TINY, tiny_request(), on_step=steps.append)
+    assert result.path.is_file() and result.path.parent == service.out_dir
+    assert (result.frames, result.height, result.width) == (5, 32, 32)
+    assert [s.step for s in steps] == [1, 2, 3] and len(result.stats.seconds_per_step) == 3
+    stats = result.stats.as_dict()
+    assert stats["kernels"]["transformer"]["attn1.to_q"].startswith("int8: ")
+    assert stats["weights_MiB"]["transformer"] > 0
+    i2v = service.run(TINY, tiny_request(task="i2v", image=Image.new("RGB", (64, 48), "blue")))
+    assert i2v.frames == 5
+    assert "image_encoder" in i2v.stats.kernels
+
+
+def test_per_component_override_changes_the_loaded_model(service):
+    result = service.run(TINY, tiny_request(), overrides=dict(dit="fp8", t5="bf16"))
+    assert set(result.stats.kernels["transformer"].values()) == {"fp8: " + result.stats.kernels["transformer"]["attn1.to_q"].split(": ")[1]}
+    assert "text_encoder" not in result.stats.kernels
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_frames", 6, r"not 4k\+1"), ("height", 40, "not a multiple of 16"), ("width", 4096, "between"),
+    ("prompt", "   ", "prompt is empty"), ("steps", 0, "between 1"), ("guidance", float("nan"), "guidance"),
+    ("seed", -1, "seed"), ("height", "abc", "whole number"),
+])
+def test_validation_names_the_field(field, value, message):
+    with pytest.raises(RequestError, match=message):
+        validate(tiny_request(**{field: value}), Limits(max_height=64, max_width=64))
+
+
+def test_i2v_needs_an_image():
+    with pytest.raises(RequestError, match="needs an input image"):
+        validate(tiny_request(task="i2v"))
+
+
+def test_stop_after_first_step_then_run_again(service):
+    def stop_now(step):
+        assert service.cancel()
+
+    with pytest.raises(Cancelled, match="after step 1 of 3"):
+        service.run(TINY, tiny_request(), on_step=stop_now)
+    assert not service.cancel()  # nothing runs now, and the next run is not stopped by a stale request
+    assert service.run(TINY, tiny_request()).frames == 5
+
+
+def test_one_job_at_a_time(service):
+    started, release = threading.Event(), threading.Event()
+
+    def hold(step):
+        started.set()
+        release.wait(10)
+
+    worker = threading.Thread(target=lambda: service.run(TINY, tiny_request(), on_step=hold))
+    worker.start()
+    assert started.wait(30)
+    with pytest.raises(GenerationError, match="another generation is running"):
+        service.run(TINY, tiny_request())
+    release.set()
+    worker.join(30)
+
+
+def test_out_of_memory_frees_and_suggests_a_lighter_preset(service, monkeypatch):
+    loaded = service._load(TINY, "t2v", "hopper-fp8", service.config(TINY)[1], None)
+    monkeypatch.setattr(loaded, "preset", "hopper-fp8")
+
+    def boom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(type(loaded.pipe), "__call__", boom)
+    with pytest.raises(GenerationError, match="lighter preset 'lowmem-fp8-offload'"):
+        service.run(TINY, tiny_request())
+
+
+def test_fp8_preset_on_ampere_is_refused_with_a_sentence(tmp_path):
+    a100 = GpuInfo("NVIDIA A100", (8, 0), 80 * GB, 80 * GB)
+    svc = VideoService(a100, demo=False, out_dir=tmp_path)
+    assert svc.preset_for("wan2.1-t2v-14b").name == "ampere-int8"
+    with pytest.raises(HardwareError, match="FP8 needs an FP8-capable GPU.*Choose int8"):
+        svc.config("wan2.1-t2v-14b", "hopper-fp8")
+    with pytest.raises(HardwareError, match="DiT scheme fp8"):
+        svc.config("wan2.1-t2v-14b", "auto", dit="fp8")
+
+
+def test_demo_offers_only_the_built_in_model(service):
+    assert [key for _, key in service.models()] == [TINY]
+    with pytest.raises(ConfigError, match="demo mode"):
+        service.preset_for("wan2.1-t2v-14b")
