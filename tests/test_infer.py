@@ -16,9 +16,8 @@ from tests.conftest import ROOT
 def read_mp4(path):
     import imageio.v2 as imageio
 
-    with imageio.get_reader(path) as reader:
-        frames = [frame for frame in reader]
-    return len(frames), frames[0].shape
+    with imageio.get_reader(path, format="ffmpeg") as reader:
+        return reader.count_frames(), reader.get_data(0).shape
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,132 @@
+"""The real app, launched as `python app.py --demo` on 127.0.0.1, driven through gradio_client and
+through the page in headless Chromium (Debian's chromium + chromium-driver, via selenium)."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+ARTIFACTS = Path(ROOT) / "tests" / "artifacts"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                  "--window-size=1280,1600")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "app.py", "--demo"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"the app did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def read_mp4(path):
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(path, format="ffmpeg") as reader:
+        return reader.count_frames(), reader.get_data(0).shape
+
+
+def test_generate_through_gradio_client(app_url, tmp_path):
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    client = Client(app_url, verbose=False)
+    common = dict(model="tiny", preset="auto", dit="preset", t5="preset", clip="preset", negative="",
+                  guidance=1.0, shift=5.0, seed=3)
+    video, stats, status = client.predict(**common, task_label="Text to video", image=None, prompt="a red kite",
+                                          width=48, height=32, frames=9, steps=2, api_name="/generate")
+    assert read_mp4(video) == (9, (32, 48, 3))
+    assert len(stats["per_step_s"]) == 2 and "transformer" in stats["kernels"] and "Done: 9 frames" in status
+    Image.new("RGB", (64, 64), "green").save(tmp_path / "in.png")
+    video, stats, _ = client.predict(**common, task_label="Image to video", image=handle_file(str(tmp_path / "in.png")),
+                                     prompt="grass waving", width=32, height=32, frames=5, steps=2,
+                                     api_name="/generate")
+    assert read_mp4(video)[0] == 5 and "image_encoder" in stats["kernels"]
+
+
+def test_bad_input_is_a_readable_error(app_url):
+    from gradio_client import Client
+
+    client = Client(app_url, verbose=False)
+    with pytest.raises(Exception, match=r"not 4k\+1"):
+        client.predict(model="tiny", preset="auto", dit="preset", t5="preset", clip="preset",
+                       task_label="Text to video", image=None, prompt="x", negative="", width=32, height=32,
+                       frames=8, steps=2, guidance=1.0, shift=5.0, seed=1, api_name="/generate")
+    assert client.predict(api_name="/stop") == "Nothing is running."
+
+
+def chromium_driver():
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (tests/run.sh installs them with "
+                    "apt-get when it runs as root)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -r requirements-dev.txt)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_page_runs_a_generation_in_headless_chromium(app_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = chromium_driver()
+    try:
+        browser.get(app_url)
+        wait = WebDriverWait(browser, 120)
+        prompt = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
+        assert "no CUDA GPU" in browser.find_element(By.ID, "hardware").text
+        prompt.send_keys("a lighthouse in a storm")
+        browser.find_element(By.ID, "generate").click()
+        video = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#video video")))
+        assert video.get_attribute("src")
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Done:"))
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "app-chromium.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
+    finally:
+        browser.quit()
