@@ -78,7 +78,8 @@ def part_linear(args, rows):
             try:
                 y = fn()
                 t = bench(fn)
-                rows.append((name, label, t, base / t, rel_err(y, ref), weight_bytes(mod) / wb if mod else float("nan")))
+                err = rel_err(y, ref) if isinstance(y, torch.Tensor) and y.shape == ref.shape else float("nan")
+                rows.append((name, label, t, base / t, err, weight_bytes(mod) / wb if mod else float("nan")))
             except Exception as e:  # a path that cannot run here is reported, not fatal
                 rows.append((name, f"{label} FAILED: {type(e).__name__}: {str(e)[:80]}", float("nan"),
                              float("nan"), float("nan"), float("nan")))
@@ -86,7 +87,7 @@ def part_linear(args, rows):
 
         for fmt, kern in OURS:
             q = QuantLinear.from_linear(lin, fmt, kernel=kern)
-            add(f"ours {fmt} [{kern}]", lambda q=q: q(x), q)
+            add(f"ours {fmt} [{q.kernel_for(x.device).name}]", lambda q=q: q(x), q)
             if fmt in ("fp8", "int8") and kern == ("torch" if fmt == "fp8" else "triton"):
                 # GEMM alone, activation already quantized (what the fused Wan block feeds it)
                 kernel = q.kernel_for(x.device)

@@ -6,10 +6,15 @@ import torch
 from ..formats import get_format
 from .base import Kernel, cuda_capability
 
-try:
-    from . import ops
-except ImportError:  # no triton: activations are quantized with torch ops (correct, slower)
-    ops = None
+
+def _ops():
+    """The Triton custom ops, or None without triton (activations then go through torch ops:
+    correct, but several passes). Imported late: ops imports the kernel modules that import us."""
+    try:
+        from . import ops
+    except ImportError:
+        return None
+    return ops
 
 # format -> the activation kind its GEMM consumes (engine.kernels.triton_quant.ACT_KINDS)
 ACT_KIND = {"fp8": "fp8_row", "int8": "int8_row", "fp8_block128": "fp8_g128"}
@@ -49,6 +54,7 @@ class EightBitKernel(Kernel):
     def quantize_input(self, layer, x: torch.Tensor):
         kind = self.act_kind(layer)
         pad = self.row_pad(layer)
+        ops = _ops()
         if ops is not None and x.is_cuda and x.shape[1] <= MAX_ROW:
             return ops.quantize_rows(x, kind, False, pad)
         q = get_format(layer.fmt).quantize_activation(x)

@@ -42,8 +42,11 @@ class TorchScaledKernel(EightBitKernel):
         if layer.in_features % 16 or layer.out_features % 16:
             return (f"cuBLAS 8-bit GEMMs need in/out features that are multiples of 16; this layer is "
                     f"{layer.in_features}->{layer.out_features}")
-        if fmt == "fp8_block128" and layer.in_features % 128:
-            return f"blockwise scaling needs in_features a multiple of 128; this layer has {layer.in_features}"
+        if fmt == "fp8_block128" and layer.in_features % 512:
+            # cuBLAS reads the weight's K-block scales with a leading dimension padded to 4 blocks;
+            # measured on H100: K = 8960 (70 blocks) gave garbage, so such layers go to Triton
+            return (f"cuBLAS blockwise scaling needs in_features a multiple of 512 (4 blocks of 128); "
+                    f"this layer has {layer.in_features}")
         return None
 
     def act_kind(self, layer):

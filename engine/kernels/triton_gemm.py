@@ -72,12 +72,15 @@ if triton is not None:
                 w = tl.load(w_ptrs)
             else:
                 k_left = K - kb * BLOCK_K
-                a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0)
-                w = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0)
+                zero = 0 if ACC_INT else 0.0  # the fill value must cast to the element type
+                a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=zero)
+                w = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=zero)
             if BLOCKWISE:  # BLOCK_K is 128 here: one activation group, one weight block along K
                 sa = tl.load(sa_ptr + rm * stride_sam + kb * stride_sag)
                 sw = tl.load(sw_ptr + (rn // 128) * stride_swn + kb * stride_swg)
                 acc += tl.dot(a, w) * sa[:, None] * sw[None, :]
+            elif ACC_INT:
+                acc = tl.dot(a, w, acc, out_dtype=tl.int32)
             else:
                 acc = tl.dot(a, w, acc)
             a_ptrs += BLOCK_K

@@ -60,7 +60,7 @@ if triton is not None:
         v2 = tl.reshape(v, (BLOCK // GROUP, GROUP))
         amax = tl.max(tl.abs(v2), axis=1)
         if E8M0:  # power-of-two scale rounded up, so no element overflows
-            r = tl.maximum(amax, 5.877471754111438e-39) / ELEM_MAX  # 2**-127
+            r = (tl.maximum(amax, 1.1754943508222875e-38) / ELEM_MAX).to(tl.float32)  # floor 2**-126
             e = tl.minimum(tl.maximum(_ceil_log2(r), -127), 127)
             real = _exp2_int(tl.maximum(e, -126))  # 2**-127 is not a normal float; close enough
         else:  # NVFP4: e4m3 block scale under a global fp32 scale
