@@ -16,4 +16,8 @@ def quantize_pipeline(pipe, cfg: QuantConfig) -> dict[str, QuantReport]:
         if module is None or not quant.quantized:
             continue
         reports[attr] = quantize_model(module, quant.scheme)
+        if attr == "text_encoder":
+            from .encoders import fix_t5_wo_cast
+
+            fix_t5_wo_cast(module)  # transformers would cast T5's FFN input to an fp8 `wo.weight` dtype
     return reports
