@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 
-from engine.hardware import detect_gpu
+from engine.hardware import detect_gpu, zerogpu_gpu
 from engine.service import VideoService
 
 log = logging.getLogger("app")
@@ -46,7 +46,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def make_service(args: argparse.Namespace) -> VideoService:
-    gpu = None if args.demo else detect_gpu()
+    gpu = None if args.demo else (detect_gpu() or zerogpu_gpu())
     demo = args.demo
     if not demo and gpu is None:
         log.warning("no CUDA GPU found: starting the demo with the built-in model (use a GPU for real models)")

@@ -66,6 +66,16 @@ def detect_gpu(index: int = 0) -> GpuInfo | None:
     return GpuInfo(torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index)), total, free)
 
 
+def zerogpu_gpu() -> GpuInfo | None:
+    """On a ZeroGPU Space the GPU is attached only inside `spaces.GPU` calls, so at start-up CUDA looks
+    absent. The platform says so in SPACES_ZERO_GPU; its GPUs are H200 slices (Hopper, about 70 GB)."""
+    import os
+
+    if not os.environ.get("SPACES_ZERO_GPU"):
+        return None
+    return GpuInfo("ZeroGPU (H200 slice)", (9, 0), 70 * GB, 70 * GB)
+
+
 def list_presets() -> dict[str, str]:
     """Preset name -> its one-line description."""
     return {p.stem: json.loads(p.read_text()).get("_about", "") for p in sorted(PRESET_DIR.glob("*.json"))}

@@ -110,3 +110,23 @@ def test_demo_offers_only_the_built_in_model(service):
     assert [key for _, key in service.models()] == [TINY]
     with pytest.raises(ConfigError, match="demo mode"):
         service.preset_for("wan2.1-t2v-14b")
+
+
+def test_app_chooses_demo_without_gpu_or_network(monkeypatch, tmp_path):
+    import app
+
+    h100 = GpuInfo("NVIDIA H100", (9, 0), 80 * GB, 80 * GB)
+    args = app.parse_args(["--outputs", str(tmp_path)])
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    monkeypatch.setattr(app, "detect_gpu", lambda: None)
+    assert app.make_service(args).demo
+    monkeypatch.setattr(app, "detect_gpu", lambda: h100)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert app.make_service(args).demo
+    monkeypatch.setattr(app, "hub_reachable", lambda: True)
+    svc = app.make_service(args)
+    assert not svc.demo and "wan2.1-t2v-14b" in [key for _, key in svc.models()]
+    assert svc.preset_for("wan2.1-t2v-14b").name == "hopper-fp8"
+    monkeypatch.setattr(app, "detect_gpu", lambda: None)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")  # ZeroGPU: no CUDA until a spaces.GPU call
+    assert app.make_service(args).gpu.family == "hopper"

@@ -1,0 +1,49 @@
+"""A catalog model end to end through the app's service: plan, download from a fake Hub, load the
+LightX2V-format DiT, generate. The "14B" repos hold the tiny model, so it runs on CPU in seconds."""
+import pytest
+
+from engine.hardware import GB, GpuInfo
+from engine.request import VideoRequest
+from engine.service import VideoService
+from tests.fakehub import FakeHub
+from tests.test_infer import lightx2v_int8_dit, read_mp4
+
+BASE = "Wan-AI/Wan2.1-T2V-14B-Diffusers"
+DISTILL = "lightx2v/Wan2.1-Distill-Models"
+INT8_DIT = "wan2.1_t2v_14b_int8_lightx2v_4step.safetensors"
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    from diffusers import WanTransformer3DModel
+
+    from engine.infer import save_tiny
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    tiny = save_tiny(tmp_path / "tiny", "t2v")
+    dit = lightx2v_int8_dit(WanTransformer3DModel.from_pretrained(tiny, subfolder="transformer"),
+                            tmp_path / INT8_DIT)
+    with FakeHub() as hub:
+        hub.add_folder(BASE, tiny)
+        hub.add_repo(DISTILL, {INT8_DIT: dit.read_bytes(), "wan2.1_t2v_14b_lightx2v_4step.safetensors": b"bf16"})
+        yield hub
+
+
+def test_catalog_model_downloads_only_what_it_needs_and_generates(fake_hub, tmp_path):
+    a100 = GpuInfo("NVIDIA A100", (8, 0), 80 * GB, 80 * GB)
+    svc = VideoService(a100, demo=False, out_dir=tmp_path / "out", endpoint=fake_hub.url, cache_dir=tmp_path / "cache")
+    seen = []
+    req = VideoRequest(prompt="a lighthouse", height=32, width=48, num_frames=5, steps=2)
+    result = svc.run("wan2.1-t2v-14b", req, overrides=dict(t5="bf16"), on_download=seen.append)
+    fetched = [path for method, path, _ in fake_hub.log if method == "GET" and "/resolve/" in path]
+    assert any(path.endswith(INT8_DIT) for path in fetched)
+    assert not any("transformer/diffusion_pytorch_model" in path for path in fetched)  # bf16 DiT never fetched
+    assert not any(path.endswith("_lightx2v_4step.safetensors") and INT8_DIT not in path for path in fetched)
+    assert seen and seen[-1].fraction == 1.0
+    assert read_mp4(result.path) == (5, (32, 48, 3))
+    assert svc.loaded_summary().count("DiT from") == 1  # the LightX2V file was loaded, not re-quantized
+    assert set(v.split(":")[0] for v in result.stats.kernels["transformer"].values()) == {"int8"}
+    # The second run reuses the loaded model: nothing more is fetched.
+    fake_hub.log.clear()
+    svc.run("wan2.1-t2v-14b", req, overrides=dict(t5="bf16"))
+    assert fake_hub.log == []
