@@ -75,7 +75,7 @@ def main(argv=None) -> None:
     port = args.port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
     # Only the outputs folder is served; user-supplied paths are never read.
     app.launch(server_name=host, server_port=port, allowed_paths=[str(service.out_dir)], ssr_mode=False,
-               show_error=True)
+               show_error=True, max_file_size="25mb")  # uploads are input images; bound them
 
 
 if __name__ == "__main__":

@@ -100,3 +100,23 @@ def test_wrong_model_class_and_bad_request(tiny_dirs, tmp_path, capsys):
     assert "not 4k+1" in capsys.readouterr().err
     assert infer.main(["--model_path", str(tmp_path), "--config_json", str(cfg), "--prompt", "x"]) == 2
     assert "not a diffusers-format model folder" in capsys.readouterr().err
+
+
+def test_t5_from_a_lightx2v_int8_file(tiny_dirs, tmp_path, capsys):
+    from transformers import UMT5EncoderModel
+
+    from engine.keymaps import t5_from_hf
+    from tests.lightx2v_writer import quantize_state_dict
+
+    hf = UMT5EncoderModel.from_pretrained(tiny_dirs["t2v"], subfolder="text_encoder").state_dict()
+    wan = {t5_from_hf(k): v for k, v in hf.items() if t5_from_hf(k)}
+    quantized = quantize_state_dict(wan, "int8", lambda k: ".attn." in k or ".ffn." in k)
+    torch.save(quantized, tmp_path / "models_t5_umt5-xxl-enc-int8.pth")
+    cfg = write_config(tmp_path / "cfg.json", t5_quantized=True, t5_quant_scheme="int8",
+                       t5_quantized_ckpt=str(tmp_path / "models_t5_umt5-xxl-enc-int8.pth"))
+    out = tmp_path / "t5.mp4"
+    assert infer.main(["--model_path", str(tiny_dirs["t2v"]), "--config_json", str(cfg), "--prompt", "waves",
+                       "--save_result_path", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "text_encoder:" in printed and "models_t5_umt5-xxl-enc-int8.pth" in printed
+    assert read_mp4(out) == (9, (48, 32, 3))
