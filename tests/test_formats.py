@@ -47,8 +47,13 @@ def test_dequantized_values_match_float64_model(fmt, role, rng):
     q = f.quantize_weight(t) if role == "weight" else f.quantize_activation(t)
     got = (f.dequantize_weight if role == "weight" else f.dequantize_activation)(q).double()
     want = reference_dequant(fmt, t, role)
-    # both sides compute scales in different precision: allow a float32 rounding of the scale
-    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), (got - want).abs().max()
+    # The engine divides in float32, the model in float64: a value within float32 rounding of a tie
+    # between two grid points may round the other way. Allow such flips, rarely, and only at ties.
+    close = torch.isclose(got, want, rtol=1e-5, atol=1e-6)
+    flips = ~close
+    assert flips.float().mean() <= 1e-3, f"{int(flips.sum())} mismatches"
+    dist = (want - t.double()).abs()
+    assert ((got - want).abs()[flips] <= 2 * dist[flips] * (1 + 1e-4) + 1e-6).all()
 
 
 # Per-element error bound of each format relative to its block amax (half a step of the element grid,
@@ -118,3 +123,10 @@ def test_non_finite_weights_are_refused(bad):
 def test_unknown_format_lists_known_ones():
     with pytest.raises(FormatError, match="known: .*int8"):
         get_format("int3")
+
+
+@pytest.mark.parametrize("fmt", CHECKED)
+def test_empty_activation(fmt):
+    """diffusers can pass an empty context (e.g. no image tokens); quantizing it must not fail."""
+    f = get_format(fmt)
+    assert f.dequantize_activation(f.quantize_activation(torch.zeros(0, 64))).shape == (0, 64)

@@ -82,7 +82,7 @@ class Format:
     # ---- sizes ------------------------------------------------------------------------------
     def scale_shape(self, rows: int, cols: int, block) -> tuple[int, int]:
         br, bc = block
-        br = rows if br is None else br
+        br = max(rows, 1) if br is None else br
         return math.ceil(rows / br), (1 if bc is None else math.ceil(cols / bc))
 
     def data_shape(self, rows: int, cols: int) -> tuple[int, int]:
@@ -101,7 +101,8 @@ class Format:
         gs = None
         if self.scale_kind == "e4m3":
             if global_scale is None:
-                global_scale = (self.elem_max * 448.0) / t.abs().amax().clamp(min=self.amax_floor)
+                tmax = t.abs().amax() if t.numel() else t.new_ones(())  # empty input: any scale works
+                global_scale = (self.elem_max * 448.0) / tmax.clamp(min=self.amax_floor)
             gs = torch.as_tensor(global_scale, dtype=torch.float32, device=t.device).reshape(1)
             scale = (amax / self.elem_max * gs).clamp(max=448.0).to(torch.float8_e4m3fn)
             real = scale.to(torch.float32) / gs
@@ -121,7 +122,7 @@ def block_amax(t: torch.Tensor, block) -> torch.Tensor:
     """Absolute max of each (br, bc) block; edge blocks may be partial."""
     rows, cols = t.shape
     br, bc = block
-    br = rows if br is None else br
+    br = max(rows, 1) if br is None else br
     bc = cols if bc is None else bc
     nr, nc = math.ceil(rows / br), math.ceil(cols / bc)
     padded = torch.nn.functional.pad(t.abs(), (0, nc * bc - cols, 0, nr * br - rows))
@@ -131,7 +132,7 @@ def block_amax(t: torch.Tensor, block) -> torch.Tensor:
 def expand_blocks(scale: torch.Tensor, block, shape) -> torch.Tensor:
     rows, cols = shape
     br, bc = block
-    br = rows if br is None else br
+    br = max(rows, 1) if br is None else br
     bc = cols if bc is None else bc
     return scale.repeat_interleave(br, 0)[:rows].repeat_interleave(bc, 1)[:, :cols]
 
