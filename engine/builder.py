@@ -128,9 +128,20 @@ def build_from_hub(entry: ModelEntry, cfg: QuantConfig, progress=None, *, preset
         folder = paths["dit"].parent
         dit = [str(folder / name) for name in plan.prequantized["dit"]]
     size = entry.max_size
-    return build_from_dir(paths["base"], cfg, dit_ckpts=dit, t5_ckpt=_path(paths.get("t5")),
-                          clip_ckpt=_path(paths.get("clip")), label=entry.label, preset=preset,
-                          limits=Limits(max_height=max(size), max_width=max(size)))
+    loaded = build_from_dir(paths["base"], cfg, dit_ckpts=dit, t5_ckpt=_path(paths.get("t5")),
+                            clip_ckpt=_path(paths.get("clip")), label=entry.label, preset=preset,
+                            limits=Limits(max_height=max(size), max_width=max(size)))
+    if dit:
+        use_distill_sampler(loaded.pipe, cfg.get("sample_shift", 5.0))
+    return loaded
+
+
+def use_distill_sampler(pipe, shift: float) -> None:
+    """LightX2V samples its 4-step distilled DiTs with a first-order flow-matching (Euler) step; the
+    base repos ship UniPC (multistep), tuned for 40-50 steps. Swap in Euler with the shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
 
 
 def dit_ckpts_from_config(cfg: QuantConfig, transformers: int) -> list[str]:
