@@ -62,6 +62,14 @@ def parse_args(argv=None):
                    help="keep tensors whose key contains any of these in high precision")
     p.add_argument("--copy_no_weight_files", action="store_true")
     p.add_argument("--calib", help="calib.pt of per-layer activation absmax (NVFP4's static activation scale)")
+    p.add_argument("--calibrate_prompts", nargs="*", default=None,
+                   help="calibrate NVFP4 activation scales by running these prompts through a pipeline")
+    p.add_argument("--calibrate_model_path", help="diffusers-format Wan folder to calibrate with ('tiny': built-in)")
+    p.add_argument("--calibrate_steps", type=int, default=2, help="denoising steps per calibration prompt")
+    p.add_argument("--calibrate_component", default="transformer", choices=["transformer", "transformer_2"],
+                   help="which transformer the source is (Wan2.2 A14B: transformer_2 is the low-noise expert)")
+    p.add_argument("--calibrate_size", type=int, nargs=3, metavar=("HEIGHT", "WIDTH", "FRAMES"),
+                   help="video size for calibration (default: the pipeline's)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     args.fmt = None
@@ -72,6 +80,13 @@ def parse_args(argv=None):
         args.fmt = LINEAR_TYPES[name] if name in LINEAR_TYPES else name
         if args.comfyui_mode and args.fmt != "fp8":
             p.error("--comfyui_mode writes ComfyUI scaled fp8: use it with --linear_type fp8")
+    if args.calibrate_prompts is not None:
+        if args.calib:
+            p.error("give either --calib (a calib.pt) or --calibrate_prompts, not both")
+        if not args.calibrate_model_path:
+            p.error("--calibrate_prompts needs --calibrate_model_path (the diffusers Wan folder to run)")
+        if args.fmt != "nvfp4":
+            p.error("calibration is for NVFP4's static activation scale: use it with --quantized --linear_type nvfp4")
     if args.save_by_block and args.single_file:
         p.error("--save_by_block and --single_file are exclusive")
     return args
@@ -162,6 +177,8 @@ def convert(args) -> list[Path]:
     if out_dir.is_file():
         raise EngineError(f"--output {out_dir} is a file; give a folder")
     src = TensorSource(args.source)
+    if args.calibrate_prompts is not None:
+        args.calib = str(_calibrate(args, out_dir))
     conv = Converter(args)
     names = {}
     for key in src.keys():
@@ -200,6 +217,17 @@ def convert(args) -> list[Path]:
         _copy_non_weight_files(Path(args.source), out_dir)
     log.info("quantized %d linear weights to %s; wrote %d files to %s", conv.quantized, meta["format"], len(written), out_dir)
     return written
+
+
+def _calibrate(args, out_dir: Path) -> Path:
+    """Run the prompts; calib files land in the output folder, where load_dit finds calib.pt."""
+    from .calibrate import calibrate_to_folder
+
+    size = dict(zip(("height", "width", "num_frames"), args.calibrate_size or ()))
+    written = calibrate_to_folder(args.calibrate_model_path, args.calibrate_prompts, out_dir,
+                                  steps=args.calibrate_steps, device=args.device,
+                                  primary=args.calibrate_component, **size)
+    return written[args.calibrate_component]
 
 
 def _save_pth(path: Path, tensors) -> None:

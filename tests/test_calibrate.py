@@ -1,0 +1,83 @@
+"""NVFP4 calibration: prompts through the tiny pipeline -> calib.pt -> converter -> load_dit."""
+import pytest
+import torch
+
+from engine.calibrate import calibrate_pipeline, write_calib
+from engine.checkpoint import load_dit
+from engine.convert import main
+from engine.errors import EngineError
+from engine.linear import QuantLinear
+from engine.tiny import build_tiny_pipeline, tiny_transformer
+
+SIZE = dict(height=32, width=32, num_frames=5)
+
+
+def _latents(pipe, prompt="a red fox"):
+    return pipe(prompt=prompt, num_inference_steps=1, output_type="latent", max_sequence_length=64,
+                generator=torch.Generator().manual_seed(7), **SIZE).frames.float()
+
+
+def test_calibrate_convert_nvfp4_and_load(tmp_path):
+    pipe = build_tiny_pipeline("t2v")  # the same weights `--calibrate_model_path tiny` builds
+    pipe.set_progress_bar_config(disable=True)
+    pipe.transformer.save_pretrained(tmp_path / "src")
+    out = tmp_path / "out"
+    assert main(["-s", str(tmp_path / "src"), "-o", str(out), "-d", "backward", "--quantized", "--linear_type",
+                 "nvfp4", "--single_file", "--calibrate_prompts", "a cat", "a dog", "--calibrate_model_path", "tiny",
+                 "--calibrate_steps", "1", "--calibrate_size", "32", "32", "5"]) == 0
+    calib = torch.load(out / "calib.pt", weights_only=True)["absmax"]
+    assert len(calib) == 20 and "blocks.1.ffn.2.weight" in calib  # 2 blocks x (4 self + 4 cross + 2 ffn), Wan names
+    assert all(float(v) > 0 for v in calib.values())
+    assert not list(out.glob(".*partial*"))
+
+    ref = _latents(pipe)
+    loaded, report = load_dit(out / "converted.safetensors", dtype=torch.float32)
+    assert report.formats == {"nvfp4": 20}
+    q = loaded.blocks[1].ffn.net[2]
+    assert isinstance(q, QuantLinear)
+    assert float(q.input_global_scale) == pytest.approx(6 * 448 / float(calib["blocks.1.ffn.2.weight"]), rel=1e-5)
+    pipe.transformer = loaded
+    got = _latents(pipe)
+    assert float((got - ref).norm() / ref.norm()) < 0.35  # NVFP4's bound in test_checkpoint
+
+
+def test_wan22_both_transformers_are_calibrated(tmp_path):
+    from diffusers import WanPipeline
+
+    base = build_tiny_pipeline("t2v")
+    torch.manual_seed(1)
+    pipe = WanPipeline(tokenizer=base.tokenizer, text_encoder=base.text_encoder, vae=base.vae,
+                       scheduler=base.scheduler, transformer=base.transformer,
+                       transformer_2=tiny_transformer(), boundary_ratio=0.875)
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(EngineError, match="transformer_2 never ran"):
+        calibrate_pipeline(pipe, ["a cat"], steps=1, max_sequence_length=64, **SIZE)
+    tables = calibrate_pipeline(pipe, ["a cat"], steps=2, max_sequence_length=64, **SIZE)
+    assert set(tables) == {"transformer", "transformer_2"}
+    assert len(tables["transformer_2"]) == 20
+    assert not pipe.transformer._forward_pre_hooks  # hooks are removed afterwards
+
+
+def test_write_calib_is_atomic(tmp_path, monkeypatch):
+    path = write_calib(tmp_path / "calib.pt", {"blocks.0.ffn.0.weight": torch.tensor(2.0)})
+
+    def broken_save(obj, f, *a, **k):
+        open(f, "wb").write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        write_calib(path, {"blocks.0.ffn.0.weight": torch.tensor(9.0)})
+    assert float(torch.load(path, weights_only=True)["absmax"]["blocks.0.ffn.0.weight"]) == 2.0
+    assert [p.name for p in tmp_path.iterdir()] == ["calib.pt"]
+
+
+def test_calibration_options_are_checked(tmp_path, capsys):
+    base = ["-s", str(tmp_path), "-o", str(tmp_path / "o"), "--quantized", "--calibrate_prompts", "a cat"]
+    with pytest.raises(SystemExit):
+        main(base + ["--linear_type", "nvfp4"])  # no --calibrate_model_path
+    with pytest.raises(SystemExit):
+        main(base + ["--linear_type", "int8", "--calibrate_model_path", "tiny"])
+    assert "NVFP4" in capsys.readouterr().err
+    with pytest.raises(EngineError, match="at least one prompt"):
+        calibrate_pipeline(object(), [])
