@@ -65,6 +65,8 @@ def weight_bytes(mod):
 def part_linear(args, rows):
     gen = torch.Generator(device="cuda").manual_seed(0)
     for name, k, n in SHAPES:
+        if args.shapes and name not in args.shapes.split(","):
+            continue
         x = outlier_input(M, k, gen)
         lin = torch.nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
         with torch.no_grad():
@@ -244,9 +246,11 @@ def main():
     ap.add_argument("--compile", action="store_true", help="also time compile_repeated_blocks")
     ap.add_argument("--no-torchao", action="store_true")
     ap.add_argument("--no-torchao-compile", action="store_true")
+    ap.add_argument("--shapes", default=None, help="comma-separated shape names to run (default: all)")
     ap.add_argument("--out", default=None, help="write a markdown table here")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_grad_enabled(False)  # inference: torchao's compiled fp8 has no backward for _scaled_mm
     md = [f"Device: {env_line()}", f"Command: `python bench/bench_kernels.py {' '.join(sys.argv[1:])}`", ""]
     if args.part in ("linear", "all"):
         rows = []

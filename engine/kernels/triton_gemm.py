@@ -26,8 +26,9 @@ def _configs():
     if os.environ.get("TRITON_INTERPRET") == "1":  # CPU interpreter (tests): one small tile
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 128, "GROUP_M": 2})]
     cfgs = []
-    for bm, bn, bk, warps, stages in ((128, 256, 128, 8, 3), (128, 128, 128, 8, 4), (128, 128, 128, 4, 4),
-                                      (64, 128, 128, 4, 4), (128, 256, 64, 8, 4)):
+    for bm, bn, bk, warps, stages in ((128, 256, 128, 8, 3), (128, 256, 128, 8, 4), (256, 128, 128, 8, 3),
+                                      (128, 128, 128, 8, 4), (128, 128, 128, 4, 4), (64, 128, 128, 4, 4),
+                                      (128, 256, 64, 8, 4)):
         cfgs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
                                   num_warps=warps, num_stages=stages))
     return cfgs

@@ -36,7 +36,7 @@ if triton is not None:
     def _round_e2m1(a):
         """a >= 0, already clamped to 6: nearest e2m1 magnitude, ties to the even code."""
         quantum = tl.where(a < 2.0, 0.5, tl.where(a < 4.0, 1.0, 2.0))
-        return _round_half_even(a / quantum) * quantum
+        return _round_half_even(a * (1.0 / quantum)) * quantum  # 1/quantum is exact
 
     @triton.jit
     def _ceil_log2(r):
