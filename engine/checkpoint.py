@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint_assemble import LoadReport, assemble, format_of
+from .checkpoint_comfy import from_comfy_quant, has_comfy_quant
 from .checkpoint_io import load_pth
 from .checkpoint_source import TensorSource
 from .errors import CheckpointError
@@ -74,6 +75,9 @@ def dit_tensors(src: TensorSource, report: LoadReport):
         name = rename(key[len(prefix):])
         tensors[name] = src.get(key)
         origin[name] = src.file_of(key)
+    if has_comfy_quant(tensors):
+        found = from_comfy_quant(tensors, str(src.path))
+        report.notes.append("ComfyUI comfy_quant layers: " + ", ".join(f"{n} {f}" for f, n in sorted(found.items())))
     return tensors, (lambda k: origin.get(k, str(src.path)))
 
 

@@ -87,7 +87,9 @@ def decode_layer(fmt: str, t: dict[str, torch.Tensor], rows: int, cols: int, whe
         out["weight"] = out["weight"].view(f.data_dtype)
     want = f.weight_scale_shape(rows, cols)
     raw = scale.view(torch.uint8) if scale.element_size() == 1 else scale
-    if tuple(raw.shape) != want:
+    # LightX2V and ComfyUI store these scales swizzled. When rows % 128 == 0 and blocks % 4 == 0 (every
+    # real Wan layer) the swizzled shape equals the plain one, so the shape cannot tell: swizzled wins.
+    if tuple(raw.shape) == swizzled_shape(*want):
         raw = unswizzle(raw, *want)
     out["weight_scale"] = raw.view(f.scale_dtype)
     if f.has_global_scale:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .apply import WAN_DIT_RULES
+from .checkpoint_comfy import to_comfy_quant
 from .checkpoint_formats import NVFP4_GS_NUMERATOR, encode_layer
 from .checkpoint_io import load_pth, write_atomic_bytes, write_safetensors
 from .checkpoint_source import INDEX_NAME, TensorSource
@@ -55,7 +56,10 @@ def parse_args(argv=None):
     p.add_argument("--lora_path", nargs="*", default=None)
     p.add_argument("--lora_alpha", type=float, nargs="*", default=None)
     p.add_argument("--lora_strength", type=float, nargs="*", default=None)
-    p.add_argument("--comfyui_mode", action="store_true", help="fp8 with one per-tensor scale_weight (ComfyUI)")
+    p.add_argument("--comfyui_mode", action="store_true",
+                   help="ComfyUI files: fp8 with one per-tensor scale_weight, nvfp4/mxfp8 as comfy_quant layers")
+    p.add_argument("--comfy_quant", action="store_true",
+                   help="with --comfyui_mode and fp8: ComfyUI's newer per-layer comfy_quant format")
     p.add_argument("--ignore-keys", "--ignore_keys", dest="ignore_keys", nargs="*", default=[],
                    help="drop tensors whose key contains any of these")
     p.add_argument("--ignore-quant-keys", "--ignore_quant_keys", dest="ignore_quant_keys", nargs="*", default=[],
@@ -78,8 +82,10 @@ def parse_args(argv=None):
         if not name:
             p.error("--quantized needs --linear_type (int8, fp8, fp8-block128, mxfp8, nvfp4, mxfp4)")
         args.fmt = LINEAR_TYPES[name] if name in LINEAR_TYPES else name
-        if args.comfyui_mode and args.fmt != "fp8":
-            p.error("--comfyui_mode writes ComfyUI scaled fp8: use it with --linear_type fp8")
+        if args.comfyui_mode and args.fmt not in ("fp8", "nvfp4", "mxfp8"):
+            p.error("--comfyui_mode writes ComfyUI files: scaled fp8 (--linear_type fp8), or the per-layer "
+                    "comfy_quant format (--linear_type nvfp4 or mxfp8, or fp8 with --comfy_quant)")
+    args.comfy_quant = args.comfyui_mode and (args.comfy_quant or args.fmt in ("nvfp4", "mxfp8"))
     if args.calibrate_prompts is not None:
         if args.calib:
             p.error("give either --calib (a calib.pt) or --calibrate_prompts, not both")
@@ -126,6 +132,9 @@ class Converter:
         w = t.to(self.device, torch.float32)
         prefix = key[:-len("weight")]
         self.quantized += 1
+        if a.comfy_quant:
+            amax = self.absmax.get(wan_to_diffusers(key[:-len(".weight")])) if a.fmt == "nvfp4" else None
+            return {prefix + s: v.cpu() for s, v in to_comfy_quant(a.fmt, w, amax).items()}
         if a.comfyui_mode:
             scale = w.abs().amax().clamp(min=1e-12) / 448.0
             return {key: (w / scale).clamp(-448, 448).to(torch.float8_e4m3fn).cpu(), prefix + "scale_weight": scale.cpu()}
@@ -140,10 +149,11 @@ class Converter:
 
     def metadata(self, layout: str, naming: str) -> dict[str, str]:
         a = self.args
-        fmt = "fp8" if a.comfyui_mode else (a.fmt or "none")
+        fmt = "fp8" if a.comfyui_mode and not a.comfy_quant else (a.fmt or "none")
         meta = {"format": fmt, "scheme": a.linear_type or a.linear_dtype or "none", "source": Path(a.source).name,
                 "layout": layout, "model_type": a.model_type, "naming": naming, "producer": "engine.convert",
-                "scales": "comfyui per-tensor" if a.comfyui_mode else "lightx2v"}
+                "scales": ("comfyui comfy_quant" if a.comfy_quant else "comfyui per-tensor") if a.comfyui_mode
+                else "lightx2v"}
         cfg = Path(a.source) / "config.json" if Path(a.source).is_dir() else None
         if cfg and cfg.is_file() and a.model_type == "wan_dit":
             meta["config"] = json.dumps({k: v for k, v in json.loads(cfg.read_text()).items() if not k.startswith("_")})
@@ -199,7 +209,7 @@ def convert(args) -> list[Path]:
                 bar.set_postfix_str(key, refresh=False)
                 tensors.update(conv.convert_tensor(key, src.get(names[key])))
                 bar.update()
-            if args.comfyui_mode and filename == next(iter(plan)):
+            if args.comfyui_mode and not args.comfy_quant and filename == next(iter(plan)):
                 tensors["scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
             path = out_dir / filename
             if args.output_ext == ".pth":

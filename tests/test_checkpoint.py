@@ -112,3 +112,19 @@ def test_config_scheme_must_match_the_file(tmp_path, model_and_ref):
     write_safetensors(path, quantize_state_dict(wan_state_dict(m), "int8", wan_dit_selected))
     with pytest.raises(CheckpointError, match="config asks for fp8 but this layer holds int8"):
         load_dit(path, m.config, scheme="fp8")
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp8"])
+def test_swizzled_scales_of_real_sized_layers(fmt):
+    """Rows % 128 == 0 and blocks % 4 == 0 (every real Wan layer): the swizzled scale has the plain
+    shape, and must still be unswizzled. 256x512 spans several tiles both ways."""
+    from engine.checkpoint_formats import decode_layer
+    from engine.formats import Quantized, get_format
+    from tests.lightx2v_writer import WRITERS
+
+    w = torch.randn(256, 512, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.1, 3, 256)[:, None]
+    buffers = decode_layer(fmt, WRITERS[fmt](w), 256, 512, "mem")
+    f = get_format(fmt)
+    back = f.dequantize_weight(Quantized(buffers["weight"], buffers["weight_scale"],
+                                         buffers.get("weight_global_scale"), cols=512))
+    assert rel_err(back, w) < (0.15 if fmt == "nvfp4" else 0.05)
