@@ -170,10 +170,13 @@ def part_transformer(args, rows):
                     ("ours nvfp4 (emulated)", "nvfp4", False, False)]
         if args.compile:
             variants.append(("ours fp8 fused + compile_repeated_blocks", "fp8", True, True))
+            if cname == "14B":
+                variants.append(("bf16 + compile_repeated_blocks", None, False, True))
         for vname, fmt, fused, compiled in variants:
             try:
                 model = copy.deepcopy(base)
-                quantize_model(model, fmt)
+                if fmt is not None:
+                    quantize_model(model, fmt)
                 if fused:
                     install_fused_wan(model)
                 compile_s = float("nan")

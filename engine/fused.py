@@ -30,8 +30,12 @@ log = logging.getLogger("engine.fused")
 
 try:
     from .kernels import ops
-except ImportError:  # no triton: install is a no-op
+except ImportError:  # no triton: every block keeps diffusers' forward
     ops = None
+try:
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+except ImportError:
+    dispatch_attention_fn = None
 
 _SUBCLASSES: dict[type, type] = {}
 
@@ -80,8 +84,6 @@ def _rope_tables(rotary_emb, s_len, head_dim):
 
 
 def _attention(attn, query, key, value):
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-
     b, s_len, _ = query.shape
     q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
     out = dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
@@ -148,13 +150,11 @@ def _fused_subclass(cls):
         def forward(self, hidden_states, encoder_hidden_states, temb, rotary_emb):
             plan = None
             if temb.ndim == 3:
-                key = hidden_states.device
-                cached = self.__dict__.setdefault("_fused_plans", {})
-                if key not in cached:
-                    cached[key], why = fused_plan(self, key)
-                    if why:
-                        log.info("Wan block on %s keeps diffusers' forward: %s", key, why)
-                plan = cached[key]
+                # plain attributes, no dict methods: torch.compile traces this (the plan is
+                # normally made at install time, outside any compiled region)
+                if self.__dict__.get("_fused_device") != hidden_states.device:
+                    _make_plan(self, hidden_states.device)
+                plan = self.__dict__.get("_fused_plan")
             if plan is None:
                 return cls.forward(self, hidden_states, encoder_hidden_states, temb, rotary_emb)
             return fused_block_forward(self, hidden_states, encoder_hidden_states, temb, rotary_emb, plan)
@@ -167,18 +167,30 @@ def _fused_subclass(cls):
     return sub
 
 
+def _make_plan(block, device):
+    plan, why = fused_plan(block, device)
+    if why:
+        log.info("Wan block on %s keeps diffusers' forward: %s", device, why)
+    block.__dict__["_fused_plan"] = plan
+    block.__dict__["_fused_device"] = device
+
+
 def install_fused_wan(model) -> int:
-    """Give every WanTransformerBlock of `model` the fused forward; returns how many blocks."""
+    """Give every WanTransformerBlock of `model` the fused forward; returns how many blocks.
+
+    Call it after the model is on its GPU (and quantized): the kernels are chosen here, so that a
+    later torch.compile (e.g. diffusers' compile_repeated_blocks) finds the plan made."""
     count = 0
     for module in model.modules():
         cls = type(module)
         if cls.__name__ == "WanTransformerBlock" and getattr(cls, "_unfused_class", None) is None:
             module.__class__ = _fused_subclass(cls)
-            module.__dict__.pop("_fused_plans", None)
-            count += 1
-        elif getattr(cls, "_unfused_class", None) is not None:
-            module.__dict__.pop("_fused_plans", None)
-            count += 1
+        elif getattr(cls, "_unfused_class", None) is None:
+            continue
+        device = module.scale_shift_table.device
+        _make_plan(module, torch.device(device.type, torch.cuda.current_device())
+                   if device.type == "cuda" and device.index is None else device)
+        count += 1
     return count
 
 

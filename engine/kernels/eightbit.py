@@ -51,6 +51,11 @@ class EightBitKernel(Kernel):
     def act_kind(self, layer):
         return ACT_KIND.get(layer.fmt)
 
+    def row_pad(self, layer):
+        # cuBLAS 8-bit GEMMs want 16-aligned rows; every 8-bit kernel pads alike, so that one
+        # quantized activation can feed layers that picked different kernels
+        return 16
+
     def quantize_input(self, layer, x: torch.Tensor):
         kind = self.act_kind(layer)
         pad = self.row_pad(layer)

@@ -52,10 +52,6 @@ class TorchScaledKernel(EightBitKernel):
     def act_kind(self, layer):
         return None if layer.fmt == "fp8_tensor" else super().act_kind(layer)
 
-    def row_pad(self, layer):
-        # cuBLAS 8-bit GEMMs want 16-byte aligned dimensions; padding rows are cheap zeros
-        return 16
-
     def prepare(self, layer):
         cache = layer_cache(layer)
         n = layer.out_features
