@@ -5,6 +5,7 @@ be multiples of 16, and the frame count 4k+1. Bounds keep a request from exhaust
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -97,9 +98,9 @@ def validate(req: VideoRequest, limits: Limits = Limits(), task: str | None = No
 def _int(value, name, low, high) -> int:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RequestError(f"{name} must be a whole number, got {value!r}") from None
-    if number != int(number):
+    if not math.isfinite(number) or number != int(number):  # int() of NaN/inf would raise a bare error
         raise RequestError(f"{name} must be a whole number, got {value!r}")
     if not low <= number <= high:
         raise RequestError(f"{name} must be between {low} and {high}, got {int(number)}")
@@ -109,7 +110,7 @@ def _int(value, name, low, high) -> int:
 def _float(value, name, low, high) -> float:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RequestError(f"{name} must be a number, got {value!r}") from None
     if not low <= number <= high:  # also rejects NaN
         raise RequestError(f"{name} must be between {low} and {high}, got {value!r}")

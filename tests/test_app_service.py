@@ -47,6 +47,9 @@ def test_per_component_override_changes_the_loaded_model(service):
     ("num_frames", 6, r"not 4k\+1"), ("height", 40, "not a multiple of 16"), ("width", 4096, "between"),
     ("prompt", "   ", "prompt is empty"), ("steps", 0, "between 1"), ("guidance", float("nan"), "guidance"),
     ("seed", -1, "seed"), ("height", "abc", "whole number"),
+    # non-finite and huge numbers (the API accepts them) must not escape as ValueError/OverflowError
+    ("height", float("nan"), "whole number"), ("num_frames", float("inf"), "whole number"),
+    ("seed", 10**400, "whole number"), ("steps", "1e999", "whole number"), ("shift", 10**400, "shift"),
 ])
 def test_validation_names_the_field(field, value, message):
     with pytest.raises(RequestError, match=message):
