@@ -84,11 +84,11 @@ def _rope_tables(rotary_emb, s_len, head_dim):
 
 
 def _attention(attn, query, key, value):
-    b, s_len, _ = query.shape
+    """[B, S, H, Dh] (often a permuted view: the quantizer reads it in place)."""
     q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
     out = dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
                                 backend=getattr(attn.processor, "_attention_backend", None))
-    return out.flatten(2, 3).type_as(query)
+    return out.type_as(query)
 
 
 def fused_block_forward(block, hidden_states, encoder_hidden_states, temb, rotary_emb, plan):
@@ -108,7 +108,7 @@ def fused_block_forward(block, hidden_states, encoder_hidden_states, temb, rotar
     query = ops.rmsnorm_rope(query, a1.norm_q.weight, _eps(a1.norm_q), head_dim, cos, sin)
     key = ops.rmsnorm_rope(key, a1.norm_k.weight, _eps(a1.norm_k), head_dim, cos, sin)
     out = _attention(a1, query, key, value)
-    q8, s8 = ops.quantize_rows(out.reshape(rows, -1), kind, False, pad)
+    q8, s8 = ops.quantize_heads(out, kind, pad)
     attn_out = _linear_q(a1.to_out[0], q8, s8, rows, dtype).view(b, s_len, d)
 
     # 2. cross-attention: residual*gate + norm2 + quantize feeds attn2.to_q
@@ -131,7 +131,7 @@ def fused_block_forward(block, hidden_states, encoder_hidden_states, temb, rotar
     out = _attention(a2, query, key, a2.to_v(context))
     if out_img is not None:
         out = out + out_img
-    q8, s8 = ops.quantize_rows(out.reshape(rows, -1), kind, False, pad)
+    q8, s8 = ops.quantize_heads(out, kind, pad)
     attn_out = _linear_q(a2.to_out[0], q8, s8, rows, dtype).view(b, s_len, d)
 
     # 3. feed-forward: residual + norm3 + modulation + quantize; GELU + quantize between the linears

@@ -89,8 +89,20 @@ def check_wan_elementwise(gen):
     assert rel(triton_wan.gated_residual(h, y, g), h.float() + y.float() * g) < 1e-2
 
 
+
+def check_quantize_heads(gen):
+    x = torch.randn(2, 16, 5, 3, 32, generator=gen)[:, :, 0].transpose(1, 2)  # [B, S=3, H=16, Dh=32] view
+    x = x.permute(0, 1, 2, 3)
+    for kind in ("fp8_row", "int8_row", "fp8_g128"):
+        q, s = triton_quant.quantize_heads(x, kind, pad=4)
+        q2, s2 = triton_quant.quantize_rows(x.reshape(6, 512), kind, pad=4)
+        assert torch.equal(q.float(), q2.float()) and torch.equal(s.float(), s2.float()), kind
+
+
 if __name__ == "__main__":
     gen = torch.Generator().manual_seed(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
-    for check in (check_quantize_rows, check_gelu_and_norm, check_gemm, check_mx, check_wan_elementwise):
+    for check in (check_quantize_rows, check_gelu_and_norm, check_gemm, check_mx, check_wan_elementwise,
+                  check_quantize_heads):
         check(gen)
         print("ok", check.__name__, flush=True)
+

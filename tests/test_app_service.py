@@ -133,3 +133,30 @@ def test_app_chooses_demo_without_gpu_or_network(monkeypatch, tmp_path):
     monkeypatch.setattr(app, "detect_gpu", lambda: None)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")  # ZeroGPU: no CUDA until a spaces.GPU call
     assert app.make_service(args).gpu.family == "hopper"
+
+
+def test_a_failed_mp4_export_leaves_no_file(tmp_path, monkeypatch):
+    import imageio.v2 as imageio
+    import numpy as np
+
+    from engine.generate import export_mp4
+
+    frames = np.zeros((3, 32, 32, 3), dtype=np.float32)
+    export_mp4(frames, tmp_path / "ok.mp4", 8)
+    real = imageio.get_writer
+
+    def failing_writer(*args, **kwargs):  # writes the first frame to disk, then fails (disk full, killed ffmpeg)
+        writer = real(*args, **kwargs)
+        calls = []
+
+        def append(frame, _append=writer.append_data):
+            calls.append(1)
+            if len(calls) > 1:
+                raise OSError("ffmpeg died")
+            _append(frame)
+        writer.append_data = append
+        return writer
+    monkeypatch.setattr(imageio, "get_writer", failing_writer)
+    with pytest.raises(OSError, match="ffmpeg died"):
+        export_mp4(frames, tmp_path / "bad.mp4", 8)
+    assert [p.name for p in tmp_path.iterdir()] == ["ok.mp4"]

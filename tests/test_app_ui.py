@@ -90,6 +90,23 @@ def test_bad_input_is_a_readable_error(app_url):
     assert client.predict(api_name="/stop") == "Nothing is running."
 
 
+def test_a_server_path_in_the_request_is_refused(app_url, tmp_path):
+    """A raw API call naming a file on the server (not uploaded) must not be read."""
+    import json
+    import urllib.request
+
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "private.png")
+    image = {"path": str(tmp_path / "private.png"), "meta": {"_type": "gradio.FileData"}}
+    data = ["tiny", "auto", "preset", "preset", "preset", "Image to video", image, "x", "", 32, 32, 5, 1, 1.0, 5.0, 1]
+    post = urllib.request.Request(app_url + "gradio_api/call/generate", json.dumps({"data": data}).encode(),
+                                  headers={"Content-Type": "application/json"})
+    event = json.loads(urllib.request.urlopen(post, timeout=30).read())["event_id"]
+    answer = urllib.request.urlopen(f"{app_url}gradio_api/call/generate/{event}", timeout=60).read().decode()
+    assert "event: error" in answer and "not uploaded by a user" in answer and "complete" not in answer
+
+
 def chromium_driver():
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not browser or not driver:

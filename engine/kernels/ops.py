@@ -36,6 +36,16 @@ def _(x, kind, gelu, pad):
     return _fake_act(padded(x.shape[0], pad), x.shape[1], kind, x)
 
 
+@torch.library.custom_op("wanq::quantize_heads", mutates_args=())
+def quantize_heads_op(x: torch.Tensor, kind: str, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return triton_quant.quantize_heads(x, kind, pad=pad)
+
+
+@quantize_heads_op.register_fake
+def _(x, kind, pad):
+    return _fake_act(padded(x.shape[0] * x.shape[1], pad), x.shape[2] * x.shape[3], kind, x)
+
+
 @torch.library.custom_op("wanq::norm_quant", mutates_args=())
 def norm_quant_op(h: torch.Tensor, y: torch.Tensor | None, gate: torch.Tensor | None, weight: torch.Tensor | None,
                bias: torch.Tensor | None, shift: torch.Tensor | None, scale: torch.Tensor | None,
@@ -99,6 +109,7 @@ def _dispatch(op, eager):
 
 
 quantize_rows = _dispatch(quantize_rows_op, lambda x, kind, gelu, pad: triton_quant.quantize_rows(x, kind, gelu, pad))
+quantize_heads = _dispatch(quantize_heads_op, lambda x, kind, pad: triton_quant.quantize_heads(x, kind, pad))
 norm_quant = _dispatch(norm_quant_op, _norm_quant_impl)
 scaled_gemm = _dispatch(scaled_gemm_op, triton_gemm.scaled_gemm)
 rmsnorm_rope = _dispatch(rmsnorm_rope_op, triton_wan.rmsnorm_rope)

@@ -96,15 +96,21 @@ if triton is not None:
             tl.store(q_ptr + row * K + offs, _to_e4m3(y), mask=mask)
 
     @triton.jit
-    def _quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_sm, stride_sg,
+    def _quant_kernel(x_ptr, q_ptr, s_ptr, M, K, rows_per_batch, stride_xb, stride_xs, stride_xh,
+                      stride_sm, stride_sg,
                       GELU: tl.constexpr, QMAX: tl.constexpr, FLOOR: tl.constexpr, IS_INT: tl.constexpr,
-                      GROUP: tl.constexpr, BLOCK: tl.constexpr):
+                      GROUP: tl.constexpr, HEAD: tl.constexpr, BLOCK: tl.constexpr):
+        """Row `row` of x is token (row // rows_per_batch, row % rows_per_batch); its column c lives at
+        (c // HEAD) * stride_xh + c % HEAD. That reads attention's [B, S, H, Dh] output in place,
+        a permuted view, with no copy; a plain [M, K] matrix has HEAD = BLOCK."""
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
         mask = offs < K
         # rows past M are padding some GEMMs need: they come out as zeros
         live = offs < tl.where(row < M, K, 0)
-        v = tl.load(x_ptr + row * stride_xm + offs, mask=live, other=0.0).to(tl.float32)
+        src = (x_ptr + (row // rows_per_batch) * stride_xb + (row % rows_per_batch) * stride_xs
+               + (offs // HEAD) * stride_xh + offs % HEAD)
+        v = tl.load(src, mask=live, other=0.0).to(tl.float32)
         if GELU:  # tanh approximation, as diffusers' "gelu-approximate"; bf16 result like F.gelu on bf16
             inner = 0.7978845608028654 * (v + 0.044715 * v * v * v)
             t = 1.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0)
@@ -184,8 +190,25 @@ def quantize_rows(x: torch.Tensor, kind: str, gelu: bool = False, pad: int = 1):
     if x.stride(1) != 1:
         x = x.contiguous()
     block = row_block(k)
-    _quant_kernel[(mp,)](x, q, s, m, k, x.stride(0), s.stride(0), s.stride(1),
-                        GELU=gelu, BLOCK=block, num_warps=row_warps(block), **_consts(kind))
+    _quant_kernel[(mp,)](x, q, s, m, k, max(m, 1), 0, x.stride(0), 0, s.stride(0), s.stride(1),
+                        GELU=gelu, HEAD=block, BLOCK=block, num_warps=row_warps(block), **_consts(kind))
+    return q, s
+
+
+def quantize_heads(x: torch.Tensor, kind: str, pad: int = 1):
+    """x: [B, S, H, Dh] with Dh contiguous (e.g. attention output, permuted) -> like
+    quantize_rows(x.flatten(2).reshape(B*S, H*Dh)), without materializing that copy."""
+    b, s_len, heads, hd = x.shape
+    m, k = b * s_len, heads * hd
+    mp = padded(m, pad)
+    q, s = _outputs(mp, k, kind, x.device)
+    if mp == 0:
+        return q, s
+    if x.stride(3) != 1 or hd & (hd - 1):
+        return quantize_rows(x.reshape(m, k), kind, pad=pad)
+    block = row_block(k)
+    _quant_kernel[(mp,)](x, q, s, m, k, s_len, x.stride(0), x.stride(1), x.stride(2), s.stride(0), s.stride(1),
+                        GELU=False, HEAD=hd, BLOCK=block, num_warps=row_warps(block), **_consts(kind))
     return q, s
 
 
