@@ -155,11 +155,18 @@ def export_mp4(frames, path: Path, fps: int) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     video = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
-    # macro_block_size=1: sizes are multiples of 16 already; never let imageio resize silently.
-    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1, quality=8,
-                            pixelformat="yuv420p") as writer:
-        for frame in video:
-            writer.append_data(frame)
+    # Written under a temporary name and renamed when complete: a failed export leaves no video-*.mp4.
+    tmp = path.with_name(f".{path.stem}.partial.mp4")
+    try:
+        # macro_block_size=1: sizes are multiples of 16 already; never let imageio resize silently.
+        with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, quality=8,
+                                pixelformat="yuv420p") as writer:
+            for frame in video:
+                writer.append_data(frame)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _set_shift(pipe, shift: float) -> None:

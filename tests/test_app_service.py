@@ -141,17 +141,17 @@ def test_a_failed_mp4_export_leaves_no_file(tmp_path, monkeypatch):
 
     from engine.generate import export_mp4
 
-    frames = np.zeros((3, 32, 32, 3), dtype=np.float32)
+    frames = np.random.default_rng(0).random((24, 64, 64, 3), dtype=np.float32)
     export_mp4(frames, tmp_path / "ok.mp4", 8)
     real = imageio.get_writer
 
-    def failing_writer(*args, **kwargs):  # writes the first frame to disk, then fails (disk full, killed ffmpeg)
+    def failing_writer(*args, **kwargs):  # ffmpeg has started the file, then it fails (disk full, killed)
         writer = real(*args, **kwargs)
         calls = []
 
         def append(frame, _append=writer.append_data):
             calls.append(1)
-            if len(calls) > 1:
+            if len(calls) > 20:
                 raise OSError("ffmpeg died")
             _append(frame)
         writer.append_data = append
