@@ -8,21 +8,19 @@ all LightX2V layouts, ComfyUI scaled fp8 and plain fp8 are understood; see check
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from pathlib import Path
 
 import torch
 
-from .checkpoint_assemble import LoadReport, assemble, format_of
+from .checkpoint_assemble import LoadReport, assemble, finish_load, format_of, open_checkpoint
 from .checkpoint_comfy import from_comfy_quant, has_comfy_quant
 from .checkpoint_io import load_pth
 from .checkpoint_source import TensorSource
 from .errors import CheckpointError
 from .keymaps import detect_naming, strip_prefix, wan_to_diffusers
 
-log = logging.getLogger("engine.checkpoint")
 KEEP_FP32 = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")  # diffusers' _keep_in_fp32_modules
 MARKERS = ("scaled_fp8",)  # ComfyUI's "this file is scaled fp8" tensor
 
@@ -39,9 +37,7 @@ def load_dit(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=No
     from diffusers import WanTransformer3DModel
 
     start = time.perf_counter()
-    src = TensorSource(path)
-    report = LoadReport(path=str(path), component="DiT", layout=src.layout, file_bytes=src.nbytes(),
-                        metadata=dict(src.metadata))
+    src, report = open_checkpoint(path, "DiT")
     tensors, file_of = dit_tensors(src, report)
     _add_calibration(tensors, calib, Path(path), report)
     cfg = _config(config, src, tensors)
@@ -49,13 +45,7 @@ def load_dit(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=No
         model = WanTransformer3DModel.from_config(cfg)
     hint = _hint(scheme, src.metadata)
     state = assemble(model, tensors, file_of, hint=hint, dtype=dtype, keep_fp32=KEEP_FP32, report=report)
-    model.load_state_dict(state, assign=True, strict=True)
-    model.eval().requires_grad_(False)
-    if torch.device(device).type != "cpu":
-        model.to(device)
-    report.seconds = time.perf_counter() - start
-    log.info("%s", report.summary())
-    return model, report
+    return finish_load(model, state, device, report, start)
 
 
 def dit_tensors(src: TensorSource, report: LoadReport):

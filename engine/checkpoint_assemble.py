@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -53,6 +54,27 @@ class Decoded:
     """A layer whose format is already settled (e.g. a slice of a fused projection)."""
     fmt: str
     buffers: dict[str, torch.Tensor]
+
+
+def open_checkpoint(path, component: str):
+    """The start of every loader: the tensor source and its report (a failure names the file)."""
+    from .checkpoint_source import TensorSource
+
+    src = TensorSource(path)
+    report = LoadReport(path=str(path), component=component, layout=src.layout, file_bytes=src.nbytes(),
+                        metadata=dict(src.metadata))
+    return src, report
+
+
+def finish_load(model: nn.Module, state: dict[str, torch.Tensor], device, report: LoadReport, start: float):
+    """The end of every loader: assign the mapped tensors, freeze, move, time. Returns (model, report)."""
+    model.load_state_dict(state, assign=True, strict=True)
+    model.eval().requires_grad_(False)
+    if torch.device(device).type != "cpu":
+        model.to(device)
+    report.seconds = time.perf_counter() - start
+    log.info("%s", report.summary())
+    return model, report
 
 
 def format_of(scheme) -> str | None:

@@ -7,41 +7,17 @@ on the meta device and filled from memory-mapped tensors, like the DiT (checkpoi
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 import types
 
 import torch
 
-from .checkpoint_assemble import Decoded, LoadReport, assemble, format_of, group_by_module, settle_format
+from .checkpoint_assemble import (Decoded, assemble, finish_load, format_of, group_by_module, open_checkpoint,
+                                  settle_format)
 from .checkpoint_formats import decode_layer, is_quantized_layer, split_rows
-from .checkpoint_source import TensorSource
 from .errors import CheckpointError
 from .keymaps import FUSED_QKV, clip_to_hf, strip_prefix, t5_to_hf
-
-log = logging.getLogger("engine.encoders")
-
-
-def _start(path, component):
-    src = TensorSource(path)
-    report = LoadReport(path=str(path), component=component, layout=src.layout, file_bytes=src.nbytes(),
-                        metadata=dict(src.metadata))
-    return src, report
-
-
-def _finish(model, state, device, report, start):
-    model.load_state_dict(state, assign=True, strict=True)
-    model.eval().requires_grad_(False)
-    if torch.device(device).type != "cpu":
-        model.to(device)
-    report.seconds = time.perf_counter() - start
-    log.info("%s", report.summary())
-    return model, report
-
-
-def _hint(scheme):
-    return format_of(scheme)
 
 
 # ---- T5 --------------------------------------------------------------------------------------
@@ -51,7 +27,7 @@ def load_t5(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=Non
     from transformers import UMT5EncoderModel
 
     start = time.perf_counter()
-    src, report = _start(path, "T5")
+    src, report = open_checkpoint(path, "T5")
     keys = src.keys()
     prefix = strip_prefix(keys)
     tensors, origin = {}, {}
@@ -68,10 +44,10 @@ def load_t5(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=Non
     cfg = config if config is not None else infer_t5_config(tensors, src.path)
     with init_empty_weights():
         model = UMT5EncoderModel(cfg)
-    state = assemble(model, tensors, lambda k: origin.get(k, str(src.path)), hint=_hint(scheme), dtype=dtype,
+    state = assemble(model, tensors, lambda k: origin.get(k, str(src.path)), hint=format_of(scheme), dtype=dtype,
                      keep_fp32=(), report=report)
     fix_t5_wo_cast(model)
-    return _finish(model, state, device, report, start)
+    return finish_load(model, state, device, report, start)
 
 
 def fix_t5_wo_cast(model) -> int:
@@ -120,7 +96,7 @@ def load_clip(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=N
     from transformers import CLIPVisionModel
 
     start = time.perf_counter()
-    src, report = _start(path, "CLIP")
+    src, report = open_checkpoint(path, "CLIP")
     keys = src.keys()
     prefix = strip_prefix(keys)
     tensors, origin, skipped = {}, {}, 0
@@ -143,12 +119,12 @@ def load_clip(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=N
     with init_empty_weights():
         model = CLIPVisionModel(cfg)
     file_of = lambda k: origin.get(k, str(src.path))  # noqa: E731
-    tensors = _split_fused_qkv(tensors, file_of, _hint(scheme))
+    tensors = _split_fused_qkv(tensors, file_of, format_of(scheme))
     if not any(k.startswith("vision_model.") for k in model.state_dict()):
         tensors = {k.removeprefix("vision_model."): v for k, v in tensors.items()}
         file_of = lambda k, f=file_of: f("vision_model." + k)  # noqa: E731
-    state = assemble(model, tensors, file_of, hint=_hint(scheme), dtype=dtype, keep_fp32=(), report=report)
-    return _finish(model, state, device, report, start)
+    state = assemble(model, tensors, file_of, hint=format_of(scheme), dtype=dtype, keep_fp32=(), report=report)
+    return finish_load(model, state, device, report, start)
 
 
 def _split_fused_qkv(tensors, file_of, hint):
