@@ -160,3 +160,17 @@ def test_a_failed_mp4_export_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="ffmpeg died"):
         export_mp4(frames, tmp_path / "bad.mp4", 8)
     assert [p.name for p in tmp_path.iterdir()] == ["ok.mp4"]
+
+
+def test_unforeseen_failure_reaches_the_user_as_a_sentence(service, monkeypatch):
+    import gradio as gr
+
+    from ui.handlers import Handlers
+
+    def broken(*a, **k):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(service, "run", broken)
+    with pytest.raises(gr.Error, match="Generation failed: RuntimeError: CUDA error.*lighter preset"):
+        Handlers(service).generate(TINY, "auto", "preset", "preset", "preset", "Text to video", None, "a boat",
+                                   "", 32, 32, 5, 2, 1.0, 5.0, 0, progress=lambda *a, **k: None)

@@ -87,6 +87,10 @@ class Handlers:
             return None, None, f"Stopped: {e}"
         except EngineError as e:
             raise gr.Error(str(e)) from None
+        except Exception as e:  # an unforeseen failure (driver, CUDA, library): a sentence, not a traceback
+            log.exception("generation failed")
+            raise gr.Error(f"Generation failed: {type(e).__name__}: {e}. The server log has the details; "
+                           "a lighter preset, fewer frames or a smaller size may help.") from None
         stats = result.stats.as_dict()
         status = (f"Done: {result.frames} frames at {result.width}x{result.height} in {stats['total_s']} s "
                   f"({stats['mean_step_s']} s per step).\n\n{self.service.loaded_summary()}")
