@@ -41,6 +41,7 @@ class LoadedModel:
     preset: str | None = None
     max_sequence_length: int = 512
     offload: str | None = None  # None | "model" | "block"
+    schedule: str = ""  # which sampling schedule is used, for the UI
 
 
 def loader(component: str):
@@ -133,6 +134,7 @@ def build_from_hub(entry: ModelEntry, cfg: QuantConfig, progress=None, *, preset
                             limits=Limits(max_height=max(size), max_width=max(size)))
     if dit:
         use_distill_sampler(loaded.pipe, cfg.get("sample_shift", 5.0))
+    loaded.schedule = entry.schedule()
     return loaded
 
 

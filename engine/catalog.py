@@ -38,10 +38,25 @@ class ModelEntry:
     max_size: tuple[int, int] = (720, 1280)
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    # Request defaults (LightX2V keys) of a model without a distilled file: its own base-model sampling.
+    # The preset's 4-step / no-CFG values would give noise with a base (non-distilled) transformer.
+    base_defaults: dict = field(default_factory=dict)
 
     @property
     def distilled(self) -> bool:
         return bool(self.distill_stems)
+
+    def schedule(self) -> str:
+        """One sentence saying which sampling schedule this model is run with by default."""
+        if self.distilled:
+            return ("LightX2V 4-step distilled schedule: Euler flow matching at timesteps [1000, 750, 500, 250] "
+                    "(shift 5), classifier-free guidance off.")
+        d = self.base_defaults
+        guidance = d.get("sample_guide_scale")
+        cfg = (f"guidance {guidance[0]} (high-noise expert) / {guidance[1]} (low-noise expert)"
+               if isinstance(guidance, (list, tuple)) else f"guidance {guidance}")
+        return (f"Base model schedule (no distilled file): {d.get('infer_steps')} steps with classifier-free "
+                f"{cfg}; the base repo's scheduler and shift are used unchanged.")
 
     def dit_files(self, fmt: str | None) -> tuple[str, ...] | None:
         """LightX2V's pre-quantized DiT file(s) for `fmt`, or None when none is published."""
@@ -60,7 +75,9 @@ def _add(entry: ModelEntry) -> None:
 _add(ModelEntry(
     "wan2.1-t2v-1.3b", "Wan2.1 T2V 1.3B (480p)", "wan2.1", "t2v", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", 1.3,
     max_size=(480, 832),
-    notes="No LightX2V quantized file: the bf16 transformer (2.8 GB) is downloaded and quantized on load."))
+    notes="No LightX2V quantized file: the bf16 transformer (2.8 GB) is downloaded and quantized on load.",
+    # Wan2.1's own T2V sampling (and diffusers' example): 50 steps, classifier-free guidance 5.0.
+    base_defaults={"infer_steps": 50, "sample_guide_scale": 5.0}))
 _add(ModelEntry(
     "wan2.1-t2v-14b", "Wan2.1 T2V 14B, 4-step distilled", "wan2.1", "t2v", "Wan-AI/Wan2.1-T2V-14B-Diffusers", 14,
     distill_repo=DISTILL_21, distill_stems=("wan2.1_t2v_14b_{infix}lightx2v_4step.safetensors",)))
@@ -83,7 +100,9 @@ _add(ModelEntry(
 _add(ModelEntry(
     "wan2.2-t2v-a14b", "Wan2.2 T2V A14B (two experts)", "wan2.2_moe", "t2v", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", 14,
     transformers=("transformer", "transformer_2"),
-    notes="No LightX2V quantized file: both bf16 transformers (57 GB) are downloaded and quantized on load."))
+    notes="No LightX2V quantized file: both bf16 transformers (57 GB) are downloaded and quantized on load.",
+    # diffusers' documented Wan2.2 T2V A14B call: 40 steps, guidance_scale 4.0, guidance_scale_2 3.0.
+    base_defaults={"infer_steps": 40, "sample_guide_scale": [4.0, 3.0]}))
 
 
 def get_model(key: str) -> ModelEntry:

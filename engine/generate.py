@@ -120,7 +120,7 @@ def _run(model, req, out_dir, on_step, cancel) -> VideoResult:
                 generator=torch.Generator("cpu").manual_seed(req.seed), output_type="np",
                 max_sequence_length=model.max_sequence_length, callback_on_step_end=step_end)
     if getattr(pipe, "transformer_2", None) is not None:
-        args["guidance_scale_2"] = req.guidance
+        args["guidance_scale_2"] = req.guidance if req.guidance_2 is None else req.guidance_2
     if req.task == "i2v":
         args["image"] = req.image
     try:
@@ -169,8 +169,11 @@ def export_mp4(frames, path: Path, fps: int) -> None:
         raise
 
 
-def _set_shift(pipe, shift: float) -> None:
-    """Flow-matching timestep shift: `shift` for FlowMatchEuler, `flow_shift` for UniPC."""
+def _set_shift(pipe, shift: float | None) -> None:
+    """Flow-matching timestep shift: `shift` for FlowMatchEuler, `flow_shift` for UniPC; None keeps the
+    scheduler's own (a base model's repo value)."""
+    if shift is None:
+        return
     sched = pipe.scheduler
     for key in ("flow_shift", "shift"):
         if key in sched.config and sched.config[key] != shift:

@@ -41,9 +41,10 @@ class VideoRequest:
     num_frames: int = 81
     steps: int = 4
     guidance: float = 1.0  # <= 1 turns classifier-free guidance off (4-step distilled models)
-    shift: float = 5.0
+    shift: float | None = 5.0  # None: keep the loaded scheduler's own shift (base models)
     seed: int = 0
     fps: int = 16
+    guidance_2: float | None = None  # Wan2.2 A14B's low-noise expert; None: the same as `guidance`
 
     @classmethod
     def from_lightx2v(cls, cfg: dict, **fields) -> "VideoRequest":
@@ -51,8 +52,14 @@ class VideoRequest:
         keys = {"target_height": "height", "target_width": "width", "target_video_length": "num_frames",
                 "infer_steps": "steps", "sample_guide_scale": "guidance", "sample_shift": "shift", "fps": "fps"}
         values = {ours: cfg[theirs] for theirs, ours in keys.items() if cfg.get(theirs) is not None}
+        if isinstance(values.get("guidance"), (list, tuple)):  # Wan2.2 MoE: [high-noise, low-noise]
+            pair = list(values["guidance"])
+            if len(pair) != 2:
+                raise RequestError(f"sample_guide_scale must be a number or [high_noise, low_noise], got {pair}")
+            values["guidance"], values["guidance_2"] = pair
         if cfg.get("enable_cfg") is False:
             values["guidance"] = 1.0
+            values.pop("guidance_2", None)
         values.update({k: v for k, v in fields.items() if v is not None})
         return cls(**values)
 
@@ -82,7 +89,8 @@ def validate(req: VideoRequest, limits: Limits = Limits(), task: str | None = No
                            f"first); try {lower} or {lower + 4}")
     steps = _int(req.steps, "steps", 1, limits.max_steps)
     guidance = _float(req.guidance, "guidance", 0.0, 20.0)
-    shift = _float(req.shift, "shift", 0.1, 20.0)
+    guidance_2 = None if req.guidance_2 is None else _float(req.guidance_2, "guidance 2", 0.0, 20.0)
+    shift = None if req.shift is None else _float(req.shift, "shift", 0.1, 20.0)
     seed = _int(req.seed, "seed", 0, 2**32 - 1)
     fps = _int(req.fps, "fps", 1, 60)
     image = req.image
@@ -92,7 +100,7 @@ def validate(req: VideoRequest, limits: Limits = Limits(), task: str | None = No
         image = None
     return replace(req, prompt=prompt, negative_prompt=(req.negative_prompt or "").strip(), image=image,
                    height=height, width=width, num_frames=frames, steps=steps, guidance=guidance, shift=shift,
-                   seed=seed, fps=fps)
+                   seed=seed, fps=fps, guidance_2=guidance_2)
 
 
 def _int(value, name, low, high) -> int:

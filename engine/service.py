@@ -71,13 +71,26 @@ class VideoService:
         return name, cfg
 
     def defaults(self, model: str) -> VideoRequest:
-        """Request defaults from the preset (LightX2V keys), sized for the model."""
+        """Request defaults, sized for the model. Distilled models (and the tiny one) take the preset's
+        LightX2V 4-step values; a model without a distilled file runs its base transformer, so it takes
+        the base model's own steps and classifier-free guidance, and keeps its scheduler's shift."""
         choice = self.preset_for(model)
         req = VideoRequest.from_lightx2v(choice.config, prompt="")
         if model != TINY:
-            req.height, req.width = self._entry(model).default_size
-            req.task = self._entry(model).task
+            entry = self._entry(model)
+            req.height, req.width = entry.default_size
+            req.task = entry.task
+            if not entry.distilled:
+                base = VideoRequest.from_lightx2v(entry.base_defaults, prompt="")
+                req.steps, req.guidance, req.guidance_2 = base.steps, base.guidance, base.guidance_2
+                req.shift = None  # the base repo's scheduler shift, unchanged
         return req
+
+    def schedule(self, model: str) -> str:
+        """Which sampling schedule the model runs with by default, in one sentence."""
+        if model == TINY:
+            return "Tiny built-in model: the preset's 4-step schedule (random weights, not real video)."
+        return self._entry(model).schedule()
 
     # ---- work ----------------------------------------------------------------------------
     def run(self, model: str, req: VideoRequest, *, preset: str | None = None, overrides: dict | None = None,
@@ -107,6 +120,8 @@ class VideoService:
             return "No model loaded yet."
         m = self._loaded[1]
         lines = [f"**{m.label}** on {m.device} (preset {m.preset}; {m.config.summary()})"]
+        if m.schedule:
+            lines.append(f"- schedule: {m.schedule}")
         lines += [f"- {comp}: {text}" for comp, text in m.reports.items()]
         return "\n".join(lines)
 

@@ -174,3 +174,37 @@ def test_unforeseen_failure_reaches_the_user_as_a_sentence(service, monkeypatch)
     with pytest.raises(gr.Error, match="Generation failed: RuntimeError: CUDA error.*lighter preset"):
         Handlers(service).generate(TINY, "auto", "preset", "preset", "preset", "Text to video", None, "a boat",
                                    "", 32, 32, 5, 2, 1.0, 5.0, 0, progress=lambda *a, **k: None)
+
+
+def test_models_without_a_distilled_file_default_to_their_base_schedule(tmp_path):
+    h100 = GpuInfo("NVIDIA H100", (9, 0), 80 * GB, 80 * GB)
+    svc = VideoService(h100, demo=False, out_dir=tmp_path)
+    distilled = svc.defaults("wan2.1-t2v-14b")
+    assert (distilled.steps, distilled.guidance, distilled.shift) == (4, 1.0, 5.0)
+    assert "4-step distilled" in svc.schedule("wan2.1-t2v-14b")
+    small = svc.defaults("wan2.1-t2v-1.3b")  # base transformer: Wan's own 50 steps with CFG 5.0
+    assert (small.steps, small.guidance, small.guidance_2, small.shift) == (50, 5.0, None, None)
+    moe = svc.defaults("wan2.2-t2v-a14b")  # diffusers' documented A14B call
+    assert (moe.steps, moe.guidance, moe.guidance_2, moe.shift) == (40, 4.0, 3.0, None)
+    assert "Base model schedule" in svc.schedule("wan2.2-t2v-a14b") and "3.0" in svc.schedule("wan2.2-t2v-a14b")
+    checked = validate(VideoRequest(prompt="x", **{k: getattr(moe, k) for k in ("steps", "guidance", "guidance_2",
+                                                                               "shift")}))
+    assert checked.shift is None and checked.guidance_2 == 3.0
+    from ui.handlers import Handlers
+
+    text = Handlers(svc).preset_text("wan2.1-t2v-1.3b", "auto")
+    assert "**Schedule:** Base model schedule" in text and "50 steps" in text
+
+
+def test_a_none_shift_keeps_the_scheduler_and_a_guidance_pair_is_read():
+    from types import SimpleNamespace
+
+    from engine import generate as gen
+
+    sched = SimpleNamespace(config={"flow_shift": 3.0})
+    pipe = SimpleNamespace(scheduler=sched)
+    gen._set_shift(pipe, None)
+    assert pipe.scheduler is sched
+    req = VideoRequest.from_lightx2v({"sample_guide_scale": [4.0, 3.0], "infer_steps": 40}, prompt="x")
+    assert (req.guidance, req.guidance_2) == (4.0, 3.0)
+    assert VideoRequest.from_lightx2v({"sample_guide_scale": [4.0, 3.0], "enable_cfg": False}, prompt="x").guidance_2 is None

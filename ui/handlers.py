@@ -38,9 +38,11 @@ class Handlers:
             choice = self.service.preset_for(model)
         except EngineError as e:
             raise gr.Error(str(e)) from None
+        schedule = f"\n\n**Schedule:** {self.service.schedule(model)}"
         if preset and preset != "auto":
-            return f"**Preset:** {preset} (chosen by you; auto would pick {choice.name}: {choice.reason})"
-        return f"**Preset:** {choice.name}. {choice.reason}"
+            return (f"**Preset:** {preset} (chosen by you; auto would pick {choice.name}: {choice.reason})"
+                    + schedule)
+        return f"**Preset:** {choice.name}. {choice.reason}" + schedule
 
     def on_model(self, model: str, preset: str):
         """New model: task choices, image box, size defaults and limits, preset explanation."""
@@ -64,12 +66,17 @@ class Handlers:
         if task is None:
             raise gr.Error(f"unknown task {task_label!r}")
         try:
-            fps = self.service.defaults(model).fps
+            default = self.service.defaults(model)
         except EngineError as e:
             raise gr.Error(str(e)) from None
+        guidance = _num(guidance)
+        # Wan2.2 A14B's low-noise expert has its own default guidance; a guidance the user changed
+        # applies to both experts. An empty shift keeps the model's own (base models).
+        guidance_2 = default.guidance_2 if guidance == default.guidance else None
         req = VideoRequest(prompt=prompt or "", task=task, negative_prompt=negative or "", image=image,
                            height=_num(height), width=_num(width), num_frames=_num(frames), steps=_num(steps),
-                           guidance=_num(guidance), shift=_num(shift), seed=_num(seed), fps=fps)
+                           guidance=guidance, shift=_num(shift), seed=_num(seed), fps=default.fps,
+                           guidance_2=guidance_2)
 
         def downloading(p):
             progress(p.fraction, desc=f"downloading {p.filename or 'done'} "

@@ -10,7 +10,8 @@ from .zerogpu import on_gpu
 
 INTRO = ("Video generation with Wan models whose linear layers run quantized (FP8, INT8, NVFP4, MXFP8), "
          "using LightX2V's pre-quantized weights from the Hugging Face Hub. 4-step distilled models default to "
-         "4 steps, guidance off and shift 5.")
+         "LightX2V's schedule (4 steps, guidance off, shift 5); models without a distilled file use their base "
+         "model's steps, guidance and scheduler shift (an empty Shift keeps the scheduler's).")
 
 
 def build_ui(service: VideoService) -> gr.Blocks:
@@ -44,7 +45,7 @@ def build_ui(service: VideoService) -> gr.Blocks:
                 with gr.Row():
                     steps = gr.Number(d.steps, label="Steps", precision=0)
                     guidance = gr.Number(d.guidance, label="Guidance (1 = off)")
-                    shift = gr.Number(d.shift, label="Shift")
+                    shift = gr.Number(d.shift, label="Shift (empty = the model's own)")
                     seed = gr.Number(42, label="Seed", precision=0)
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="generate")
