@@ -15,6 +15,9 @@ import torch
 from . import triton_gemm, triton_quant, triton_wan
 from .triton_quant import ACT_KINDS, padded
 
+if triton_quant.triton is None:
+    raise ImportError("triton is not installed")
+
 
 def _fake_act(m: int, k: int, kind: str, like: torch.Tensor):
     dtype, _, _, group = ACT_KINDS[kind]
