@@ -63,9 +63,11 @@ def rules_for(model: nn.Module) -> tuple[str, ...]:
 
 
 def quantize_model(model: nn.Module, scheme: Scheme | str, rules: Iterable[str] | Callable[[str, nn.Module], bool] | None = None,
-                   kernel: str | None = None) -> QuantReport:
+                   kernel: str | None = None, work_device: torch.device | str | None = None) -> QuantReport:
     """Replace the selected nn.Linear layers of `model` in place. `rules`: regexes matched against the
-    full module name, or a predicate; by default those of the model's class (WAN_DIT_RULES, ...)."""
+    full module name, or a predicate; by default those of the model's class (WAN_DIT_RULES, ...).
+    work_device: quantize there (e.g. the GPU), one layer at a time, and put each quantized layer back
+    where the linear was: the high-precision weights never all sit on that device at once."""
     scheme = resolve_scheme(scheme) if isinstance(scheme, str) else scheme
     if not scheme.quantized:
         return QuantReport(format="none", bytes_before=model_bytes(model), bytes_after=model_bytes(model))
@@ -78,9 +80,15 @@ def quantize_model(model: nn.Module, scheme: Scheme | str, rules: Iterable[str] 
     for name in targets:
         parent, attr = _parent(model, name)
         linear = getattr(parent, attr)
+        home = linear.weight.device
+        moved = work_device is not None and torch.device(work_device) != home
         try:
             with torch.no_grad():
-                quant = QuantLinear.from_linear(linear, scheme.format, kernel or scheme.kernel)
+                source = _copy_to(linear, work_device) if moved else linear
+                quant = QuantLinear.from_linear(source, scheme.format, kernel or scheme.kernel)
+                if moved:
+                    quant = quant.to(home)
+                    del source
         except FormatError as e:
             raise FormatError(f"layer {name}: {e}") from None
         setattr(parent, attr, quant)
@@ -88,6 +96,15 @@ def quantize_model(model: nn.Module, scheme: Scheme | str, rules: Iterable[str] 
     report.bytes_after = model_bytes(model)
     log.info("%s", report.summary())
     return report
+
+
+def _copy_to(linear: nn.Linear, device) -> nn.Linear:
+    """A copy of the linear on `device`; the original (perhaps memory-mapped) stays untouched."""
+    copy = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
+    copy.weight = nn.Parameter(linear.weight.detach().to(device), requires_grad=False)
+    if linear.bias is not None:
+        copy.bias = nn.Parameter(linear.bias.detach().to(device), requires_grad=False)
+    return copy
 
 
 def _selector(rules):

@@ -110,9 +110,15 @@ def build_from_dir(model_dir: str | Path, cfg: QuantConfig, *, dit_ckpts: list[s
         pipe = pipeline_class.from_pretrained(model_dir, torch_dtype=dtype, **parts)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot load the diffusers pipeline from {model_dir}: {e}") from None
-    for attr, report in quantize_pipeline(pipe, cfg).items():
+    # Components loaded in high precision (base weights, or a bf16 LightX2V distilled DiT) are quantized
+    # here, layer by layer on the GPU when there is one: the bf16 file is memory-mapped, so neither host
+    # nor GPU memory ever holds the whole bf16 model.
+    work = device if device.type == "cuda" else None
+    for attr, report in quantize_pipeline(pipe, cfg, work_device=work).items():
         if report.swapped:
-            reports[attr] = report.summary()
+            loaded_from = reports.get(attr)
+            reports[attr] = (f"{loaded_from}\n  - quantized on load: {report.summary()}" if loaded_from
+                             else report.summary())
     pipe.set_progress_bar_config(disable=True)
     offload = _place(pipe, cfg, device)
     return LoadedModel(pipe, task, label or model_dir.name, cfg, device, limits, reports, preset, offload=offload)
@@ -125,9 +131,9 @@ def build_from_hub(entry: ModelEntry, cfg: QuantConfig, progress=None, *, preset
     plan = hub.plan_downloads(entry, cfg, loadable_components())
     paths = hub.fetch(plan, progress, endpoint=endpoint, cache_dir=cache_dir)
     dit = None
-    if "dit" in plan.prequantized:
+    if plan.distilled_dit:  # pre-quantized, or bf16 distilled and quantized on load by build_from_dir
         folder = paths["dit"].parent
-        dit = [str(folder / name) for name in plan.prequantized["dit"]]
+        dit = [str(folder / name) for name in plan.distilled_dit]
     size = entry.max_size
     loaded = build_from_dir(paths["base"], cfg, dit_ckpts=dit, t5_ckpt=_path(paths.get("t5")),
                             clip_ckpt=_path(paths.get("clip")), label=entry.label, preset=preset,

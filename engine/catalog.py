@@ -14,7 +14,8 @@ DISTILL_21 = "lightx2v/Wan2.1-Distill-Models"
 DISTILL_22 = "lightx2v/Wan2.2-Distill-Models"
 ENCODERS = "lightx2v/Encoders-Lightx2v"
 
-# LightX2V's file-name infix per DiT format; formats without a published file are quantized on load.
+# LightX2V's file-name infix per DiT format; for formats without a published file the bf16 distilled
+# file (empty infix) is downloaded and quantized on load: never the base repo's non-distilled weights.
 DIT_INFIX = {"fp8": "scaled_fp8_e4m3_", "int8": "int8_"}
 T5_FILE = "models_t5_umt5-xxl-enc-{fmt}.pth"
 CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14-{fmt}.pth"
@@ -63,6 +64,11 @@ class ModelEntry:
         if not self.distilled or fmt not in DIT_INFIX:
             return None
         return tuple(stem.format(infix=DIT_INFIX[fmt]) for stem in self.distill_stems)
+
+    def distilled_bf16_files(self) -> tuple[str, ...]:
+        """LightX2V's bf16 distilled DiT file(s) (empty infix): loaded and quantized on load to formats
+        without a published file (nvfp4, mxfp8, fp8_block128, ...), or run as they are for bf16."""
+        return tuple(stem.format(infix="") for stem in self.distill_stems)
 
 
 CATALOG: dict[str, ModelEntry] = {}

@@ -16,7 +16,7 @@ from typing import Callable
 
 from .catalog import ENCODERS, ModelEntry, encoder_file
 from .config import QuantConfig
-from .errors import EngineError, HubError
+from .errors import ConfigError, EngineError, HubError
 
 DISK_MARGIN = 512 * 2**20  # leave this much free after a download: a full disk breaks everything else
 
@@ -33,6 +33,9 @@ class DownloadPlan:
     parts: list[RepoFiles] = field(default_factory=list)
     # Components whose LightX2V pre-quantized file is used (the rest quantize on load).
     prequantized: dict[str, list[str]] = field(default_factory=dict)
+    # LightX2V distilled DiT file(s) to load, one per transformer: the pre-quantized ones above, or the
+    # bf16 distilled ones, quantized on load. Empty for models without a distilled file.
+    distilled_dit: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         return "\n".join(f"{p.role}: {p.repo} [{', '.join(p.patterns)}]" for p in self.parts)
@@ -59,10 +62,20 @@ def plan_downloads(entry: ModelEntry, cfg: QuantConfig, loadable: frozenset[str]
     engine can load; for the others the bf16 weights come from the base repo and are quantized on load."""
     plan = DownloadPlan()
     base = ["model_index.json", "scheduler/*", "tokenizer/*", "vae/*", "image_processor/*"]
-    dit_files = entry.dit_files(cfg.dit.scheme.format) if cfg.dit.quantized and "dit" in loadable else None
-    if dit_files:
+    dit_files = None
+    if entry.distilled:
+        # The base repo's transformer is not distilled: at 4 steps it gives noise, so it is never used.
+        if "dit" not in loadable:
+            raise ConfigError(f"{entry.label} runs LightX2V's distilled DiT files, but this build has no loader "
+                              "for them (engine.checkpoint.load_dit); reinstall the engine or choose a model "
+                              "without a distilled file.")
+        dit_files = entry.dit_files(cfg.dit.scheme.format) if cfg.dit.quantized else None
+        if dit_files:
+            plan.prequantized["dit"] = list(dit_files)
+        else:  # no published file in this format (or bf16): the bf16 distilled file, quantized on load
+            dit_files = entry.distilled_bf16_files()
         plan.parts.append(RepoFiles("dit", entry.distill_repo, list(dit_files)))
-        plan.prequantized["dit"] = list(dit_files)
+        plan.distilled_dit = list(dit_files)
     for name in entry.transformers:
         base.append(f"{name}/config.json" if dit_files else f"{name}/*")
     encoders = [("t5", "text_encoder")] + ([("clip", "image_encoder")] if entry.uses_clip else [])

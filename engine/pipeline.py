@@ -8,14 +8,15 @@ from .config import QuantConfig
 COMPONENT_OF = {"transformer": "dit", "transformer_2": "dit", "text_encoder": "t5", "image_encoder": "clip"}
 
 
-def quantize_pipeline(pipe, cfg: QuantConfig) -> dict[str, QuantReport]:
+def quantize_pipeline(pipe, cfg: QuantConfig, work_device=None) -> dict[str, QuantReport]:
+    """work_device: where to quantize (layer by layer; see quantize_model), e.g. the GPU."""
     reports = {}
     for attr, comp in COMPONENT_OF.items():
         module = getattr(pipe, attr, None)
         quant = getattr(cfg, comp)
         if module is None or not quant.quantized:
             continue
-        reports[attr] = quantize_model(module, quant.scheme)
+        reports[attr] = quantize_model(module, quant.scheme, work_device=work_device)
         if attr == "text_encoder":
             from .encoders import fix_t5_wo_cast
 

@@ -11,6 +11,7 @@ from tests.test_infer import lightx2v_int8_dit, read_mp4
 BASE = "Wan-AI/Wan2.1-T2V-14B-Diffusers"
 DISTILL = "lightx2v/Wan2.1-Distill-Models"
 INT8_DIT = "wan2.1_t2v_14b_int8_lightx2v_4step.safetensors"
+BF16_DIT = "wan2.1_t2v_14b_lightx2v_4step.safetensors"
 
 
 @pytest.fixture
@@ -23,10 +24,24 @@ def fake_hub(tmp_path, monkeypatch):
     tiny = save_tiny(tmp_path / "tiny", "t2v")
     dit = lightx2v_int8_dit(WanTransformer3DModel.from_pretrained(tiny, subfolder="transformer"),
                             tmp_path / INT8_DIT)
+    bf16 = lightx2v_bf16_dit(WanTransformer3DModel.from_pretrained(tiny, subfolder="transformer"),
+                             tmp_path / BF16_DIT)
     with FakeHub() as hub:
         hub.add_folder(BASE, tiny)
-        hub.add_repo(DISTILL, {INT8_DIT: dit.read_bytes(), "wan2.1_t2v_14b_lightx2v_4step.safetensors": b"bf16"})
+        hub.add_repo(DISTILL, {INT8_DIT: dit.read_bytes(), BF16_DIT: bf16.read_bytes()})
         yield hub
+
+
+def lightx2v_bf16_dit(transformer, path):
+    """LightX2V's bf16 distilled layout: Wan key names, every tensor bf16, nothing quantized."""
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.keymaps import diffusers_to_wan
+
+    save_file({diffusers_to_wan(k): v.to(torch.bfloat16).contiguous() for k, v in transformer.state_dict().items()},
+              str(path))
+    return path
 
 
 def test_catalog_model_downloads_only_what_it_needs_and_generates(fake_hub, tmp_path):
@@ -47,3 +62,23 @@ def test_catalog_model_downloads_only_what_it_needs_and_generates(fake_hub, tmp_
     fake_hub.log.clear()
     svc.run("wan2.1-t2v-14b", req, overrides=dict(t5="bf16"))
     assert fake_hub.log == []
+
+
+def test_a_format_without_a_published_file_quantizes_the_bf16_distilled_file(fake_hub, tmp_path):
+    from torch import nn
+
+    blackwell = GpuInfo("NVIDIA B200", (10, 0), 180 * GB, 180 * GB)
+    svc = VideoService(blackwell, demo=False, out_dir=tmp_path / "out", endpoint=fake_hub.url,
+                       cache_dir=tmp_path / "cache")
+    assert svc.preset_for("wan2.1-t2v-14b").name == "blackwell-nvfp4"
+    req = VideoRequest(prompt="a lighthouse", height=32, width=48, num_frames=5, steps=2)
+    result = svc.run("wan2.1-t2v-14b", req, overrides=dict(t5="bf16"))
+    fetched = [path for method, path, _ in fake_hub.log if method == "GET" and "/resolve/" in path]
+    assert any(path.endswith("/" + BF16_DIT) for path in fetched)
+    assert not any("transformer/diffusion_pytorch_model" in path or INT8_DIT in path for path in fetched)
+    summary = svc.loaded_summary()
+    assert "DiT from" in summary and BF16_DIT in summary and "quantized on load: nvfp4" in summary
+    assert set(v.split(":")[0] for v in result.stats.kernels["transformer"].values()) == {"nvfp4"}
+    transformer = svc._loaded[1].pipe.transformer
+    assert not any(type(m) is nn.Linear for n, m in transformer.named_modules() if n.startswith("blocks."))
+    assert read_mp4(result.path) == (5, (32, 48, 3))

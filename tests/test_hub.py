@@ -7,7 +7,7 @@ import pytest
 from engine import hub
 from engine.catalog import get_model
 from engine.config import load_config
-from engine.errors import HubError
+from engine.errors import ConfigError, HubError
 from engine.hardware import load_preset
 from tests.fakehub import FakeHub
 
@@ -55,8 +55,36 @@ def test_plan_skips_bf16_transformer_when_quantized_file_is_used():
     assert "transformer/config.json" in base.patterns and "transformer/*" not in base.patterns
     assert "text_encoder/config.json" in base.patterns
     assert plan.prequantized == {"dit": [FP8_DIT], "t5": ["models_t5_umt5-xxl-enc-fp8.pth"]}
-    # Without a loader for LightX2V files the bf16 weights are needed (quantized on load).
-    assert "transformer/*" in fp8_plan(frozenset()).parts[0].patterns
+    # Without a loader for LightX2V T5 files its bf16 weights come from the base repo (quantized on load).
+    assert "text_encoder/*" in fp8_plan(frozenset({"dit"})).parts[0].patterns
+    # A distilled model never falls back to the base repo's (non-distilled) transformer.
+    with pytest.raises(ConfigError, match="no loader"):
+        fp8_plan(frozenset())
+
+
+@pytest.mark.parametrize("model, preset, dit, files", [
+    ("wan2.1-t2v-14b", "blackwell-nvfp4", None, ["wan2.1_t2v_14b_lightx2v_4step.safetensors"]),
+    ("wan2.1-t2v-14b", "hopper-fp8", "fp8-block128", ["wan2.1_t2v_14b_lightx2v_4step.safetensors"]),
+    ("wan2.1-t2v-14b", "hopper-fp8", "bf16", ["wan2.1_t2v_14b_lightx2v_4step.safetensors"]),
+    ("wan2.2-i2v-a14b", "blackwell-mxfp8", None, ["wan2.2_i2v_A14b_high_noise_lightx2v_4step.safetensors",
+                                                  "wan2.2_i2v_A14b_low_noise_lightx2v_4step.safetensors"]),
+])
+def test_formats_without_a_published_file_use_the_bf16_distilled_file(model, preset, dit, files):
+    from engine.hardware import apply_overrides
+
+    entry = get_model(model)
+    plan = hub.plan_downloads(entry, load_config(apply_overrides(load_preset(preset), dit=dit)),
+                              frozenset({"dit", "t5", "clip"}))
+    assert plan.distilled_dit == files and "dit" not in plan.prequantized  # quantized on load
+    assert [p.patterns for p in plan.parts if p.role == "dit"] == [files]
+    base = plan.parts[0].patterns
+    assert all(f"{name}/config.json" in base and f"{name}/*" not in base for name in entry.transformers)
+
+
+def test_models_without_a_distilled_file_use_the_base_transformer():
+    plan = hub.plan_downloads(get_model("wan2.1-t2v-1.3b"), load_config(load_preset("hopper-fp8")),
+                              frozenset({"dit", "t5"}))
+    assert plan.distilled_dit == [] and "transformer/*" in plan.parts[0].patterns
 
 
 def test_plan_for_wan22_moe_names_both_experts():
