@@ -139,17 +139,18 @@ def build_from_hub(entry: ModelEntry, cfg: QuantConfig, progress=None, *, preset
                             clip_ckpt=_path(paths.get("clip")), label=entry.label, preset=preset,
                             limits=Limits(max_height=max(size), max_width=max(size)))
     if dit:
-        use_distill_sampler(loaded.pipe, cfg.get("sample_shift", 5.0))
+        use_distill_sampler(loaded.pipe, cfg.get("sample_shift", 5.0), cfg.get("denoising_step_list"))
     loaded.schedule = entry.schedule()
     return loaded
 
 
-def use_distill_sampler(pipe, shift: float) -> None:
-    """LightX2V samples its 4-step distilled DiTs with a first-order flow-matching (Euler) step; the
-    base repos ship UniPC (multistep), tuned for 40-50 steps. Swap in Euler with the shift."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+def use_distill_sampler(pipe, shift: float, denoising_step_list=None) -> None:
+    """LightX2V samples its 4-step distilled DiTs with first-order flow-matching (Euler) steps at the
+    timesteps of `denoising_step_list` (default [1000, 750, 500, 250]) shifted by `shift`; the base repos
+    ship UniPC (multistep), tuned for 40-50 steps. Swap in that sampler (engine.schedulers)."""
+    from .schedulers import distill_scheduler
 
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    pipe.scheduler = distill_scheduler(shift, denoising_step_list)
 
 
 def dit_ckpts_from_config(cfg: QuantConfig, transformers: int) -> list[str]:

@@ -4,7 +4,8 @@
         --prompt "..." [--negative_prompt ...] [--image_path IMG] [--seed N] --save_result_path out.mp4
 
 The config uses LightX2V's keys: infer_steps, target_video_length, target_height, target_width,
-sample_guide_scale, sample_shift, fps, dit_quantized_ckpt, mm_config or dit_quant_scheme, t5_*, clip_*.
+sample_guide_scale, sample_shift, fps, dit_quantized_ckpt, mm_config or dit_quant_scheme, t5_*, clip_*,
+and denoising_step_list (LightX2V's distill configs: sample with its 4-step distilled Euler schedule).
 
     python -m engine.infer --save_tiny DIR [--task t2v|i2v]
 
@@ -56,6 +57,12 @@ def run(args: argparse.Namespace) -> Path:
         raise EngineError("--model_path and --config_json are required (or --save_tiny DIR)")
     cfg = load_config(args.config_json)
     model = build_from_dir(args.model_path, cfg, device=args.device)
+    if cfg.get("denoising_step_list") is not None:  # LightX2V's distill configs: its 4-step sampler
+        from .builder import use_distill_sampler
+
+        use_distill_sampler(model.pipe, cfg.get("sample_shift", 5.0), cfg.get("denoising_step_list"))
+        print(f"sampler: distilled Euler, denoising_step_list {cfg.get('denoising_step_list')}, "
+              f"shift {cfg.get('sample_shift', 5.0)}")
     want = MODEL_CLASSES[args.model_cls]
     have = 2 if getattr(model.pipe, "transformer_2", None) is not None else 1
     if have != want:

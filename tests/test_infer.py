@@ -120,3 +120,19 @@ def test_t5_from_a_lightx2v_int8_file(tiny_dirs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "text_encoder:" in printed and "models_t5_umt5-xxl-enc-int8.pth" in printed
     assert read_mp4(out) == (9, (48, 32, 3))
+
+
+def test_a_distill_config_uses_the_distilled_sampler(tiny_dirs, tmp_path, capsys, monkeypatch):
+    from engine import generate as gen
+    from engine.schedulers import DistillEulerScheduler
+
+    used = []
+    real = gen._run
+    monkeypatch.setattr(gen, "_run", lambda model, *a: used.append(model.pipe.scheduler) or real(model, *a))
+    cfg = write_config(tmp_path / "cfg.json", infer_steps=2, denoising_step_list=[1000, 500])
+    out = tmp_path / "distill.mp4"
+    assert infer.main(["--model_path", str(tiny_dirs["t2v"]), "--config_json", str(cfg), "--prompt", "waves",
+                       "--save_result_path", str(out)]) == 0
+    assert "sampler: distilled Euler" in capsys.readouterr().out
+    assert isinstance(used[0], DistillEulerScheduler) and list(used[0].config.denoising_step_list) == [1000, 500]
+    assert read_mp4(out) == (9, (48, 32, 3))
