@@ -139,7 +139,7 @@ def _blockwise_kernel():
 
 # ---- the kernel the registry offers --------------------------------------------------------------
 from .base import register_kernel  # noqa: E402
-from .eightbit import EightBitKernel, layer_cache, needs_cuda  # noqa: E402
+from .eightbit import MAX_ROW, EightBitKernel, layer_cache, needs_cuda  # noqa: E402
 
 
 class TritonGemmKernel(EightBitKernel):
@@ -176,7 +176,5 @@ class TritonGemmKernel(EightBitKernel):
                             layer.fmt == "fp8_block128")
         return y[:rows]
 
-
-from .eightbit import MAX_ROW  # noqa: E402
 
 register_kernel(TritonGemmKernel())
