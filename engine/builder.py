@@ -121,7 +121,25 @@ def build_from_dir(model_dir: str | Path, cfg: QuantConfig, *, dit_ckpts: list[s
                              else report.summary())
     pipe.set_progress_bar_config(disable=True)
     offload = _place(pipe, cfg, device)
+    if device.type == "cuda" and cfg.get("fused_wan", True):
+        _fuse(pipe, reports)
     return LoadedModel(pipe, task, label or model_dir.name, cfg, device, limits, reports, preset, offload=offload)
+
+
+def _fuse(pipe, reports: dict) -> None:
+    """Fold the elementwise work around the quantized linears into their activation quantization
+    (engine/fused.py); blocks that cannot take it keep diffusers' forward and the log says why."""
+    from .fused import install_fused_wan
+
+    for attr in ("transformer", "transformer_2"):
+        module = getattr(pipe, attr, None)
+        if module is not None:
+            count = install_fused_wan(module)
+            planned = sum(1 for m in module.modules() if m.__dict__.get("_fused_plan"))
+            note = f"fused Wan block forward on {planned} of {count} blocks"
+            if planned < count:
+                note += " (the others keep diffusers' forward; the log says why)"
+            reports[attr] = f"{reports[attr]}\n  - {note}" if reports.get(attr) else note
 
 
 def build_from_hub(entry: ModelEntry, cfg: QuantConfig, progress=None, *, preset: str | None = None,
