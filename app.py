@@ -3,6 +3,7 @@
     python app.py --demo        the tiny built-in model on CPU, no network needed
     python app.py               the model catalog (downloads from the Hub) on a GPU; falls back to
                                 the demo when there is no GPU or the Hub cannot be reached
+                                (with HF_HUB_OFFLINE=1 the catalog loads from the local cache)
 Honours --port / --host and Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import socket
 
 from engine.hardware import detect_gpu, zerogpu_gpu
+from engine.hub import is_offline
 from engine.service import VideoService
 
 log = logging.getLogger("app")
@@ -28,10 +30,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    from engine.hub import is_offline
-
-    if is_offline():
-        return False
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
         return True  # a proxy decides; downloads will say if it cannot
     from urllib.parse import urlparse
@@ -51,8 +49,10 @@ def make_service(args: argparse.Namespace) -> VideoService:
     if not demo and gpu is None:
         log.warning("no CUDA GPU found: starting the demo with the built-in model (use a GPU for real models)")
         demo = True
-    elif not demo and not hub_reachable():
-        log.warning("the Hugging Face Hub cannot be reached (or HF_HUB_OFFLINE is set): starting the demo")
+    elif not demo and not is_offline() and not hub_reachable():
+        # HF_HUB_OFFLINE=1 is a choice, not an outage: the catalog then loads from the local cache
+        log.warning("the Hugging Face Hub cannot be reached: starting the demo (set HF_HUB_OFFLINE=1 to use "
+                    "models already in the cache)")
         demo = True
     return VideoService(gpu, demo, out_dir=args.outputs)
 

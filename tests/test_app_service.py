@@ -124,8 +124,12 @@ def test_app_chooses_demo_without_gpu_or_network(monkeypatch, tmp_path):
     monkeypatch.setattr(app, "detect_gpu", lambda: None)
     assert app.make_service(args).demo
     monkeypatch.setattr(app, "detect_gpu", lambda: h100)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(app, "hub_reachable", lambda: False)
     assert app.make_service(args).demo
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline by choice: the catalog from the local cache
+    assert not app.make_service(args).demo
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(app, "hub_reachable", lambda: True)
     svc = app.make_service(args)
     assert not svc.demo and "wan2.1-t2v-14b" in [key for _, key in svc.models()]
