@@ -199,10 +199,8 @@ def part_transformer(args, rows):
             from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
             import re
             rules = [re.compile(r) for r in WAN_DIT_RULES]
-            names = {id(m): n for n, m in base.named_modules()}
             try:
                 model = copy.deepcopy(base)
-                names = {id(m): n for n, m in model.named_modules()}
                 quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
                           filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and any(r.fullmatch(fqn) for r in rules))
                 t, y, mem = measure("torchao", model)

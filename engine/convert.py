@@ -23,6 +23,7 @@ from .checkpoint_comfy import to_comfy_quant
 from .checkpoint_formats import NVFP4_GS_NUMERATOR, encode_layer
 from .checkpoint_io import load_pth, write_atomic_bytes, write_safetensors
 from .checkpoint_source import INDEX_NAME, TensorSource
+from .cli import run_command
 from .errors import EngineError
 from .formats import get_format
 from .keymaps import rename, wan_to_diffusers
@@ -255,14 +256,8 @@ def _copy_non_weight_files(source: Path, target: Path) -> None:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
-        convert(args)
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: convert(args))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ writes the tiny built-in model as a diffusers-format folder (for tests and tryin
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from .cli import run_command
 from .errors import EngineError
 
 MODEL_CLASSES = {"wan2.1": 1, "wan2.2_moe": 2}  # --model_cls -> number of transformers
@@ -100,17 +100,10 @@ def _image(path):
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
-        if args.save_tiny:
-            print(f"saved the tiny {args.task} model to {save_tiny(args.save_tiny, args.task)}")
-        else:
-            run(args)
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    if args.save_tiny:
+        return run_command(lambda: print(f"saved the tiny {args.task} model to {save_tiny(args.save_tiny, args.task)}"))
+    return run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import torch
 
 from engine.errors import FormatError
 from engine.formats import FORMATS, get_format
-from engine.formats.elements import E2M1_VALUES, pack_e2m1, unpack_e2m1
+from engine.formats.elements import pack_e2m1, unpack_e2m1
 from reference import reference_dequant, round_e4m3
 
 CHECKED = ["int8", "fp8", "fp8_tensor", "fp8_block128", "mxfp8", "nvfp4"]
