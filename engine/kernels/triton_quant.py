@@ -23,6 +23,7 @@ import torch
 try:
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
 except ImportError:  # CPU-only installs: the registry reports "triton is not installed"
     triton = None
 
@@ -53,6 +54,15 @@ if triton is not None:
         tie = (r - v) == 0.5
         odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
         return tl.where(tie & odd, r - 1.0, r)
+
+    @triton.jit
+    def _rint(v):
+        """Round to the nearest integer, ties to even: one instruction on a GPU (cvt.rni); the
+        hand-written version costs ~10 instructions per element and made the int8 quantizer
+        compute-bound (0.31 ms vs fp8's 0.19 ms on [32760, 5120], H100)."""
+        if HW_FP8_CAST:
+            return libdevice.rint(v)
+        return _round_half_even(v)
 
     @triton.jit
     def _round_e4m3(v):
@@ -90,7 +100,7 @@ if triton is not None:
             tl.store(s_ptr + row * stride_sm + g * stride_sg, scale, mask=g * GROUP < K)
         y = tl.minimum(tl.maximum(y, -QMAX), QMAX)
         if IS_INT:
-            tl.store(q_ptr + row * K + offs, _round_half_even(y).to(tl.int8), mask=mask)
+            tl.store(q_ptr + row * K + offs, _rint(y).to(tl.int8), mask=mask)
         else:
             tl.store(q_ptr + row * K + offs, _to_e4m3(y), mask=mask)
 
