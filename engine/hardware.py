@@ -17,7 +17,7 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 GB = 1024**3
 
 FP8_MIN = (8, 9)  # Ada and newer have FP8 tensor cores
-MICROSCALE_MIN = (10, 0)  # MXFP8 / NVFP4 GEMMs are Blackwell (sm100, sm120) features
+MICROSCALE_MIN = (10, 0)  # Blackwell (sm100, sm120): native MXFP8 / NVFP4 GEMMs exist there
 FP8_GPUS = "compute capability 8.9 or newer: RTX 40, L40S, H100/H200, Blackwell"
 
 
@@ -92,14 +92,15 @@ def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None) -> Prese
     """The preset for this GPU and model, with the reason in one or two sentences."""
     if gpu is None:
         return _choice("cpu-demo", "No CUDA GPU found, so the app runs the tiny built-in model on CPU.")
-    family = {"blackwell": ("blackwell-nvfp4", "Blackwell runs NVFP4 GEMMs natively (4-bit DiT)"),
+    family = {"blackwell": ("blackwell-fp8", "Blackwell has FP8 tensor cores: fastest with FP8 (the NVFP4 and "
+                                             "MXFP8 presets save memory but run emulated in this release)"),
               "hopper": ("hopper-fp8", "Hopper has FP8 tensor cores: fastest with FP8"),
               "ada": ("ada-fp8", "Ada has FP8 tensor cores: fastest with FP8"),
               "ampere": ("ampere-int8", "Ampere has no FP8, so INT8 (per-channel weights, per-token activations)"),
               "pre-ampere": ("ampere-int8", "this GPU predates Ampere; INT8 is the only 8-bit option and may "
                                             "fall back to slower kernels")}
     name, why = family[gpu.family]
-    dit_bits = 4 if name == "blackwell-nvfp4" else 8
+    dit_bits = 8
     need = weight_gb(model, dit_bits, 8) if model else weight_gb_default(dit_bits)
     need_gb = need + _activation_gb(model)
     free_gb = gpu.free_bytes / GB
@@ -170,16 +171,36 @@ def format_problem(fmt: str, gpu: GpuInfo) -> str | None:
     here = f"{gpu.name} is compute capability {major}.{minor}"
     if fmt.startswith("fp8") and not gpu.has_fp8:
         return f"FP8 needs an FP8-capable GPU ({FP8_GPUS}); {here}. Choose int8 instead (preset ampere-int8)."
-    if fmt in ("mxfp8", "nvfp4", "mxfp4") and gpu.capability < MICROSCALE_MIN:
-        instead = "fp8 (preset hopper-fp8 or ada-fp8)" if gpu.has_fp8 else "int8 (preset ampere-int8)"
-        return f"{fmt.upper()} matrix multiplication needs a Blackwell GPU (sm100 or sm120); {here}. Choose {instead}."
+    if fmt in MICROSCALED and not gpu.has_fp8:
+        # the emulation's kernels are built and tested for FP8-capable GPUs only
+        return (f"{fmt.upper()} runs (emulated) on FP8-capable GPUs only ({FP8_GPUS}); {here}. "
+                "Choose int8 instead (preset ampere-int8).")
     return None
+
+
+MICROSCALED = ("mxfp8", "nvfp4", "mxfp4")
+
+
+def format_notices(cfg: QuantConfig, gpu: GpuInfo | None) -> list[str]:
+    """Sentences about formats that run here, but not at full speed: MX/NVFP4 are emulated."""
+    if gpu is None:
+        return []
+    notes = []
+    for comp in COMPONENTS:
+        quant = getattr(cfg, comp)
+        if quant.quantized and quant.scheme.format in MICROSCALED:
+            notes.append(f"{'DiT' if comp == 'dit' else comp.upper()} {quant.scheme.format.upper()} runs emulated on "
+                         f"{gpu.name}: the weights stay packed (the memory saving is real) but it is slower than "
+                         "bf16 and FP8 (0.8-1.0x bf16 per layer, measured on an H100); this release has no native "
+                         "block-scaled GEMM. Choose fp8 for speed.")
+    return notes
 
 
 def lighter_preset(name: str) -> str | None:
     """The next preset down in memory use, for out-of-memory advice."""
     steps = {"hopper-fp8": "lowmem-fp8-offload", "ada-fp8": "lowmem-fp8-offload",
-             "blackwell-nvfp4": "lowmem-fp8-offload", "blackwell-mxfp8": "lowmem-fp8-offload",
+             "blackwell-fp8": "lowmem-fp8-offload", "blackwell-nvfp4": "lowmem-fp8-offload",
+             "blackwell-mxfp8": "lowmem-fp8-offload",
              "ampere-int8": "lowmem-int8-offload", "lowmem-fp8-offload": "lowmem-fp8-block-offload",
              "lowmem-int8-offload": "lowmem-int8-block-offload"}
     return steps.get(name)

@@ -16,7 +16,8 @@ from .catalog import CATALOG, get_model
 from .config import QuantConfig, load_config
 from .errors import ConfigError
 from .generate import Cancelled, StepInfo, VideoResult, generate
-from .hardware import GpuInfo, PresetChoice, apply_overrides, check_config_for_gpu, choose_preset, load_preset
+from .hardware import (GpuInfo, PresetChoice, apply_overrides, check_config_for_gpu, choose_preset,
+                       format_notices, load_preset)
 from .request import VideoRequest
 
 log = logging.getLogger("engine.service")
@@ -43,6 +44,7 @@ class VideoService:
         self._loaded: tuple[LoadKey, LoadedModel] | None = None
         self._cancel = threading.Event()
         self._lock = threading.Lock()  # one job (load + generate) at a time
+        self.notices: list[str] = []  # sentences about the last config on this GPU (e.g. emulated formats)
 
     # ---- what the UI shows -----------------------------------------------------------------
     def models(self) -> list[tuple[str, str]]:
@@ -68,6 +70,9 @@ class VideoService:
         cfg = load_config(apply_overrides(load_preset(name), dit=dit, t5=t5, clip=clip))
         if model != TINY:
             check_config_for_gpu(cfg, self.gpu)
+            self.notices = format_notices(cfg, self.gpu)
+            for note in self.notices:
+                log.warning("%s", note)
         return name, cfg
 
     def defaults(self, model: str) -> VideoRequest:
@@ -123,6 +128,7 @@ class VideoService:
         if m.schedule:
             lines.append(f"- schedule: {m.schedule}")
         lines += [f"- {comp}: {text}" for comp, text in m.reports.items()]
+        lines += [f"- note: {note}" for note in self.notices]
         return "\n".join(lines)
 
     def _load(self, model, task, preset, cfg: QuantConfig, on_download) -> LoadedModel:

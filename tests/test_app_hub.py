@@ -70,14 +70,15 @@ def test_a_format_without_a_published_file_quantizes_the_bf16_distilled_file(fak
     blackwell = GpuInfo("NVIDIA B200", (10, 0), 180 * GB, 180 * GB)
     svc = VideoService(blackwell, demo=False, out_dir=tmp_path / "out", endpoint=fake_hub.url,
                        cache_dir=tmp_path / "cache")
-    assert svc.preset_for("wan2.1-t2v-14b").name == "blackwell-nvfp4"
+    assert svc.preset_for("wan2.1-t2v-14b").name == "blackwell-fp8"
     req = VideoRequest(prompt="a lighthouse", height=32, width=48, num_frames=5, steps=2)
-    result = svc.run("wan2.1-t2v-14b", req, overrides=dict(t5="bf16"))
+    result = svc.run("wan2.1-t2v-14b", req, preset="blackwell-nvfp4", overrides=dict(t5="bf16"))
     fetched = [path for method, path, _ in fake_hub.log if method == "GET" and "/resolve/" in path]
     assert any(path.endswith("/" + BF16_DIT) for path in fetched)
     assert not any("transformer/diffusion_pytorch_model" in path or INT8_DIT in path for path in fetched)
     summary = svc.loaded_summary()
     assert "DiT from" in summary and BF16_DIT in summary and "quantized on load: nvfp4" in summary
+    assert "NVFP4 runs emulated on NVIDIA B200" in summary  # no silent slow path
     assert set(v.split(":")[0] for v in result.stats.kernels["transformer"].values()) == {"nvfp4"}
     transformer = svc._loaded[1].pipe.transformer
     assert not any(type(m) is nn.Linear for n, m in transformer.named_modules() if n.startswith("blocks."))

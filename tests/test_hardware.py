@@ -4,8 +4,8 @@ import pytest
 from engine.catalog import get_model
 from engine.config import load_config
 from engine.errors import ConfigError, HardwareError
-from engine.hardware import (GB, GpuInfo, apply_overrides, check_config_for_gpu, choose_preset, list_presets,
-                             load_preset, lighter_preset)
+from engine.hardware import (GB, GpuInfo, apply_overrides, check_config_for_gpu, choose_preset, format_notices,
+                             list_presets, load_preset, lighter_preset)
 
 
 def gpu(name, cap, total_gb, free_gb=None):
@@ -17,8 +17,8 @@ def gpu(name, cap, total_gb, free_gb=None):
     (gpu("NVIDIA H200", (9, 0), 141), "hopper-fp8"),
     (gpu("NVIDIA L40S", (8, 9), 48), "ada-fp8"),
     (gpu("NVIDIA A100-SXM4-80GB", (8, 0), 80), "ampere-int8"),
-    (gpu("NVIDIA B200", (10, 0), 180), "blackwell-nvfp4"),
-    (gpu("NVIDIA GeForce RTX 5090", (12, 0), 32), "blackwell-nvfp4"),
+    (gpu("NVIDIA B200", (10, 0), 180), "blackwell-fp8"),
+    (gpu("NVIDIA GeForce RTX 5090", (12, 0), 32), "blackwell-fp8"),
     (gpu("NVIDIA GeForce RTX 4090", (8, 9), 24), "lowmem-fp8-offload"),
     (gpu("NVIDIA GeForce RTX 3090", (8, 6), 24), "lowmem-int8-offload"),
     (gpu("NVIDIA GeForce RTX 4060", (8, 9), 8), "lowmem-fp8-block-offload"),
@@ -45,7 +45,8 @@ def test_free_memory_not_total_decides():
 
 def test_every_preset_file_is_a_valid_config():
     names = list_presets()
-    assert {"hopper-fp8", "ada-fp8", "ampere-int8", "blackwell-nvfp4", "blackwell-mxfp8", "cpu-demo"} <= set(names)
+    assert {"hopper-fp8", "ada-fp8", "ampere-int8", "blackwell-fp8", "blackwell-nvfp4", "blackwell-mxfp8",
+            "cpu-demo"} <= set(names)
     for name, about in names.items():
         cfg = load_config(load_preset(name))
         assert about, name
@@ -68,11 +69,15 @@ def test_fp8_on_ampere_says_what_to_choose():
     assert "FP8 needs an FP8-capable GPU" in msg and "8.0" in msg and "int8" in msg
 
 
-def test_nvfp4_on_hopper_suggests_fp8():
+def test_microscaled_formats_run_emulated_with_a_notice_and_need_fp8_hardware():
     cfg = load_config(load_preset("blackwell-nvfp4"))
-    with pytest.raises(HardwareError, match="Blackwell.*Choose fp8"):
-        check_config_for_gpu(cfg, gpu("NVIDIA H100", (9, 0), 80))
-    check_config_for_gpu(cfg, gpu("NVIDIA B200", (10, 0), 180))
+    with pytest.raises(HardwareError, match="NVFP4 runs \\(emulated\\) on FP8-capable GPUs only.*int8"):
+        check_config_for_gpu(cfg, gpu("NVIDIA A100", (8, 0), 80))
+    for info in (gpu("NVIDIA H100", (9, 0), 80), gpu("NVIDIA B200", (10, 0), 180)):
+        check_config_for_gpu(cfg, info)
+        notes = format_notices(cfg, info)
+        assert len(notes) == 1 and "DiT NVFP4 runs emulated" in notes[0] and "Choose fp8 for speed" in notes[0]
+    assert format_notices(load_config(load_preset("hopper-fp8")), gpu("NVIDIA H100", (9, 0), 80)) == []
     check_config_for_gpu(cfg, None)  # CPU: the reference kernel runs every format
 
 
