@@ -15,6 +15,7 @@ from .formats import Quantized, get_format
 from .kernels import select_kernel
 
 log = logging.getLogger("engine.linear")
+QUANT_BUFFERS = ("weight", "weight_scale", "weight_global_scale", "input_global_scale")
 
 
 class QuantLinear(nn.Module):
@@ -75,8 +76,25 @@ class QuantLinear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def _apply(self, fn, recurse=True):
+        """Moves follow the module; dtype casts do not reach the quantized buffers.
+
+        `module.to(torch.bfloat16)` casts every floating-point tensor, and float8 counts as one: the
+        fp8 weight and the fp32 scales would silently become bf16 (the memory saving gone, the scales
+        rounded). So the quantized buffers only change device; the bias is cast like any parameter.
+        """
         self._kernels.clear()  # moved or cast: kernels re-select and re-prepare for the new device
-        return super()._apply(fn, recurse)
+        held = {name: self._buffers[name] for name in QUANT_BUFFERS if self._buffers.get(name) is not None}
+        for name in held:
+            self._buffers[name] = None
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            if held:
+                device = fn(torch.empty(0, device=next(iter(held.values())).device)).device
+                for name, t in held.items():
+                    self._buffers[name] = (torch.empty_like(t, device=device) if t.is_meta and device.type != "meta"
+                                           else t.to(device))
+        return self
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, fmt={self.fmt}, "

@@ -93,3 +93,25 @@ def test_no_kernel_lists_every_reason():
     with pytest.raises(KernelError, match="no kernel can run fp8") as e:
         select_kernel("fp8", torch.device("cuda"))  # no kernel takes a device this machine lacks
     assert "emulated" in str(e.value) and "compute capability 8.9" in str(e.value)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "mxfp8", "nvfp4"])
+def test_dtype_casts_leave_quantized_buffers_alone(fmt):
+    """`pipe.to(torch.bfloat16)` is common; float8 counts as floating point, so a plain module would
+    turn the fp8 weight and fp32 scales into bf16."""
+    q = QuantLinear.from_linear(nn.Linear(64, 32), fmt)
+    before = {k: (v.dtype, v.clone()) for k, v in q.state_dict().items() if k != "bias"}
+    x = torch.randn(3, 64)
+    want = q(x)
+    q.to(torch.bfloat16)
+    assert q.bias.dtype == torch.bfloat16
+    for name, (dtype, value) in before.items():
+        buf = getattr(q, name)
+        assert buf.dtype == dtype and torch.equal(buf.view(torch.uint8), value.view(torch.uint8)), name
+    assert torch.allclose(q.float()(x), want, atol=1e-2)
+
+
+def test_to_empty_from_meta_keeps_formats():
+    q = QuantLinear(64, 32, "fp8", device="meta")
+    q.to_empty(device="cpu")
+    assert q.weight.device.type == "cpu" and q.weight.dtype == torch.float8_e4m3fn
