@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from .apply import model_bytes
-from .kernels import select_kernel
 from .linear import QuantLinear
 
 COMPONENTS = ("transformer", "transformer_2", "text_encoder", "image_encoder", "vae")
@@ -28,8 +27,8 @@ def layer_type(name: str) -> str:
 
 
 def kernel_table(pipe, device: torch.device) -> dict[str, dict[str, str]]:
-    """component -> layer type -> "format: kernel" for every quantized layer (the kernel the
-    registry picks on `device`, the same choice QuantLinear makes on its first forward)."""
+    """component -> layer type -> "format: kernel" for every quantized layer: the kernel the layer
+    itself runs on `device` (its cached choice, which also weighs the layer's shape)."""
     table: dict[str, dict[str, str]] = {}
     for comp in COMPONENTS:
         module = getattr(pipe, comp, None)
@@ -39,7 +38,7 @@ def kernel_table(pipe, device: torch.device) -> dict[str, dict[str, str]]:
         for name, layer in module.named_modules():
             if isinstance(layer, QuantLinear):
                 try:
-                    kernel = select_kernel(layer.fmt, device, layer.kernel_preference).name
+                    kernel = layer.kernel_for(torch.device(device)).name
                 except Exception as e:  # noqa: BLE001 - shown as text in the table
                     kernel = f"none ({type(e).__name__})"
                 rows[layer_type(name)] = f"{layer.fmt}: {kernel}"
