@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .apply import model_bytes
+from .kernels import select_kernel
 from .linear import QuantLinear
 
 COMPONENTS = ("transformer", "transformer_2", "text_encoder", "image_encoder", "vae")
@@ -28,7 +29,7 @@ def layer_type(name: str) -> str:
 
 def kernel_table(pipe, device: torch.device) -> dict[str, dict[str, str]]:
     """component -> layer type -> "format: kernel" for every quantized layer: the kernel the layer
-    itself runs on `device` (its cached choice, which also weighs the layer's shape)."""
+    runs on `device` (its cached choice, or the registry's choice for its format and shape)."""
     table: dict[str, dict[str, str]] = {}
     for comp in COMPONENTS:
         module = getattr(pipe, comp, None)
@@ -38,7 +39,11 @@ def kernel_table(pipe, device: torch.device) -> dict[str, dict[str, str]]:
         for name, layer in module.named_modules():
             if isinstance(layer, QuantLinear):
                 try:
-                    kernel = layer.kernel_for(torch.device(device)).name
+                    # the layer's cached choice if it ran here; else the same selection, without
+                    # preparing anything (offload hooks may have moved its tensors since)
+                    kernel = layer._kernels.get(torch.device(device)) or select_kernel(
+                        layer.fmt, device, layer.kernel_preference, layer=layer)
+                    kernel = kernel.name
                 except Exception as e:  # noqa: BLE001 - shown as text in the table
                     kernel = f"none ({type(e).__name__})"
                 rows[layer_type(name)] = f"{layer.fmt}: {kernel}"
