@@ -18,6 +18,7 @@ GB = 1024**3
 
 FP8_MIN = (8, 9)  # Ada and newer have FP8 tensor cores
 MICROSCALE_MIN = (10, 0)  # Blackwell (sm100, sm120): native MXFP8 / NVFP4 GEMMs exist there
+NATIVE_MICROSCALE_MAJORS = (10, 12)  # where engine/kernels/torch_mx.py may run (its BLACKWELL_MAJORS)
 FP8_GPUS = "compute capability 8.9 or newer: RTX 40, L40S, H100/H200, Blackwell"
 
 
@@ -93,7 +94,8 @@ def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None) -> Prese
     if gpu is None:
         return _choice("cpu-demo", "No CUDA GPU found, so the app runs the tiny built-in model on CPU.")
     family = {"blackwell": ("blackwell-fp8", "Blackwell has FP8 tensor cores: fastest with FP8 (the NVFP4 and "
-                                             "MXFP8 presets save memory but run emulated in this release)"),
+                                             "MXFP8 presets save memory; their native block-scaled GEMM is new "
+                                             "and checked at first use)"),
               "hopper": ("hopper-fp8", "Hopper has FP8 tensor cores: fastest with FP8"),
               "ada": ("ada-fp8", "Ada has FP8 tensor cores: fastest with FP8"),
               "ampere": ("ampere-int8", "Ampere has no FP8, so INT8 (per-channel weights, per-token activations)"),
@@ -182,17 +184,24 @@ MICROSCALED = ("mxfp8", "nvfp4", "mxfp4")
 
 
 def format_notices(cfg: QuantConfig, gpu: GpuInfo | None) -> list[str]:
-    """Sentences about formats that run here, but not at full speed: MX/NVFP4 are emulated."""
+    """Sentences about MX/NVFP4 formats: emulated before Blackwell; on Blackwell a native GEMM, verified at
+    first use because it was written without a Blackwell GPU to test on (engine.kernels.torch_mx)."""
     if gpu is None:
         return []
     notes = []
     for comp in COMPONENTS:
         quant = getattr(cfg, comp)
-        if quant.quantized and quant.scheme.format in MICROSCALED:
-            notes.append(f"{'DiT' if comp == 'dit' else comp.upper()} {quant.scheme.format.upper()} runs emulated on "
-                         f"{gpu.name}: the weights stay packed (the memory saving is real) but it is slower than "
-                         "bf16 and FP8 (0.8-1.0x bf16 per layer, measured on an H100); this release has no native "
-                         "block-scaled GEMM. Choose fp8 for speed.")
+        if not (quant.quantized and quant.scheme.format in MICROSCALED):
+            continue
+        what = f"{'DiT' if comp == 'dit' else comp.upper()} {quant.scheme.format.upper()}"
+        if gpu.capability[0] in NATIVE_MICROSCALE_MAJORS:
+            notes.append(f"{what} runs on the native block-scaled GEMM of {gpu.name} (Blackwell), checked against "
+                         "the reference kernel at first use; if that check fails it runs emulated (slower than "
+                         "bf16) and the log says why. Its speed has not been measured yet.")
+        else:
+            notes.append(f"{what} runs emulated on {gpu.name}: the weights stay packed (the memory saving is real) "
+                         "but it is slower than bf16 and FP8 (0.8-1.0x bf16 per layer, measured on an H100); native "
+                         "block-scaled GEMMs need Blackwell (sm100/sm120). Choose fp8 for speed.")
     return notes
 
 

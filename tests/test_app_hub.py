@@ -78,7 +78,7 @@ def test_a_format_without_a_published_file_quantizes_the_bf16_distilled_file(fak
     assert not any("transformer/diffusion_pytorch_model" in path or INT8_DIT in path for path in fetched)
     summary = svc.loaded_summary()
     assert "DiT from" in summary and BF16_DIT in summary and "quantized on load: nvfp4" in summary
-    assert "NVFP4 runs emulated on NVIDIA B200" in summary  # no silent slow path
+    assert "NVFP4 runs on the native block-scaled GEMM of NVIDIA B200" in summary  # says which path, and its check
     assert set(v.split(":")[0] for v in result.stats.kernels["transformer"].values()) == {"nvfp4"}
     transformer = svc._loaded[1].pipe.transformer
     assert not any(type(m) is nn.Linear for n, m in transformer.named_modules() if n.startswith("blocks."))

@@ -73,10 +73,16 @@ def test_microscaled_formats_run_emulated_with_a_notice_and_need_fp8_hardware():
     cfg = load_config(load_preset("blackwell-nvfp4"))
     with pytest.raises(HardwareError, match="NVFP4 runs \\(emulated\\) on FP8-capable GPUs only.*int8"):
         check_config_for_gpu(cfg, gpu("NVIDIA A100", (8, 0), 80))
-    for info in (gpu("NVIDIA H100", (9, 0), 80), gpu("NVIDIA B200", (10, 0), 180)):
+    for info in (gpu("NVIDIA H100", (9, 0), 80), gpu("NVIDIA L40S", (8, 9), 48)):
         check_config_for_gpu(cfg, info)
         notes = format_notices(cfg, info)
         assert len(notes) == 1 and "DiT NVFP4 runs emulated" in notes[0] and "Choose fp8 for speed" in notes[0]
+    for info in (gpu("NVIDIA B200", (10, 0), 180), gpu("NVIDIA RTX PRO 6000", (12, 0), 96)):
+        check_config_for_gpu(cfg, info)
+        notes = format_notices(cfg, info)
+        assert len(notes) == 1 and "emulated on" not in notes[0]
+        assert "DiT NVFP4 runs on the native block-scaled GEMM" in notes[0] and "at first use" in notes[0]
+    assert choose_preset(gpu("NVIDIA B200", (10, 0), 180)).name == "blackwell-fp8"  # the auto choice stays FP8
     assert format_notices(load_config(load_preset("hopper-fp8")), gpu("NVIDIA H100", (9, 0), 80)) == []
     check_config_for_gpu(cfg, None)  # CPU: the reference kernel runs every format
 

@@ -8,7 +8,7 @@ import logging
 from .base import KERNELS, Kernel, explain, register_kernel, select_kernel
 from . import emulated  # noqa: F401  (registers the reference kernel)
 
-for _module in ("torch_scaled", "triton_gemm", "triton_mx"):
+for _module in ("torch_scaled", "triton_gemm", "triton_mx", "torch_mx"):
     try:
         __import__(f"{__name__}.{_module}")
     except ImportError as _e:  # e.g. a torch build without float8 dtypes

@@ -8,7 +8,8 @@ Hopper has no MX/NVFP4 GEMM (cuBLAS answers NOT_SUPPORTED; these are sm100/sm120
      temporary bf16 [N, K] per forward, one Triton pass;
   3. a bf16 GEMM.
 So this is slower than bf16 (two extra passes), never faster: it exists so these checkpoints run,
-with their accuracy, on the GPUs people have. Native block-scaled GEMMs are future work (sm100+).
+with their accuracy, on the GPUs people have. On Blackwell (sm100/sm120) the native block-scaled
+GEMM of torch_mx.py ranks above this kernel, and this one runs only where that one declines.
 """
 from __future__ import annotations
 
