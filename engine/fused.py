@@ -55,6 +55,9 @@ def fused_plan(block, device: torch.device):
         return None, "diffusers' fused projections are on"
     if type(getattr(block.ffn.net[0], "approximate", None)) is not str or block.ffn.net[0].approximate != "tanh":
         return None, "the feed-forward activation is not tanh-GELU"
+    head_dim = block.attn1.to_q.out_features // block.attn1.heads
+    if head_dim & (head_dim - 1):
+        return None, f"head dim {head_dim} is not a power of two (the q/k norm + rotary kernel needs one)"
     plans = set()
     for layer in _fused_layers(block):
         if not isinstance(layer, QuantLinear):

@@ -39,8 +39,18 @@ def row_block(k: int) -> int:
     return max(128, triton.next_power_of_2(k))
 
 
-def row_warps(block: int) -> int:
-    return max(4, min(16, block // 512))
+# Warps per one-row program. Measured on H100 at K=5120 (bench/tune_rowkernels.py, docs/benchmarks.md):
+# 4 warps beat 16 by 10-25% for the quantizers, 8 at K=13824; the q/k norm + rotary kernel wants 16.
+# Entries here override the rule (the bench sets them to sweep).
+ROW_WARPS: dict[str, int] = {}
+
+
+def row_warps(block: int, kernel: str = "") -> int:
+    if kernel in ROW_WARPS:
+        return ROW_WARPS[kernel]
+    if kernel == "rmsnorm_rope":
+        return max(4, min(16, block // 512))
+    return max(4, min(16, block // 2048))
 
 
 if triton is not None:
@@ -63,6 +73,16 @@ if triton is not None:
         if HW_FP8_CAST:
             return libdevice.rint(v)
         return _round_half_even(v)
+
+    @triton.jit
+    def _gelu_tanh(v):
+        """0.5 v (1 + tanh(u)) written as v * sigmoid(2u), u = sqrt(2/pi) (v + 0.044715 v^3): no
+        cancellation in 1 + tanh(u) for negative v, and on a GPU one ex2 and one fast division
+        (the exact division made the GELU quantizer compute-bound on H100)."""
+        e = -2.0 * 1.4426950408889634 * 0.7978845608028654 * (v + 0.044715 * v * v * v)  # -2u log2(e)
+        if HW_FP8_CAST:
+            return libdevice.fast_dividef(v, 1.0 + libdevice.exp2(e))
+        return v / (1.0 + tl.exp2(e))
 
     @triton.jit
     def _round_e4m3(v):
@@ -121,9 +141,7 @@ if triton is not None:
                + (offs // HEAD) * stride_xh + offs % HEAD)
         v = tl.load(src, mask=live, other=0.0).to(tl.float32)
         if GELU:  # tanh approximation, as diffusers' "gelu-approximate"; bf16 result like F.gelu on bf16
-            inner = 0.7978845608028654 * (v + 0.044715 * v * v * v)
-            t = 1.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0)
-            v = (0.5 * v * (1.0 + t)).to(tl.bfloat16).to(tl.float32)
+            v = _gelu_tanh(v).to(tl.bfloat16).to(tl.float32)
         _store_quantized(v, offs, mask, row, q_ptr, s_ptr, K, stride_sm, stride_sg,
                          QMAX, FLOOR, IS_INT, GROUP, BLOCK)
 
@@ -200,7 +218,8 @@ def quantize_rows(x: torch.Tensor, kind: str, gelu: bool = False, pad: int = 1):
         x = x.contiguous()
     block = row_block(k)
     _quant_kernel[(mp,)](x, q, s, m, k, max(m, 1), 0, x.stride(0), 0, s.stride(0), s.stride(1),
-                        GELU=gelu, HEAD=block, BLOCK=block, num_warps=row_warps(block), **_consts(kind))
+                        GELU=gelu, HEAD=block, BLOCK=block, num_warps=row_warps(block, "quantize_rows"),
+                        **_consts(kind))
     return q, s
 
 
@@ -217,7 +236,8 @@ def quantize_heads(x: torch.Tensor, kind: str, pad: int = 1):
         return quantize_rows(x.reshape(m, k), kind, pad=pad)
     block = row_block(k)
     _quant_kernel[(mp,)](x, q, s, m, k, s_len, x.stride(0), x.stride(1), x.stride(2), s.stride(0), s.stride(1),
-                        GELU=False, HEAD=hd, BLOCK=block, num_warps=row_warps(block), **_consts(kind))
+                        GELU=False, HEAD=hd, BLOCK=block, num_warps=row_warps(block, "quantize_heads"),
+                        **_consts(kind))
     return q, s
 
 
@@ -245,5 +265,5 @@ def norm_quant(h, kind: str, eps: float, y=None, gate=None, weight=None, bias=No
         weight if weight is not None else h, bias if bias is not None else h, shift_t, scale_t,
         q, s, m, d, s_len, stride_mod, s.stride(0), s.stride(1), eps,
         HAS_RES=y is not None, HAS_GATE=gate is not None, HAS_NORM=norm, HAS_AFFINE=weight is not None,
-        HAS_MOD=shift is not None, BLOCK=block, num_warps=row_warps(block), **_consts(kind))
+        HAS_MOD=shift is not None, BLOCK=block, num_warps=row_warps(block, "norm_quant"), **_consts(kind))
     return new_h, q, s

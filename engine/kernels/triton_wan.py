@@ -15,32 +15,35 @@ try:
 except ImportError:
     triton = None
 
+from .triton_quant import row_warps
+
 
 if triton is not None:
 
     @triton.jit
     def _rmsnorm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, D, S, eps,
-                             HEAD: tl.constexpr, ROPE: tl.constexpr, HALF: tl.constexpr):
-        """One token: x [D] -> RMSNorm over all heads (* w) -> rotate (even, odd) pairs per head."""
+                             HEAD: tl.constexpr, HEADS: tl.constexpr, ROPE: tl.constexpr):
+        """One token: x [D] -> RMSNorm over all heads (* w) -> rotate (even, odd) pairs per head.
+
+        The row is a [HEADS, HEAD] tile (HEADS padded to a power of two) loaded with contiguous,
+        vectorized accesses; the pairs are split in registers, and each head reads the same
+        [HEAD] rows of the tables (loading even and odd elements as two strided loads measured
+        at half the memory bandwidth on H100)."""
         row = tl.program_id(0).to(tl.int64)
-        i = tl.arange(0, HALF)  # pair index across the row
-        live = i < D // 2
-        base = x_ptr + row * D
-        x0 = tl.load(base + 2 * i, mask=live, other=0.0).to(tl.float32)
-        x1 = tl.load(base + 2 * i + 1, mask=live, other=0.0).to(tl.float32)
-        ms = (tl.sum(x0 * x0, axis=0) + tl.sum(x1 * x1, axis=0)) / D
-        r = tl.rsqrt(ms + eps)
-        y0 = (x0 * r * tl.load(w_ptr + 2 * i, mask=live, other=0.0).to(tl.float32)).to(tl.bfloat16).to(tl.float32)
-        y1 = (x1 * r * tl.load(w_ptr + 2 * i + 1, mask=live, other=0.0).to(tl.float32)).to(tl.bfloat16).to(tl.float32)
+        col = tl.arange(0, HEADS)[:, None] * HEAD + tl.arange(0, HEAD)[None, :]
+        live = col < D
+        x = tl.load(x_ptr + row * D + col, mask=live, other=0.0).to(tl.float32)
+        r = tl.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / D + eps)
+        y = (x * r * tl.load(w_ptr + col, mask=live, other=0.0).to(tl.float32)).to(tl.bfloat16).to(tl.float32)
         if ROPE:
+            t = tl.arange(0, HEAD)
             tok = row % S
-            j = 2 * (i % (HEAD // 2))  # position of the pair inside its head
-            c = tl.load(cos_ptr + tok * HEAD + j, mask=live, other=1.0)
-            s = tl.load(sin_ptr + tok * HEAD + j + 1, mask=live, other=0.0)
-            y0, y1 = y0 * c - y1 * s, y0 * s + y1 * c
-        ob = out_ptr + row * D
-        tl.store(ob + 2 * i, y0.to(out_ptr.dtype.element_ty), mask=live)
-        tl.store(ob + 2 * i + 1, y1.to(out_ptr.dtype.element_ty), mask=live)
+            c, _ = tl.split(tl.reshape(tl.load(cos_ptr + tok * HEAD + t), (HEAD // 2, 2)))
+            _, s = tl.split(tl.reshape(tl.load(sin_ptr + tok * HEAD + t), (HEAD // 2, 2)))
+            y0, y1 = tl.split(tl.reshape(y, (HEADS, HEAD // 2, 2)))
+            c, s = c[None, :], s[None, :]
+            y = tl.reshape(tl.join(y0 * c - y1 * s, y0 * s + y1 * c), (HEADS, HEAD))
+        tl.store(out_ptr + row * D + col, y.to(out_ptr.dtype.element_ty), mask=live)
 
     @triton.jit
     def _gated_residual_kernel(h_ptr, y_ptr, gate_ptr, out_ptr, D, S, stride_gate, BLOCK: tl.constexpr):
@@ -58,11 +61,13 @@ def rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, head_dim: in
     """x: [B, S, D] contiguous; cos/sin: [S, head_dim] float32 (diffusers' interleaved tables)."""
     b, s_len, d = x.shape
     out = torch.empty_like(x)
-    half = triton.next_power_of_2(d // 2)
+    if d % head_dim or head_dim & (head_dim - 1):
+        raise ValueError(f"rmsnorm_rope needs a power-of-two head_dim dividing {d}; got {head_dim}")
+    heads = triton.next_power_of_2(d // head_dim)
     rope = cos is not None
     _rmsnorm_rope_kernel[(b * s_len,)](x, weight, cos if rope else x, sin if rope else x, out, d, s_len, eps,
-                                       HEAD=head_dim, ROPE=rope, HALF=half,
-                                       num_warps=max(4, min(16, half // 256)))
+                                       HEAD=head_dim, HEADS=heads, ROPE=rope,
+                                       num_warps=row_warps(heads * head_dim, "rmsnorm_rope"))
     return out
 
 
@@ -73,5 +78,5 @@ def gated_residual(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torc
     out = torch.empty_like(h)
     block = triton.next_power_of_2(d)
     _gated_residual_kernel[(b * s_len,)](h, y, g, out, d, s_len, d if g.shape[0] > 1 else 0, BLOCK=block,
-                                         num_warps=max(4, min(16, block // 512)))
+                                         num_warps=row_warps(block, "gated_residual"))
     return out

@@ -1,0 +1,166 @@
+"""Where the time of a 14B-config Wan transformer forward goes (480p, 81 frames, 32760 tokens).
+
+    PYTHONUNBUFFERED=1 python bench/profile_transformer.py --layers 4
+
+Same model and inputs as `bench_kernels.py --part transformer`. Three things, one process:
+  1. interleaved rounds (bf16 eager, our fp8 fused, our fp8 fused + compile_repeated_blocks, bf16 +
+     compile_repeated_blocks): each round times every model, the table reports each model's median
+     round, so power-capped clock drift hits every row alike;
+  2. CUDA events around each transformer block: block time vs the rest of the forward (patch
+     embedding, condition embedders, rotary tables, output head), which quantization leaves alone;
+  3. torch.profiler over one forward: GPU kernel time by category (attention, GEMM, other) and the
+     top kernels.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.bench_kernels import WAN_14B, env_line  # noqa: E402
+
+
+def category(name: str) -> str:
+    n = name.lower()
+    if any(s in n for s in ("fmha", "flash", "sdpa", "attention", "cudnn")):
+        return "attention"
+    if any(s in n for s in ("gemm", "nvjet", "xmma", "cutlass", "_mm_", "matmul")):
+        return "gemm"
+    return "other"
+
+
+def kernel_times(model, run):
+    from torch.profiler import ProfilerActivity, profile
+    run(model)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run(model)
+        torch.cuda.synchronize()
+    per_name: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            per_name[e.name] = per_name.get(e.name, 0.0) + e.time_range.elapsed_us() / 1000
+    return per_name
+
+
+def block_split(model, run):
+    """(ms in transformer blocks, ms for the whole forward), from CUDA events."""
+    starts, ends, hooks = [], [], []
+    for blk in model.blocks:
+        hooks.append(blk.register_forward_pre_hook(lambda m, a: starts.append(_event())))
+        hooks.append(blk.register_forward_hook(lambda m, a, o: ends.append(_event())))
+    run(model)
+    starts.clear(), ends.clear()
+    t0 = _event()
+    run(model)
+    t1 = _event()
+    torch.cuda.synchronize()
+    for h in hooks:
+        h.remove()
+    return sum(s.elapsed_time(e) for s, e in zip(starts, ends)), t0.elapsed_time(t1)
+
+
+def _event():
+    e = torch.cuda.Event(enable_timing=True)
+    e.record()
+    return e
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--top", type=int, default=18)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    from diffusers import WanTransformer3DModel
+
+    from engine.apply import quantize_model
+    from engine.fused import install_fused_wan
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        base = WanTransformer3DModel(**dict(WAN_14B, num_layers=args.layers)).to(torch.bfloat16).eval()
+    lat = torch.randn(1, 16, 21, 60, 104, device="cuda", dtype=torch.bfloat16)
+    ctx = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
+    ts = torch.tensor([500], device="cuda")
+
+    def run(model):
+        return model(lat, ts, ctx, return_dict=False)[0]
+
+    fp8 = copy.deepcopy(base)
+    quantize_model(fp8, "fp8")
+    install_fused_wan(fp8)
+    models = {"bf16 eager": base, "ours fp8 fused": fp8}
+    compile_s = {}
+    for name, src in (("ours fp8 fused + compile_repeated_blocks", fp8), ("bf16 + compile_repeated_blocks", base)):
+        m = copy.deepcopy(src)
+        if src is fp8:
+            install_fused_wan(m)  # plans hold device-bound choices; remake them for the copy
+        m.compile_repeated_blocks(fullgraph=True)
+        t0 = time.perf_counter()
+        run(m)
+        torch.cuda.synchronize()
+        compile_s[name] = time.perf_counter() - t0
+        models[name] = m
+    for m in models.values():
+        run(m)
+    torch.cuda.synchronize()
+
+    rounds = {name: [] for name in models}
+    for r in range(args.rounds):
+        for name, m in models.items():
+            times = []
+            for _ in range(args.reps):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                run(m)
+                torch.cuda.synchronize()
+                times.append((time.perf_counter() - t0) * 1000)
+            rounds[name].append(sorted(times)[len(times) // 2])
+        print(f"round {r}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in rounds.items()), flush=True)
+    med = {n: sorted(v)[len(v) // 2] for n, v in rounds.items()}
+    y_base = run(base).float()
+
+    lines = [f"Device: {env_line()}", f"Command: `python bench/profile_transformer.py {' '.join(sys.argv[1:])}`", "",
+             f"| 14B config x{args.layers} layers, 480p x 81 frames | ms / forward (median of {args.rounds} "
+             "interleaved rounds) | speed-up vs bf16 eager | rel. error vs bf16 | compile s | rounds |",
+             "|---|---|---|---|---|---|"]
+    for name, m in models.items():
+        y = run(m).float()
+        err = ((y - y_base).norm() / y_base.norm()).item()
+        cs = f"{compile_s[name]:.0f}" if name in compile_s else "—"
+        lines.append(f"| {name} | {med[name]:.1f} | {med['bf16 eager'] / med[name]:.2f}x | {err:.4f} | {cs} | "
+                     + " ".join(f"{v:.1f}" for v in rounds[name]) + " |")
+    lines += ["", "| model | blocks ms | rest of the forward ms |", "|---|---|---|"]
+    for name in ("bf16 eager", "ours fp8 fused"):
+        blocks, total = block_split(models[name], run)
+        lines.append(f"| {name} | {blocks:.1f} | {total - blocks:.1f} |")
+    # profiled twice each, alternating, to tell a slower kernel from a drifting clock
+    profiled = {}
+    for name in ("bf16 eager", "ours fp8 fused + compile_repeated_blocks") * 2:
+        profiled.setdefault(name, []).append(kernel_times(models[name], run))
+    for name, passes in profiled.items():
+        per = passes[-1]
+        cats: dict[str, float] = {}
+        for k, v in per.items():
+            cats[category(k)] = cats.get(category(k), 0.0) + v
+        attn = [sum(v for k, v in p.items() if category(k) == "attention") for p in passes]
+        lines += ["", f"{name}: GPU kernel time per forward, {sum(per.values()):.1f} ms: "
+                  + ", ".join(f"{c} {v:.1f} ms" for c, v in sorted(cats.items(), key=lambda kv: -kv[1]))
+                  + f" (attention in each profiled pass: {', '.join(f'{a:.1f}' for a in attn)} ms)", "",
+                  "| kernel | category | ms / forward |", "|---|---|---|"]
+        for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:args.top]:
+            lines.append(f"| `{k[:90]}` | {category(k)} | {v:.2f} |")
+    print("\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
