@@ -72,6 +72,99 @@ def check_mx(gen):
         assert torch.equal(w, f.dequantize_weight(layer.quantized_weight())), fmt
 
 
+def _mx_input(m, k, gen):
+    """Awkward rows for quantize_mx: outliers, a zero row, negative zeros and tiny negatives (whose
+    codes keep the sign bit), and blocks that put elements and scales exactly on rounding ties.
+    bf16 values: on fp32 inputs the reference's fp32 log2 can round a scale exponent down when
+    amax/elem_max is an ulp above a power of two; for bf16 and fp16 values it never does (checked
+    offline for every one of them)."""
+    x = torch.randn(m, k, generator=gen) * 3
+    x[:, 1] *= 50
+    x[7] *= 1000
+    x[3] = 0
+    x[5] = -torch.rand(k, generator=gen) * 1e-3
+    x[5, ::3] = -0.0
+    e2m1_ties = [6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0]  # amax 6: scale 1 for MXFP4, and NVFP4 at gs 1
+    e4m3_ties = [448.0, 1.0625, 1.1875, 1.5 * 2 ** -9, 0.5 * 2 ** -9]  # amax 448: scale 1 for MXFP8; subnormal ties
+    x[9] = 0
+    x[9, :16] = torch.tensor(e2m1_ties + [-v for v in e2m1_ties])
+    x[9, 32:42] = torch.tensor(e4m3_ties + [-v for v in e4m3_ties])
+    x[11, :48] = torch.tensor([6.375, 7.125, 1.0]).repeat_interleave(16)  # NVFP4 e4m3 scales 1.0625, 1.1875 at gs 1
+    return x.to(torch.bfloat16)
+
+
+def check_quantize_mx(gen):
+    from engine.formats.swizzle import swizzle
+
+    def assert_same(q, ref, rows, what):
+        data, scale = q.data.view(torch.uint8), q.scale.view(torch.uint8)
+        assert torch.equal(data[:rows], ref.data.view(torch.uint8)), what
+        assert torch.equal(scale[:rows], ref.scale.view(torch.uint8)), what
+        assert not data[rows:].any() and not scale[rows:].any(), what
+
+    cases = [("mxfp8", None), ("mxfp4", None), ("nvfp4", None), ("nvfp4", 6 * 448 / 20.0), ("nvfp4", 1.0)]
+    for fmt, gs in cases:
+        gs = None if gs is None else torch.tensor([gs])
+        for k in (160, 96, 64):
+            x = _mx_input(37, k, gen)
+            ref = get_format(fmt).quantize_activation(x, gs)
+            q = triton_mx.quantize_mx(x, fmt, gs, pad_rows=128, swizzled=k == 160)
+            what = f"{fmt} gs={gs} k={k}"
+            assert q.data.shape[0] == 128 and q.data.dtype == (torch.float8_e4m3fn if fmt == "mxfp8" else torch.uint8)
+            if fmt == "nvfp4":
+                assert torch.equal(q.global_scale, ref.global_scale), what
+            if k == 160:  # 5 or 10 blocks: swizzle pads them to a multiple of 4 with zeros
+                assert torch.equal(q.scale.view(torch.uint8), swizzle(ref.scale.view(torch.uint8))), what
+                assert torch.equal(q.data[:37].view(torch.uint8), ref.data.view(torch.uint8)), what
+            else:
+                assert_same(q, ref, 37, what)
+    # every finite bf16 magnitude as a block's amax, either sign: the e8m0 exponent across its whole
+    # range, subnormals and the 2**-127 floor included. Passed as fp32 holding bf16 values: the
+    # interpreter's bf16 -> fp32 cast mangles subnormals (a GPU's is a shift)
+    mags = torch.arange(0, 0x7F80, dtype=torch.int16).view(torch.bfloat16).float()
+    for fmt in ("mxfp8", "mxfp4"):
+        x = torch.zeros(mags.numel(), 32)
+        x[:, 0] = torch.where(torch.arange(mags.numel()) % 2 == 1, -mags, mags)
+        x[:, 1:] = x[:, :1] * torch.rand(mags.numel(), 31, generator=gen)
+        x = x.reshape(128, -1).to(torch.bfloat16).float()  # 255 blocks a row
+        assert_same(triton_mx.quantize_mx(x, fmt, pad_rows=1), get_format(fmt).quantize_activation(x), x.shape[0], fmt)
+
+
+def check_torch_mx_operands(gen):
+    """torch_mx's CUDA path (quantize_mx writing swizzled scales) hands scaled_mm the same bytes as
+    its torch path (the format's quantizer, then swizzle); scaled_mm is test_torch_mx's decoder."""
+    from torch import nn
+
+    from engine.kernels import torch_mx
+    from engine.linear import QuantLinear
+    from tests.test_torch_mx import fake_scaled_mm
+
+    def raw(t):
+        return [raw(e) for e in t] if isinstance(t, list) else t.contiguous().view(torch.uint8)
+
+    seen = []
+    fused, mm = torch_mx._fused_quantizer, torch_mx.scaled_mm
+    torch_mx.scaled_mm = lambda a, b, scale_a, *args, **kw: seen.append(raw([a, scale_a])) or fake_scaled_mm(
+        a, b, scale_a, *args, **kw)
+    kernel = torch_mx.TorchMXKernel()
+    try:
+        for fmt, gs in (("mxfp8", None), ("mxfp4", None), ("nvfp4", None), ("nvfp4", 6 * 448 / 20.0)):
+            layer = QuantLinear.from_linear(nn.Linear(160, 48), fmt)
+            if gs is not None:
+                layer.input_global_scale = torch.tensor([gs])
+            kernel.prepare(layer)
+            x = _mx_input(37, 160, gen)
+            outs = []
+            for use_triton in (False, True):
+                torch_mx._fused_quantizer = lambda x, use_triton=use_triton: use_triton
+                outs.append(kernel.forward(layer, x))
+            (a0, s0), (a1, s1) = seen[-2:]
+            assert torch.equal(a0, a1) and torch.equal(outs[0], outs[1]), fmt
+            assert all(torch.equal(u, v) for u, v in zip(s0, s1)) if fmt == "nvfp4" else torch.equal(s0, s1), fmt
+    finally:
+        torch_mx._fused_quantizer, torch_mx.scaled_mm = fused, mm
+
+
 def check_wan_elementwise(gen):
     # 3 heads: the kernel pads the head count to a power of two
     b, n, heads, hd = 1, 6, 3, 16
@@ -104,7 +197,7 @@ def check_quantize_heads(gen):
 if __name__ == "__main__":
     gen = torch.Generator().manual_seed(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
     for check in (check_quantize_rows, check_gelu_and_norm, check_gemm, check_mx, check_wan_elementwise,
-                  check_quantize_heads):
+                  check_quantize_heads, check_quantize_mx, check_torch_mx_operands):
         check(gen)
         print("ok", check.__name__, flush=True)
 

@@ -9,9 +9,10 @@ The operands, as torch's cuBLASLt path takes them (torch/_meta_registrations.py,
 NVFP4 adds one fp32 per operand (TensorWise) that torch multiplies into the product. Ours divides
 (value = code * block_scale / global_scale), so each operand passes 1 / its global scale.
 
-The activation goes through the format's own quantizer, the one the reference uses, so the two
-compute the same quantized product and differ only in accumulation order. It is several torch passes:
-correct first; a fused quantizer that writes swizzled scales is the next step for speed.
+The activation is quantized by triton_mx.quantize_mx: one pass that writes the elements and the
+swizzled scales, bit for bit the format's own quantizer (the one the reference uses), so the two
+compute the same quantized product and differ only in accumulation order. Without Triton (or off
+CUDA) the format's torch quantizer runs instead: the same values, several passes.
 
 No Blackwell GPU was at hand when this was written, so each (format, GPU) is verified at first use: a
 small GEMM against the reference. If it raises or disagrees, the kernel declines with the reason and a
@@ -25,8 +26,9 @@ import torch
 
 from ..formats import get_format
 from ..formats.swizzle import TILE_ROWS, roundup, swizzle
+from . import triton_mx
 from .base import Kernel, cuda_capability, device_label, register_kernel
-from .eightbit import layer_cache, pad_rows
+from .eightbit import MAX_ROW, layer_cache, pad_rows
 
 try:
     from torch.nn.functional import ScalingType, SwizzleType, scaled_mm
@@ -62,8 +64,10 @@ def _recipe(fmt: str):
     return ScalingType.BlockWise1x32, SwizzleType.SWIZZLE_32_4_4
 
 
-def _operand(fmt: str, data: torch.Tensor, scale: torch.Tensor, global_scale: torch.Tensor | None):
-    """A quantized [rows, K] tensor as scaled_mm reads it: elements in the GEMM dtype, scales swizzled.
+def _operand(fmt: str, data: torch.Tensor, scale: torch.Tensor, global_scale: torch.Tensor | None,
+             swizzled: bool = False):
+    """A quantized [rows, K] tensor as scaled_mm reads it: elements in the GEMM dtype, scales swizzled
+    (here, unless they already are).
 
     The views also accept LightX2V's raw-byte storage (uint8 elements or scales)."""
     if fmt == "mxfp8":
@@ -71,7 +75,7 @@ def _operand(fmt: str, data: torch.Tensor, scale: torch.Tensor, global_scale: to
     else:
         data = data.view(torch.uint8).view(torch.float4_e2m1fn_x2)
     scale_dtype = torch.float8_e4m3fn if fmt == "nvfp4" else torch.float8_e8m0fnu
-    scales = swizzle(scale).view(scale_dtype).reshape(-1)  # contiguous, as torch requires
+    scales = (scale if swizzled else swizzle(scale)).view(scale_dtype).reshape(-1)  # contiguous, as torch requires
     if fmt == "nvfp4":
         scales = [scales, global_scale.reshape(1).to(torch.float32).reciprocal()]
     return data, scales
@@ -115,10 +119,14 @@ class TorchMXKernel(Kernel):
         cache = layer_cache(layer)
         if m == 0:
             return x.new_zeros((0, layer.out_features))
-        q = get_format(fmt).quantize_activation(x, layer.static_input_scale())
         # The swizzled scales cover whole 128-row tiles; padding A to match keeps every tile whole
         # (torch's check only asks it of the scales, but no sm100/sm120 run has confirmed a partial tile)
-        a, a_scales = _operand(fmt, pad_rows(q.data, roundup(m, TILE_ROWS)), q.scale, q.global_scale)
+        if _fused_quantizer(x):
+            q = triton_mx.quantize_mx(x, fmt, layer.static_input_scale(), pad_rows=TILE_ROWS, swizzled=True)
+            a, a_scales = _operand(fmt, q.data, q.scale, q.global_scale, swizzled=True)
+        else:
+            q = get_format(fmt).quantize_activation(x, layer.static_input_scale())
+            a, a_scales = _operand(fmt, pad_rows(q.data, roundup(m, TILE_ROWS)), q.scale, q.global_scale)
         recipe, swz = _recipe(fmt)
         y = scaled_mm(a, cache["w"], a_scales, recipe, cache["w_scales"], recipe,
                       swizzle_a=swz, swizzle_b=swz, output_dtype=torch.bfloat16)[:m]
@@ -126,6 +134,11 @@ class TorchMXKernel(Kernel):
             # added here rather than in cuBLAS's epilogue: one path, whatever the scaling mode accepts
             y = y + cache["bias"]
         return y.to(x.dtype)
+
+
+def _fused_quantizer(x: torch.Tensor) -> bool:
+    # rows longer than MAX_ROW would not fit one program's registers
+    return triton_mx.triton is not None and x.is_cuda and x.shape[1] <= MAX_ROW
 
 
 @torch.compiler.disable  # a one-off eager check, even when the first call is under torch.compile
