@@ -33,8 +33,9 @@ class Kernel:
             return f"does not implement {fmt}"
         return None
 
-    def rank(self, fmt: str) -> int:
-        """Order among usable kernels for a format; higher is tried first."""
+    def rank(self, fmt: str, device: torch.device | None = None, layer=None) -> int:
+        """Order among usable kernels for a format (on this device, for this layer's shape when
+        given); higher is tried first."""
         return self.priority
 
     # ---- pre-quantized activations (optional) -----------------------------------------------
@@ -72,7 +73,7 @@ def register_kernel(kernel: Kernel) -> Kernel:
 def explain(fmt: str, device: torch.device, layer=None) -> list[tuple[str, str | None]]:
     """Every kernel, best first, with the reason it cannot run here (None when it can)."""
     device = torch.device(device)
-    ranked = sorted(KERNELS.values(), key=lambda k: -k.rank(fmt))
+    ranked = sorted(KERNELS.values(), key=lambda k: -k.rank(fmt, device, layer))
     return [(k.name, k.unavailable(fmt, device, layer)) for k in ranked]
 
 

@@ -25,8 +25,8 @@ class TorchScaledKernel(EightBitKernel):
     name = "torch"
     formats = frozenset(FP8_FORMATS + ("int8",))
 
-    def rank(self, fmt):
-        return 10 if fmt == "int8" else 30  # cuBLAS FP8 is the fastest FP8 GEMM we have
+    def rank(self, fmt, device=None, layer=None):
+        return 10 if fmt == "int8" else 30  # cuBLAS FP8: the fastest FP8 GEMM we have, except see triton
 
     def unavailable(self, fmt, device, layer=None):
         if fmt not in self.formats:

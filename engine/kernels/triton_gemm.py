@@ -217,7 +217,9 @@ def _blockwise_kernel():
 
 
 # ---- the kernel the registry offers --------------------------------------------------------------
-from .base import register_kernel  # noqa: E402
+from .base import cuda_capability, register_kernel  # noqa: E402
+
+FP8_TRITON_MIN_WEIGHTS = 50_000_000  # between 14B's 5120x5120 (26M) and its FFN (71M)
 from .eightbit import MAX_ROW, EightBitKernel, layer_cache, needs_cuda  # noqa: E402
 
 
@@ -227,8 +229,19 @@ class TritonGemmKernel(EightBitKernel):
     name = "triton"
     formats = frozenset({"int8", "fp8", "fp8_block128"})
 
-    def rank(self, fmt):
+    def rank(self, fmt, device=None, layer=None):
+        if fmt == "fp8" and layer is not None and self.beats_cublas_fp8(device, layer):
+            return 35
         return 20  # above torch for int8 (fused epilogue), below cuBLAS for FP8
+
+    @staticmethod
+    def beats_cublas_fp8(device, layer) -> bool:
+        """Hopper's TMA kernel outran cuBLAS's row-wise FP8 GEMM on the 14B FFN layers (5120x13824
+        and 13824x5120: 2-8% in two interleaved H100 runs, docs/benchmarks.md), tied on 5120x5120
+        and lost on 1.3B's smaller layers; so: large layers only, where the TMA kernel runs."""
+        cap = cuda_capability(torch.device(device)) if device is not None else None
+        return (USE_TMA and TensorDescriptor is not None and cap is not None and cap[0] == 9
+                and layer.in_features * layer.out_features >= FP8_TRITON_MIN_WEIGHTS)
 
     def unavailable(self, fmt, device, layer=None):
         if fmt not in self.formats:
