@@ -40,7 +40,7 @@ def row_block(k: int) -> int:
 
 
 # Warps per one-row program. Measured on H100 at K=5120 (bench/tune_rowkernels.py, docs/benchmarks.md):
-# 4 warps beat 16 by 10-25% for the quantizers, 8 at K=13824; the q/k norm + rotary kernel wants 16.
+# 4 warps beat 16 by 7-23% for the quantizers, 8 at K=13824; the q/k norm + rotary kernel wants 16.
 # Entries here override the rule (the bench sets them to sweep).
 ROW_WARPS: dict[str, int] = {}
 
