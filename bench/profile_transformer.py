@@ -49,6 +49,26 @@ def kernel_times(model, run):
     return per_name
 
 
+def gaps(model, run, top=8):
+    """GPU idle time inside one forward: (sum of gaps between kernels, the largest gaps with the
+    kernels around them, host-side synchronizing calls)."""
+    from torch.profiler import ProfilerActivity, profile
+    run(model)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:  # CUDA only: CPU tracing would slow launches
+        run(model)
+        torch.cuda.synchronize()
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                     if e.device_type == torch.autograd.DeviceType.CUDA)
+    holes = [(b[0] - a[1], a[2], b[2]) for a, b in zip(kernels, kernels[1:]) if b[0] > a[1]]
+    syncs: dict[str, int] = {}
+    for e in prof.events():
+        if any(w in e.name for w in ("Synchronize", "Memcpy", "memcpy")):  # runtime calls and copies
+            syncs[e.name] = syncs.get(e.name, 0) + 1
+    span = (kernels[-1][1] - kernels[0][0]) / 1000
+    return sum(h[0] for h in holes) / 1000, span, sorted(holes, reverse=True)[:top], syncs
+
+
 def block_split(model, run):
     """(ms in transformer blocks, ms for the whole forward), from CUDA events."""
     starts, ends, hooks = [], [], []
@@ -164,6 +184,11 @@ def main():
         blocks, total = med_split[name]
         lines.append(f"| {name} | {blocks:.1f} | {total - blocks:.1f} | {med_split['bf16 eager'][0] / blocks:.3f}x | "
                      + " ".join(f"{b:.1f}" for b, _ in splits[name]) + " |")
+    for name in ("bf16 eager", "ours fp8 fused", "ours fp8 fused + compile_repeated_blocks"):
+        idle, span, holes, syncs = gaps(models[name], run)
+        lines += ["", f"{name}: GPU idle {idle:.2f} ms between kernels over a {span:.1f} ms span; "
+                  f"synchronizing host calls: {syncs or 'none'}", "", "| idle ms | after | before |", "|---|---|---|"]
+        lines += [f"| {h / 1000:.3f} | `{a[:60]}` | `{b[:60]}` |" for h, a, b in holes]
     # profiled twice each, alternating, to tell a slower kernel from a drifting clock
     profiled = {}
     for name in ("bf16 eager", "ours fp8 fused + compile_repeated_blocks") * 2:
