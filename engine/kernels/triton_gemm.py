@@ -218,9 +218,9 @@ def _blockwise_kernel():
 
 # ---- the kernel the registry offers --------------------------------------------------------------
 from .base import cuda_capability, register_kernel  # noqa: E402
+from .eightbit import MAX_ROW, EightBitKernel, layer_cache, needs_cuda  # noqa: E402
 
 FP8_TRITON_MIN_WEIGHTS = 50_000_000  # between 14B's 5120x5120 (26M) and its FFN (71M)
-from .eightbit import MAX_ROW, EightBitKernel, layer_cache, needs_cuda  # noqa: E402
 
 
 class TritonGemmKernel(EightBitKernel):

@@ -26,9 +26,9 @@ if triton is not None:
         """One token: x [D] -> RMSNorm over all heads (* w) -> rotate (even, odd) pairs per head.
 
         The row is a [HEADS, HEAD] tile (HEADS padded to a power of two) loaded with contiguous,
-        vectorized accesses; the pairs are split in registers, and each head reads the same
-        [HEAD] rows of the tables (loading even and odd elements as two strided loads measured
-        at half the memory bandwidth on H100)."""
+        vectorized accesses, the pairs split in registers, and every head shares one [HEAD] row of
+        each table. Loading even and odd elements as two strided loads ran at 1.5 TB/s on H100;
+        this runs at 2.5 (bench/tune_rowkernels.py)."""
         row = tl.program_id(0).to(tl.int64)
         col = tl.arange(0, HEADS)[:, None] * HEAD + tl.arange(0, HEAD)[None, :]
         live = col < D
