@@ -40,7 +40,7 @@ class LoadedModel:
     reports: dict[str, str] = field(default_factory=dict)  # component -> what was quantized or loaded
     preset: str | None = None
     max_sequence_length: int = 512
-    offload: str | None = None  # None | "model" | "block"
+    offload: str | None = None  # None | "text" (T5 streamed) | "model" | "block" | "leaf"
     schedule: str = ""  # which sampling schedule is used, for the UI
 
 
@@ -120,9 +120,7 @@ def build_from_dir(model_dir: str | Path, cfg: QuantConfig, *, dit_ckpts: list[s
             reports[attr] = (f"{loaded_from}\n  - quantized on load: {report.summary()}" if loaded_from
                              else report.summary())
     pipe.set_progress_bar_config(disable=True)
-    offload = _place(pipe, cfg, device)
-    if device.type == "cuda" and cfg.get("fused_wan", True):
-        _fuse(pipe, reports)
+    offload = place_pipeline(pipe, cfg, device, reports)
     return LoadedModel(pipe, task, label or model_dir.name, cfg, device, limits, reports, preset, offload=offload)
 
 
@@ -137,7 +135,9 @@ def _fuse(pipe, reports: dict) -> None:
             count = install_fused_wan(module)
             planned = sum(1 for m in module.modules() if m.__dict__.get("_fused_plan"))
             note = f"fused Wan block forward on {planned} of {count} blocks"
-            if planned < count:
+            if planned < count and module.device.type != "cuda":
+                note = f"fused Wan block forward on {count} blocks, planned at their first run on the GPU"
+            elif planned < count:
                 note += " (the others keep diffusers' forward; the log says why)"
             reports[attr] = f"{reports[attr]}\n  - {note}" if reports.get(attr) else note
 
@@ -204,16 +204,86 @@ def _load(component, path, config, dtype, scheme):
     return model, report.summary()
 
 
-def _place(pipe, cfg: QuantConfig, device: torch.device) -> str | None:
-    """Move to the device, or offload as the config asks (only meaningful on a GPU)."""
-    if device.type == "cuda" and cfg.get("cpu_offload"):
-        if cfg.get("offload_granularity", "model") == "model":
-            pipe.enable_model_cpu_offload(device=device)
-            return "model"
-        pipe.enable_sequential_cpu_offload(device=device)
-        return "block"
-    pipe.to(device)
-    return None
+def place_pipeline(pipe, cfg: QuantConfig, device: torch.device, reports: dict) -> str | None:
+    """Put each component where the config's offload keys say (engine.memory.placement_from_config):
+
+    cpu_offload false             everything on the GPU; `t5_cpu_offload` streams the text encoder
+    offload_granularity "block"   diffusers' group offloading of each transformer block with prefetch on a
+                                  second CUDA stream (`use_stream`); the VAE stays on the GPU
+    offload_granularity "phase"   the same per layer (leaf level); the fused block is not installed, since
+                                  it calls the quantized kernels directly and would skip the layers' hooks
+    offload_granularity "model"   diffusers' model offload: each component on the GPU only while it runs
+    The fused Wan block goes in first: offload hooks capture a block's `forward` when they are registered.
+    """
+    from .memory import placement_from_config
+
+    place = placement_from_config(cfg.raw)
+    if device.type != "cuda":
+        pipe.to(device)
+        return None
+    fuse = cfg.get("fused_wan", True) is not False and place.dit != "leaf"
+    if place.dit == "model":
+        pipe.enable_model_cpu_offload(device=device)
+        if fuse:
+            _fuse(pipe, reports)
+        return "model"
+    transformers = [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m]
+    for module in transformers:
+        if place.dit == "gpu":
+            module.to(device)
+    if fuse:
+        _fuse(pipe, reports)  # before any offload hook; streamed blocks plan their kernels at first use
+    for module in transformers:
+        if place.dit != "gpu":
+            stream_module(module, device, "block_level" if place.dit == "block" else "leaf_level")
+    for attr in ("text_encoder", "image_encoder"):
+        module = getattr(pipe, attr, None)
+        if module is None:
+            continue
+        if place.text == "stream":
+            stream_module(module, device, "leaf_level")
+        else:
+            module.to(device)
+    if getattr(pipe, "vae", None) is not None:
+        pipe.vae.to(device)
+    if place.dit == "gpu":
+        return "text" if place.text == "stream" else None
+    return place.dit
+
+
+def stream_module(module, device, level: str, use_stream: bool = True) -> None:
+    """diffusers' group offloading (block_level or leaf_level): weights live in pinned CPU memory and a
+    group is copied to `device` just before it runs, the next one prefetched on a side stream when
+    `use_stream`. Its hooks move every parameter and buffer of a group, so QuantLinear's quantized
+    buffers (codes and scales) stream like weights. Kernel caches are dropped after each forward."""
+    from diffusers.hooks import apply_group_offloading
+
+    kwargs = {"num_blocks_per_group": 1} if level == "block_level" else {}
+    apply_group_offloading(module, onload_device=torch.device(device), offload_type=level, use_stream=use_stream,
+                           **kwargs)
+    drop_kernel_caches_after_forward(module)
+
+
+def drop_kernel_caches_after_forward(module) -> int:
+    """A QuantLinear's kernel keeps derived tensors (bf16 bias, fp32 scales, and on Blackwell the weight
+    operand itself) made from the buffers it saw on the GPU. Group offloading swaps `buffer.data` without
+    calling `_apply`, so those caches would keep a GPU copy of every layer alive after it is offloaded.
+    Forward hooks on each QuantLinear (layers called as modules) and each Wan block (the fused forward
+    calls the kernels directly) drop them once the module has run; the next run prepares them again."""
+    from .linear import QuantLinear
+
+    def drop(mod, _args, _out):
+        for layer in mod.modules():
+            if isinstance(layer, QuantLinear):
+                layer._kernels.clear()
+                layer.__dict__.pop("_kernel_cache", None)
+
+    count = 0
+    for mod in module.modules():
+        if isinstance(mod, QuantLinear) or type(mod).__name__ == "WanTransformerBlock":
+            mod.register_forward_hook(drop)
+            count += 1
+    return count
 
 
 def _path(p) -> str | None:

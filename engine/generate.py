@@ -20,6 +20,7 @@ import torch
 from .builder import LoadedModel
 from .errors import EngineError
 from .hardware import lighter_preset
+from .memory import prepare_decode
 from .request import VideoRequest, validate
 from .stats import kernel_table, weight_bytes
 
@@ -114,6 +115,7 @@ def _run(model, req, out_dir, on_step, cancel) -> VideoResult:
             raise Cancelled(f"stopped after step {index + 1} of {req.steps}")
         return kwargs
 
+    prepare_decode(model, req)  # VAE tiling: LightX2V's use_tiling_vae, or engine.memory's estimate
     hook = pipe.transformer.register_forward_pre_hook(first_forward)
     args = dict(prompt=req.prompt, negative_prompt=req.negative_prompt or None, height=req.height, width=req.width,
                 num_frames=req.num_frames, num_inference_steps=req.steps, guidance_scale=req.guidance,

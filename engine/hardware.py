@@ -9,7 +9,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import ModelEntry, weight_gb
+from . import memory
+from .catalog import ModelEntry
 from .config import COMPONENTS, QuantConfig
 from .errors import ConfigError, HardwareError
 
@@ -89,8 +90,14 @@ def load_preset(name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None) -> PresetChoice:
-    """The preset for this GPU and model, with the reason in one or two sentences."""
+TIERS = ("vram24", "vram16", "vram12")  # fastest first; each adds offloading or tiling (presets/vram*.json)
+DEFAULT_SIZE = (480, 832, 81)  # height, width, frames: the presets' target size
+
+
+def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None,
+                  size: tuple[int, int, int] | None = None) -> PresetChoice:
+    """The fastest preset whose predicted memory need (engine.memory) fits this GPU's free memory for
+    `size` (height, width, frames; default: the model's default size, 81 frames), with the reason."""
     if gpu is None:
         return _choice("cpu-demo", "No CUDA GPU found, so the app runs the tiny built-in model on CPU.")
     family = {"blackwell": ("blackwell-fp8", "Blackwell has FP8 tensor cores: fastest with FP8 (the NVFP4 and "
@@ -102,31 +109,45 @@ def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None) -> Prese
               "pre-ampere": ("ampere-int8", "this GPU predates Ampere; INT8 is the only 8-bit option and may "
                                             "fall back to slower kernels")}
     name, why = family[gpu.family]
-    dit_bits = 8
-    need = weight_gb(model, dit_bits, 8) if model else weight_gb_default(dit_bits)
-    need_gb = need + _activation_gb(model)
-    free_gb = gpu.free_bytes / GB
-    what = f"{model.label}" if model else "a 14B model"
-    if free_gb >= need_gb:
-        return _choice(name, f"{gpu.label}: {why}. {what} needs about {need_gb:.0f} GB, which fits.")
+    size = size or ((*model.default_size, 81) if model else DEFAULT_SIZE)
     kind = "fp8" if gpu.has_fp8 else "int8"
-    one_dit = (model.dit_params_b if model else 14) * dit_bits / 8 + _activation_gb(model)
-    if free_gb >= one_dit:
-        return _choice(f"lowmem-{kind}-offload",
-                       f"{gpu.label}: {what} needs about {need_gb:.0f} GB but {free_gb:.0f} GB are free, so the "
-                       f"encoders are INT8 and components move to the GPU only while they run.")
-    return _choice(f"lowmem-{kind}-block-offload",
-                   f"{gpu.label}: only {free_gb:.0f} GB free, less than one transformer of {what} needs "
-                   f"(about {one_dit:.0f} GB), so weights stream to the GPU layer by layer (slow).")
+    budget = gpu.free_bytes
+    what = f"{model.label if model else 'a 14B model'} at {memory.size_text(*size)}"
+    est = None
+    for candidate in (name, *(f"{tier}-{kind}" for tier in TIERS)):
+        est = plan_for(model, load_preset(candidate), size, budget)
+        if est.need <= budget:
+            lead = f"{gpu.label}: {why}." if candidate == name else f"{gpu.label}, {kind.upper()}:"
+            return _choice(candidate, f"{lead} {memory.describe(est, budget, what)}")
+    return _choice(candidate, memory.refusal(*size, est, budget, candidate))
 
 
-def weight_gb_default(dit_bits: int) -> float:
-    return 14 * dit_bits / 8 + 5.7 + 0.5
+def plan_for(model: ModelEntry | None, config: dict, size: tuple[int, int, int], budget: int | None):
+    """engine.memory's estimate for a catalog model (None: Wan2.1 14B t2v) run with a preset config."""
+    from .catalog import get_model
+    from .config import load_config
+
+    arch = memory.arch_of_entry(model or get_model("wan2.1-t2v-14b"))
+    cfg = load_config(config)
+    return memory.estimate(arch, memory.formats_from_config(cfg), memory.placement_from_config(cfg.raw), *size,
+                           budget=budget)
 
 
-def _activation_gb(model: ModelEntry | None) -> float:
-    # Attention and VAE decode at 480p/81 frames; grows with the model's width.
-    return 3.0 if model and model.dit_params_b < 5 else 8.0
+def check_fits(gpu: GpuInfo | None, model: ModelEntry | None, config: dict, size: tuple[int, int, int]) -> str:
+    """For the UI before a run: one sentence on what is offloaded or tiled and why, or HardwareError
+    naming the limit when the size cannot fit even on the lightest tier."""
+    if gpu is None:
+        return "The tiny built-in model runs on the CPU."
+    budget = gpu.free_bytes
+    est = plan_for(model, config, size, budget)
+    if est.need <= budget:
+        return memory.describe(est, budget)
+    lightest = f"{TIERS[-1]}-{'fp8' if gpu.has_fp8 else 'int8'}"
+    light = plan_for(model, load_preset(lightest), size, budget)
+    if light.need > budget:
+        raise HardwareError(memory.refusal(*size, light, budget, lightest))
+    return (f"{memory.describe(est, budget)} That is more than this GPU has: the preset {lightest} needs "
+            f"about {light.need / GB:.1f} GiB.")
 
 
 def _choice(name: str, reason: str) -> PresetChoice:
@@ -207,9 +228,10 @@ def format_notices(cfg: QuantConfig, gpu: GpuInfo | None) -> list[str]:
 
 def lighter_preset(name: str) -> str | None:
     """The next preset down in memory use, for out-of-memory advice."""
-    steps = {"hopper-fp8": "lowmem-fp8-offload", "ada-fp8": "lowmem-fp8-offload",
-             "blackwell-fp8": "lowmem-fp8-offload", "blackwell-nvfp4": "lowmem-fp8-offload",
-             "blackwell-mxfp8": "lowmem-fp8-offload",
-             "ampere-int8": "lowmem-int8-offload", "lowmem-fp8-offload": "lowmem-fp8-block-offload",
-             "lowmem-int8-offload": "lowmem-int8-block-offload"}
-    return steps.get(name)
+    kind = "int8" if name.endswith("int8") else "fp8"
+    if name in ("hopper-fp8", "ada-fp8", "blackwell-fp8", "blackwell-nvfp4", "blackwell-mxfp8", "ampere-int8"):
+        return f"{TIERS[0]}-{kind}"
+    tier = name.rsplit("-", 1)[0]
+    if tier in TIERS[:-1]:
+        return f"{TIERS[TIERS.index(tier) + 1]}-{kind}"
+    return {"lowmem-fp8-offload": "lowmem-fp8-block-offload", "lowmem-int8-offload": "lowmem-int8-block-offload"}.get(name)

@@ -82,7 +82,11 @@ class QuantLinear(nn.Module):
         fp8 weight and the fp32 scales would silently become bf16 (the memory saving gone, the scales
         rounded). So the quantized buffers only change device; the bias is cast like any parameter.
         """
-        self._kernels.clear()  # moved or cast: kernels re-select and re-prepare for the new device
+        # moved or cast: kernels re-select and re-prepare for the new device, and the tensors they derived
+        # (engine.kernels.eightbit.layer_cache: bias, scales, Blackwell's weight operand) go too, or a
+        # cached copy would keep the old device's memory alive after the move
+        self._kernels.clear()
+        self.__dict__.pop("_kernel_cache", None)
         held = {name: self._buffers[name] for name in QUANT_BUFFERS if self._buffers.get(name) is not None}
         for name in held:
             self._buffers[name] = None

@@ -1,0 +1,304 @@
+"""End-to-end: a real-size Wan pipeline with random weights through this project's generate(), one row per
+setup (bf16, our presets, each memory tier under its cap), in one process.
+
+    python bench/bench_e2e.py --model 14b --size 480p --out docs/bench_e2e_14b.json
+    python bench/bench_e2e.py --model 1.3b --rows bf16,fp8,vram24-fp8@8,vram12-fp8@6
+    python bench/bench_e2e.py --tiny          # CPU smoke run of the whole script (tests/test_bench_e2e.py)
+
+Rows: `bf16`, `fp8` (hopper-fp8), `int8` (ampere-int8), `fp8-tiled` (hopper-fp8 with use_tiling_vae),
+`torchao` (fp8 PerRow on the blocks + compile_repeated_blocks; skipped when torchao is not importable), or
+any preset name; `@N` caps the process at N GiB (torch.cuda.set_per_process_memory_fraction).
+The weights are made once on the GPU with a fixed seed (bf16; the VAE fp32; diffusers' fp32 modules kept
+fp32) and kept on the CPU; every row aliases them, quantizes with engine.pipeline.quantize_pipeline and is
+placed by engine.builder.place_pipeline (fused block, offload), as the builder does. The tokenizer is
+built locally. generate()'s mp4 export is replaced by a function that keeps the frames (the device has
+no ffmpeg, and PSNR needs them): decode time ends when the frames are back as numpy.
+Per-step times are synchronized. An out-of-memory error ends only its row ("OOM at <phase>").
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine import generate as gen  # noqa: E402
+from engine import memory  # noqa: E402
+from engine.builder import LoadedModel, place_pipeline, use_distill_sampler  # noqa: E402
+from engine.config import load_config  # noqa: E402
+from engine.hardware import load_preset  # noqa: E402
+from engine.pipeline import quantize_pipeline  # noqa: E402
+from engine.request import Limits, VideoRequest  # noqa: E402
+
+DIT = {"1.3b": dict(num_attention_heads=12, ffn_dim=8960, num_layers=30),
+       "14b": dict(num_attention_heads=40, ffn_dim=13824, num_layers=40)}
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
+                decoder_start_token_id=0, tie_word_embeddings=False)
+SIZES = {"480p": (480, 832), "720p": (720, 1280)}
+DEFAULT_ROWS = {"14b": "bf16,fp8,int8,fp8-tiled,vram24-fp8@24,vram16-fp8@16,vram12-fp8@12,vram12-fp8@8",
+                "1.3b": "bf16,fp8,int8,fp8-tiled,vram24-fp8@8,vram12-fp8@8,vram12-fp8@6",
+                "tiny": "bf16,fp8,int8,fp8-tiled,vram24-fp8,vram12-int8"}
+ALIASES = {"fp8": "hopper-fp8", "int8": "ampere-int8", "fp8-tiled": "hopper-fp8"}
+PROMPT = "a red fox runs through fresh snow at dawn, cinematic"
+
+
+def build_master(model: str, device: torch.device):
+    """transformer, text encoder, VAE with seeded random weights, made on `device`, returned on the CPU."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from engine import tiny
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    parts = {}
+    for name in ("transformer", "text_encoder", "vae"):
+        torch.manual_seed({"transformer": 1, "text_encoder": 2, "vae": 3}[name])
+        before = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32 if name == "vae" else dtype)
+        try:
+            with torch.device(device), torch.no_grad():
+                if model == "tiny":
+                    module = {"transformer": tiny.tiny_transformer, "vae": tiny.tiny_vae,
+                              "text_encoder": lambda: tiny.tiny_text_encoder(len(tiny.tiny_tokenizer()))}[name]()
+                elif name == "transformer":
+                    module = WanTransformer3DModel(**DIT[model])
+                elif name == "text_encoder":
+                    module = UMT5EncoderModel(UMT5Config(**UMT5_XXL))
+                else:
+                    module = AutoencoderKLWan()
+        finally:
+            torch.set_default_dtype(before)
+        if name == "transformer":  # what from_pretrained(torch_dtype=bf16) keeps in fp32
+            for mod_name, mod in module.named_modules():
+                if set(mod_name.split(".")) & set(module._keep_in_fp32_modules):
+                    mod.float()
+        parts[name] = module.eval().requires_grad_(False).to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return parts
+
+
+def alias(module):
+    """A structural copy whose parameters and buffers share the master's storage (new tensor objects:
+    moving or streaming the copy never touches the master)."""
+    memo = {id(p): torch.nn.Parameter(p.data, requires_grad=False) for p in module.parameters()}
+    memo.update({id(b): b.detach() for b in module.buffers()})
+    return copy.deepcopy(module, memo)
+
+
+def row_config(row: str):
+    name = row.split("@")[0]
+    if name == "bf16":
+        raw = dict(load_preset("hopper-fp8"), dit_quantized=False, t5_quantized=False, clip_quantized=False)
+        raw.pop("dit_quant_scheme")
+    elif name == "torchao":
+        raw = dict(load_preset("hopper-fp8"), dit_quantized=False, t5_quantized=False, fused_wan=False)
+        raw.pop("dit_quant_scheme")
+    else:
+        raw = dict(load_preset(ALIASES.get(name, name)))
+    if name == "fp8-tiled":
+        raw["use_tiling_vae"] = True
+    return load_config(raw)
+
+
+def build_row(row, master, device):
+    from diffusers import WanPipeline
+
+    from engine.tiny import tiny_tokenizer
+
+    cfg = row_config(row)
+    pipe = WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=alias(master["text_encoder"]),
+                       transformer=alias(master["transformer"]), vae=alias(master["vae"]), scheduler=None)
+    use_distill_sampler(pipe, 5.0, [1000, 750, 500, 250])
+    pipe.set_progress_bar_config(disable=True)
+    work = device if device.type == "cuda" else None
+    reports = {k: r.summary() for k, r in quantize_pipeline(pipe, cfg, work_device=work).items()}
+    offload = place_pipeline(pipe, cfg, device, reports)
+    if row.startswith("torchao"):
+        torchao_blocks(pipe)
+    return LoadedModel(pipe, "t2v", f"bench {row}", cfg, device, Limits(), reports, row.split("@")[0],
+                       max_sequence_length=512, offload=offload)
+
+
+def torchao_blocks(pipe) -> None:
+    """The strongest peer setup: torchao fp8 PerRow on the transformer blocks only (the text embedder's
+    zero-padded rows give NaN otherwise), each block compiled once (compile_repeated_blocks)."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    quantize_(pipe.transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+              filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn.startswith("blocks."))
+    pipe.transformer.compile_repeated_blocks(fullgraph=True)
+
+
+def timed_generate(loaded, req, out_dir, marks: dict):
+    """generate() with synchronized phase marks written into `marks` (kept on failure); returns
+    (result, frames)."""
+    cuda = loaded.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    marks.clear()
+    marks["steps"] = []
+    frames = {}
+
+    def first_forward(_m, _a):
+        if "denoise" not in marks:
+            sync()
+            marks["denoise"] = time.perf_counter()
+
+    def on_step(_info):
+        sync()
+        marks["steps"].append(time.perf_counter())
+
+    def keep_frames(video, _path, _fps):
+        marks["decoded"] = time.perf_counter()
+        frames["video"] = video
+
+    hook = loaded.pipe.transformer.register_forward_pre_hook(first_forward)
+    original, gen.export_mp4 = gen.export_mp4, keep_frames
+    sync()
+    marks["start"] = time.perf_counter()
+    try:
+        result = gen.generate(loaded, req, out_dir, on_step=on_step)
+    finally:
+        gen.export_mp4 = original
+        hook.remove()
+    return result, frames["video"]
+
+
+def phase_of(marks: dict, steps: int) -> str:
+    if "denoise" not in marks:
+        return "encode"
+    return "denoise" if len(marks.get("steps", [])) < steps else "decode"
+
+
+def psnr(a, b) -> float | None:
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    mse = float(((a.astype("float64") - b.astype("float64")) ** 2).mean())
+    return round(10 * math.log10(1.0 / mse), 2) if mse > 0 else float("inf")
+
+
+def run_row(row: str, master, args, device, reference, warmed: set):
+    cap = float(row.split("@")[1]) if "@" in row else None
+    out = {"row": row, "cap_GiB": cap}
+    cuda = device.type == "cuda"
+    if cuda:
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap * 2**30 / total) if cap else 1.0, device)
+    h, w, n = args.height, args.width, args.frames
+    phase, loaded, video, marks = "load", None, None, {}
+    try:
+        t0 = time.perf_counter()
+        loaded = build_row(row, master, device)
+        if cuda:
+            torch.cuda.synchronize()
+        out["load_s"] = round(time.perf_counter() - t0, 2)
+        key = (row.split("@")[0], loaded.offload)  # kernels compile and tune once per format in a process
+        if args.warmup_steps and key not in warmed:
+            phase = "warm-up"
+            t0 = time.perf_counter()
+            timed_generate(loaded, VideoRequest(PROMPT, height=h, width=w, num_frames=n, steps=args.warmup_steps),
+                           args.tmp, marks)
+            out["warmup_s"] = round(time.perf_counter() - t0, 2)
+            warmed.add(key)
+        phase = "run"
+        est = memory.estimate_loaded(loaded, h, w, n, memory.gpu_budget(device) if cuda else None)
+        req = VideoRequest(PROMPT, height=h, width=w, num_frames=n, steps=args.steps, seed=0)
+        result, video = timed_generate(loaded, req, args.tmp, marks)
+        steps = [b - a for a, b in zip([marks["denoise"]] + marks["steps"][:-1], marks["steps"])]
+        peak = result.stats.peak_gpu_bytes
+        out.update(status="ok", total_s=round(marks["decoded"] - marks["start"], 2),
+                   encode_s=round(marks["denoise"] - marks["start"], 2), step_s=round(sum(steps) / len(steps), 3),
+                   decode_s=round(marks["decoded"] - marks["steps"][-1], 2),
+                   peak_GiB=round(peak / 2**30, 2) if peak is not None else None,
+                   predicted_GiB=round(est.peak / 2**30, 2),
+                   error_pct=round(100 * (est.peak - peak) / peak, 1) if peak else None,
+                   weight_GiB=round(sum(result.stats.weight_bytes.values()) / 2**30, 2),
+                   psnr_dB=psnr(video, reference.get("video")), tiled=est.tiled, offload=loaded.offload or "none")
+    except (torch.OutOfMemoryError, gen.GenerationError) as e:
+        if "out of" not in str(e).lower():
+            raise
+        out["status"] = f"OOM at {phase_of(marks, args.steps) if phase in ('run', 'warm-up') else phase}"
+        if phase == "warm-up":
+            out["status"] += " (warm-up)"
+    except Exception as e:  # one broken row must not end the table
+        traceback.print_exc()
+        out["status"] = f"error: {type(e).__name__}: {str(e)[:300]}"
+    finally:
+        loaded = None
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+    return out, video
+
+
+COLUMNS = ("row", "status", "total_s", "load_s", "encode_s", "step_s", "decode_s", "peak_GiB", "predicted_GiB",
+           "error_pct", "weight_GiB", "warmup_s", "psnr_dB", "tiled", "offload")
+
+
+def table(rows: list[dict]) -> str:
+    lines = [" | ".join(COLUMNS), " | ".join("---" for _ in COLUMNS)]
+    lines += [" | ".join("" if r.get(c) is None else str(r.get(c)) for c in COLUMNS) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=("1.3b", "14b"), default="14b")
+    ap.add_argument("--size", choices=tuple(SIZES), default="480p")
+    ap.add_argument("--frames", type=int, default=81)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--warmup-steps", type=int, default=1, help="steps of the untimed first run per format (0: none)")
+    ap.add_argument("--rows", default=None, help="comma-separated; default depends on --model")
+    ap.add_argument("--tiny", action="store_true", help="tiny dims on the CPU: a smoke run of the whole script")
+    ap.add_argument("--out", default=None, help="JSON file, rewritten after every row")
+    ap.add_argument("--tmp", default="/tmp/bench_e2e")
+    args = ap.parse_args(argv)
+    model = "tiny" if args.tiny else args.model
+    args.height, args.width = (32, 32) if args.tiny else SIZES[args.size]
+    if args.tiny:
+        args.frames, args.steps = min(args.frames, 9), min(args.steps, 2)
+    rows = (args.rows or DEFAULT_ROWS[model]).split(",")
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    import diffusers
+
+    report = {"command": " ".join(["python bench/bench_e2e.py"] + list(argv if argv is not None else sys.argv[1:])),
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+              "diffusers": diffusers.__version__, "model": model, "height": args.height, "width": args.width,
+              "frames": args.frames, "steps": args.steps, "rows": []}
+    t0 = time.perf_counter()
+    master = build_master(model, device)
+    report["build_master_s"] = round(time.perf_counter() - t0, 2)
+    print(f"weights made in {report['build_master_s']} s", flush=True)
+    reference, warmed = {}, set()
+    for row in rows:
+        if row.startswith("torchao"):
+            try:
+                import torchao  # noqa: F401
+            except ImportError:
+                report["rows"].append({"row": row, "status": "skipped: torchao is not importable"})
+                continue
+        result, video = run_row(row, master, args, device, reference, warmed)
+        if row == "bf16" and video is not None:
+            reference["video"] = video
+        report["rows"].append(result)
+        print(json.dumps(result), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=1))
+    print(table(report["rows"]))
+    return report
+
+
+if __name__ == "__main__":
+    main()
