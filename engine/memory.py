@@ -24,7 +24,7 @@ and scaled by one calibration factor each, fitted to peaks measured on an H200 t
 Those runs fix the four factors, so the fit above is exact by construction; the error that matters
 is on runs that did not set a factor (tiled decode, 1.3B activations, 720p, the streamed tiers), which
 bench/bench_e2e.py measures and prints next to this model's prediction. The first-principles counts
-alone are low by ~2x for the fused block and ~1.8x for diffusers' own block forward (attention backend
+alone are low by ~2x for the fused block and ~1.7x for diffusers' own block forward (attention backend
 workspace, autograd-free temporaries inside kernels and allocator rounding are not counted).
 
 `need` (what a memory cap must hold) adds 30% headroom on the transient tensors: the caching
@@ -41,7 +41,7 @@ TEXT_TOKENS = 512  # the pipeline pads every prompt to 512 tokens
 
 # Calibration (see the docstring): measured / counted.
 FUSED_FACTOR = 1.95  # 14B fused fp8 block at 32,760 tokens: 4.26 GiB measured, 2.19 counted
-UNFUSED_FACTOR = 1.80  # diffusers' block forward: 7.3 GiB measured (7.9 less streamed weights), 4.06 counted
+UNFUSED_FACTOR = 1.69  # diffusers' block forward: 6.9 GiB measured (7.9 less weights on the GPU), 4.06 counted
 DECODE_BYTES_PER_PIXEL = 21_990  # untiled decode transient per output pixel (one chunk of 4 frames)
 ENCODE_TRANSIENT = int(0.33 * GIB)  # UMT5-XXL at 512 tokens (1.3B run: 6.6 GiB peak, 6.27 of weights)
 HEADROOM = 1.3  # allocator fragmentation on transients, for fit decisions only

@@ -4,8 +4,8 @@ import pytest
 from engine.catalog import get_model
 from engine.config import load_config
 from engine.errors import ConfigError, HardwareError
-from engine.hardware import (GB, GpuInfo, apply_overrides, check_config_for_gpu, choose_preset, format_notices,
-                             list_presets, load_preset, lighter_preset)
+from engine.hardware import (DEFAULT_SIZE, GB, GpuInfo, apply_overrides, check_config_for_gpu, check_fits,
+                             choose_preset, format_notices, list_presets, load_preset, lighter_preset, plan_for)
 
 
 def gpu(name, cap, total_gb, free_gb=None):
@@ -19,10 +19,12 @@ def gpu(name, cap, total_gb, free_gb=None):
     (gpu("NVIDIA A100-SXM4-80GB", (8, 0), 80), "ampere-int8"),
     (gpu("NVIDIA B200", (10, 0), 180), "blackwell-fp8"),
     (gpu("NVIDIA GeForce RTX 5090", (12, 0), 32), "blackwell-fp8"),
-    (gpu("NVIDIA GeForce RTX 4090", (8, 9), 24), "lowmem-fp8-offload"),
-    (gpu("NVIDIA GeForce RTX 3090", (8, 6), 24), "lowmem-int8-offload"),
-    (gpu("NVIDIA GeForce RTX 4060", (8, 9), 8), "lowmem-fp8-block-offload"),
-    (gpu("NVIDIA GeForce RTX 3060", (8, 6), 12), "lowmem-int8-block-offload"),
+    (gpu("NVIDIA GeForce RTX 4090", (8, 9), 24), "vram24-fp8"),
+    (gpu("NVIDIA GeForce RTX 3090", (8, 6), 24), "vram24-int8"),
+    (gpu("NVIDIA GeForce RTX 4080", (8, 9), 16), "vram16-fp8"),
+    (gpu("NVIDIA GeForce RTX 4070", (8, 9), 12), "vram12-fp8"),
+    (gpu("NVIDIA GeForce RTX 3060", (8, 6), 12), "vram12-int8"),
+    (gpu("NVIDIA GeForce RTX 4060", (8, 9), 8), "vram12-fp8"),
     (None, "cpu-demo"),
 ])
 def test_preset_per_gpu_class_for_14b(info, preset):
@@ -32,15 +34,45 @@ def test_preset_per_gpu_class_for_14b(info, preset):
     load_config(choice.config)  # every chosen preset is a valid LightX2V config
 
 
-def test_small_model_fits_where_14b_does_not():
-    rtx4090 = gpu("NVIDIA GeForce RTX 4090", (8, 9), 24)
-    assert choose_preset(rtx4090, get_model("wan2.1-t2v-1.3b")).name == "ada-fp8"
+@pytest.mark.parametrize("info, model, size, preset", [
+    (gpu("NVIDIA GeForce RTX 4090", (8, 9), 24), "wan2.1-t2v-1.3b", None, "ada-fp8"),
+    (gpu("NVIDIA GeForce RTX 4070", (8, 9), 12), "wan2.1-t2v-1.3b", None, "ada-fp8"),  # tiles the decode
+    (gpu("NVIDIA GeForce RTX 3060", (8, 6), 8), "wan2.1-t2v-1.3b", None, "vram24-int8"),
+    (gpu("NVIDIA GeForce RTX 4060", (8, 9), 6), "wan2.1-t2v-1.3b", None, "vram24-fp8"),
+    (gpu("NVIDIA GeForce RTX 4090", (8, 9), 24), "wan2.1-t2v-14b", (720, 1280, 81), "vram12-fp8"),  # decode tiled
+    (gpu("NVIDIA H100 80GB HBM3", (9, 0), 80), "wan2.1-t2v-14b", (720, 1280, 81), "hopper-fp8"),
+    (gpu("NVIDIA GeForce RTX 4090", (8, 9), 24), "wan2.1-t2v-14b", (480, 832, 33), "ada-fp8"),  # short: fits
+])
+def test_preset_per_model_and_size(info, model, size, preset):
+    choice = choose_preset(info, get_model(model), size)
+    assert choice.name == preset, choice.reason
+
+
+@pytest.mark.parametrize("tier, cap_gb", [("vram24", 24), ("vram16", 16), ("vram12", 12), ("vram12", 8)])
+def test_each_tier_completes_the_default_request_on_its_gpu_class(tier, cap_gb):
+    for kind in ("fp8", "int8"):
+        est = plan_for(get_model("wan2.1-t2v-14b"), load_preset(f"{tier}-{kind}"), DEFAULT_SIZE, cap_gb * GB)
+        assert est.need <= cap_gb * GB, (tier, kind, est.need / GB)
+    small = plan_for(get_model("wan2.1-t2v-1.3b"), load_preset("vram12-fp8"), DEFAULT_SIZE, 6 * GB)
+    assert small.need <= 6 * GB
+
+
+def test_reason_says_what_is_offloaded_and_a_size_too_large_is_refused():
+    rtx4070 = gpu("NVIDIA GeForce RTX 4070", (8, 9), 12)
+    choice = choose_preset(rtx4070, get_model("wan2.1-t2v-14b"))
+    assert "streamed to the GPU block by block" in choice.reason and "decodes in tiles" in choice.reason
+    entry = get_model("wan2.1-t2v-14b")
+    with pytest.raises(HardwareError, match=r"1280x720, 81 frames .* does not fit.*12.0 GiB"):
+        check_fits(rtx4070, entry, choice.config, (720, 1280, 81))
+    assert "block by block" in check_fits(rtx4070, entry, choice.config, DEFAULT_SIZE)
+    heavy = check_fits(rtx4070, entry, load_preset("ada-fp8"), DEFAULT_SIZE)
+    assert "more than this GPU has" in heavy and "vram12-fp8" in heavy
 
 
 def test_free_memory_not_total_decides():
     busy = gpu("NVIDIA H100", (9, 0), 80, free_gb=24)
     choice = choose_preset(busy, get_model("wan2.1-t2v-14b"))
-    assert choice.name.startswith("lowmem-fp8") and "24 GB are free" in choice.reason
+    assert choice.name == "vram24-fp8" and "24.0 GiB is available" in choice.reason
 
 
 def test_every_preset_file_is_a_valid_config():
@@ -106,6 +138,10 @@ def test_unknown_preset_and_path_tricks():
 
 
 def test_lighter_preset_chain():
-    assert lighter_preset("hopper-fp8") == "lowmem-fp8-offload"
+    assert lighter_preset("hopper-fp8") == "vram24-fp8"
+    assert lighter_preset("ampere-int8") == "vram24-int8"
+    assert lighter_preset("vram24-int8") == "vram16-int8"
+    assert lighter_preset("vram16-fp8") == "vram12-fp8"
+    assert lighter_preset("vram12-fp8") is None
     assert lighter_preset("lowmem-int8-offload") == "lowmem-int8-block-offload"
     assert lighter_preset("lowmem-int8-block-offload") is None
