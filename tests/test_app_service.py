@@ -95,7 +95,7 @@ def test_out_of_memory_frees_and_suggests_a_lighter_preset(service, monkeypatch)
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(type(loaded.pipe), "__call__", boom)
-    with pytest.raises(GenerationError, match="lighter preset 'lowmem-fp8-offload'"):
+    with pytest.raises(GenerationError, match="lighter preset 'vram24-fp8'"):
         service.run(TINY, tiny_request())
 
 
