@@ -79,9 +79,10 @@ def build_master(model: str, device: torch.device):
         finally:
             torch.set_default_dtype(before)
         if name == "transformer":  # what from_pretrained(torch_dtype=bf16) keeps in fp32
-            for mod_name, mod in module.named_modules():
-                if set(mod_name.split(".")) & set(module._keep_in_fp32_modules):
-                    mod.float()
+            keep = set(module._keep_in_fp32_modules)
+            for tensor_name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+                if set(tensor_name.split(".")) & keep:
+                    tensor.data = tensor.data.float()
         parts[name] = module.eval().requires_grad_(False).to("cpu")
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -34,7 +34,7 @@ with ~9.4 GiB allocated failed under a 12 GiB cap.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 GIB = 2**30
 TEXT_TOKENS = 512  # the pipeline pads every prompt to 512 tokens
@@ -217,10 +217,6 @@ class Estimate:
     tiled: bool
     placement: Placement
     dominant: str = ""  # the phase that sets `need`
-    notes: list[str] = field(default_factory=list)
-
-    def gib(self, key: str = "peak") -> float:
-        return getattr(self, key) / GIB
 
 
 def formats_from_config(cfg) -> Formats:
