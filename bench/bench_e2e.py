@@ -13,7 +13,9 @@ fp32) and kept on the CPU; every row aliases them, quantizes with engine.pipelin
 placed by engine.builder.place_pipeline (fused block, offload), as the builder does. The tokenizer is
 built locally. generate()'s mp4 export is replaced by a function that keeps the frames (the device has
 no ffmpeg, and PSNR needs them): decode time ends when the frames are back as numpy.
-Per-step times are synchronized. An out-of-memory error ends only its row ("OOM at <phase>").
+Per-step times are synchronized. Peak memory is measured per phase (encode, denoise, decode) next to
+engine.memory's prediction per phase, so a miss can be traced to its term and the calibration refitted.
+An out-of-memory error ends only its row ("OOM at <phase>").
 """
 from __future__ import annotations
 
@@ -142,25 +144,34 @@ def torchao_blocks(pipe) -> None:
 
 
 def timed_generate(loaded, req, out_dir, marks: dict):
-    """generate() with synchronized phase marks written into `marks` (kept on failure); returns
-    (result, frames)."""
+    """generate() with synchronized phase marks and per-phase peak memory (encode, denoise, decode)
+    written into `marks` (kept on failure); returns (result, frames)."""
     cuda = loaded.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     marks.clear()
-    marks["steps"] = []
+    marks["steps"], marks["peaks"] = [], {}
     frames = {}
+
+    def phase_peak(phase):
+        if cuda:  # generate() resets the peak when it starts; each phase boundary resets it again
+            marks["peaks"][phase] = torch.cuda.max_memory_allocated(loaded.device)
+            torch.cuda.reset_peak_memory_stats(loaded.device)
 
     def first_forward(_m, _a):
         if "denoise" not in marks:
             sync()
             marks["denoise"] = time.perf_counter()
+            phase_peak("encode")
 
-    def on_step(_info):
+    def on_step(info):
         sync()
         marks["steps"].append(time.perf_counter())
+        if info.step == info.total:
+            phase_peak("denoise")
 
     def keep_frames(video, _path, _fps):
         marks["decoded"] = time.perf_counter()
+        phase_peak("decode")
         frames["video"] = video
 
     hook = loaded.pipe.transformer.register_forward_pre_hook(first_forward)
@@ -216,7 +227,7 @@ def run_row(row: str, master, args, device, reference, warmed: set):
         req = VideoRequest(PROMPT, height=h, width=w, num_frames=n, steps=args.steps, seed=0)
         result, video = timed_generate(loaded, req, args.tmp, marks)
         steps = [b - a for a, b in zip([marks["denoise"]] + marks["steps"][:-1], marks["steps"])]
-        peak = result.stats.peak_gpu_bytes
+        peak = max(marks["peaks"].values()) if marks["peaks"] else None  # generate()'s own is the decode's only
         out.update(status="ok", total_s=round(marks["decoded"] - marks["start"], 2),
                    encode_s=round(marks["denoise"] - marks["start"], 2), step_s=round(sum(steps) / len(steps), 3),
                    decode_s=round(marks["decoded"] - marks["steps"][-1], 2),
@@ -224,7 +235,9 @@ def run_row(row: str, master, args, device, reference, warmed: set):
                    predicted_GiB=round(est.peak / 2**30, 2),
                    error_pct=round(100 * (est.peak - peak) / peak, 1) if peak else None,
                    weight_GiB=round(sum(result.stats.weight_bytes.values()) / 2**30, 2),
-                   psnr_dB=psnr(video, reference.get("video")), tiled=est.tiled, offload=loaded.offload or "none")
+                   psnr_dB=psnr(video, reference.get("video")), tiled=est.tiled, offload=loaded.offload or "none",
+                   measured_phases_GiB={k: round(v / 2**30, 2) for k, v in marks["peaks"].items()},
+                   predicted_phases_GiB={k: round(v / 2**30, 2) for k, v in est.phases.items()})
     except (torch.OutOfMemoryError, gen.GenerationError) as e:
         if "out of" not in str(e).lower():
             raise
@@ -264,6 +277,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--tiny", action="store_true", help="tiny dims on the CPU: a smoke run of the whole script")
     ap.add_argument("--out", default=None, help="JSON file, rewritten after every row")
     ap.add_argument("--tmp", default="/tmp/bench_e2e")
+    ap.add_argument("--reference", default=None, help=".npy of the bf16 row's frames: written when the bf16 row "
+                    "runs, read otherwise (same seed, same weights), so tiers can run in a second process")
     args = ap.parse_args(argv)
     model = "tiny" if args.tiny else args.model
     args.height, args.width = (32, 32) if args.tiny else SIZES[args.size]
@@ -283,6 +298,10 @@ def main(argv=None) -> dict:
     report["build_master_s"] = round(time.perf_counter() - t0, 2)
     print(f"weights made in {report['build_master_s']} s", flush=True)
     reference, warmed = {}, set()
+    if args.reference and Path(args.reference).is_file() and "bf16" not in rows:
+        import numpy as np
+
+        reference["video"] = np.load(args.reference)
     for row in rows:
         if row.startswith("torchao"):
             try:
@@ -293,6 +312,10 @@ def main(argv=None) -> dict:
         result, video = run_row(row, master, args, device, reference, warmed)
         if row == "bf16" and video is not None:
             reference["video"] = video
+            if args.reference:
+                import numpy as np
+
+                np.save(args.reference, video)
         report["rows"].append(result)
         print(json.dumps(result), flush=True)
         if args.out:

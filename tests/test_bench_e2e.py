@@ -14,8 +14,9 @@ def test_tiny_run_writes_every_row(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
+    ref = tmp_path / "bf16.npy"
     report = bench.main(["--tiny", "--rows", "bf16,int8,fp8-tiled,vram12-int8", "--out", str(out),
-                         "--tmp", str(tmp_path / "videos")])
+                         "--tmp", str(tmp_path / "videos"), "--reference", str(ref)])
     saved = json.loads(out.read_text())
     assert saved["rows"] == report["rows"] and [r["row"] for r in saved["rows"]] == ["bf16", "int8", "fp8-tiled",
                                                                                      "vram12-int8"]
@@ -26,3 +27,5 @@ def test_tiny_run_writes_every_row(tmp_path):
     assert all(isinstance(r["psnr_dB"], float) for r in saved["rows"][1:])
     assert [r["tiled"] for r in saved["rows"]] == [False, False, True, True]
     assert not list((tmp_path / "videos").glob("*.mp4"))  # the export is replaced: frames stay in memory
+    again = bench.main(["--tiny", "--rows", "int8", "--tmp", str(tmp_path / "videos"), "--reference", str(ref)])
+    assert again["rows"][0]["psnr_dB"] == saved["rows"][1]["psnr_dB"]  # same weights and seed in a new run
