@@ -1,7 +1,9 @@
 """A small Hugging Face Hub stand-in on 127.0.0.1: the real huggingface_hub client talks to it via
 HF_ENDPOINT / `endpoint=`. It serves the endpoints downloads use (repo info, tree listing, resolve
 with HEAD/GET/Range), answers gated and missing repos the way the Hub does, and can cut a
-connection part-way through a file to test resume. Every request is logged for assertions.
+connection part-way through a file to test resume, hold a file part-way until the test says go
+(`gate`), or stall: before the headers, in the listing, or dripping a body. Every stall ends when
+the hub is closed (or after WAIT_S), so no test thread outlives it for long. Every request is logged.
 """
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import hashlib
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
+WAIT_S = 10.0  # the longest any stall or gate holds a request
+DRIP_S = 0.2  # a dripping body sends one byte this often
 
 
 class FakeHub:
@@ -23,6 +28,12 @@ class FakeHub:
         self.cut_after: dict[str, int] = {}  # file path -> bytes to send before dropping the connection
         self.fail_after_cut = False  # answer 503 to the request that follows a cut
         self._failing = False
+        self.hold_headers: set[str] = set()  # file paths whose GET never gets its headers
+        self.stall_listing = False  # the repo listing sends its headers and half its body, then stalls
+        self.drip: dict[str, int] = {}  # file path -> bytes sent at once, then a byte every DRIP_S
+        self.gate: dict[str, tuple[int, threading.Event]] = {}  # file path -> (bytes, wait for event)
+        self.stalled = threading.Event()  # set when a stall (of any kind) has begun
+        self.closed = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -44,6 +55,7 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc):
+        self.closed.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -69,9 +81,11 @@ class FakeHub:
                     hub._failing = False
                     return self._error(503, None, "busy")
                 m = re.fullmatch(r"/api/models/(.+?)/revision/([^/]+)", path)
-                if m:
+                if m:  # with ?blobs=true the Hub adds each file's size
                     return self._repo_call(m[1], lambda files: {
-                        "id": m[1], "sha": SHA, "siblings": [{"rfilename": f} for f in files]})
+                        "id": m[1], "sha": SHA, "siblings": [
+                            {"rfilename": f, **({"size": len(d)} if "blobs=" in self.path else {})}
+                            for f, d in files.items()]})
                 m = re.fullmatch(r"/api/models/(.+?)/tree/([^/]+)(/.*)?", path)
                 if m:
                     return self._repo_call(m[1], lambda files: [
@@ -101,6 +115,8 @@ class FakeHub:
                 files = self._access(repo)
                 if files is None:
                     return
+                if not head and name in hub.hold_headers:
+                    return self._hold()
                 if name not in files:
                     return self._error(404, "EntryNotFound", "Entry not found")
                 data = files[name]
@@ -118,6 +134,14 @@ class FakeHub:
                 self.end_headers()
                 if head:
                     return
+                if name in hub.drip:
+                    return self._drip(body, hub.drip[name])
+                if name in hub.gate:
+                    at, go = hub.gate[name]
+                    self.wfile.write(body[:at])
+                    self.wfile.flush()
+                    go.wait(WAIT_S)
+                    body = body[at:]
                 cut = hub.cut_after.pop(name, None)
                 if cut is not None:
                     self.wfile.write(body[:cut])
@@ -134,7 +158,31 @@ class FakeHub:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if hub.stall_listing:
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    return self._hold()
                 self.wfile.write(body)
+
+            def _hold(self):
+                hub.stalled.set()
+                hub.closed.wait(WAIT_S)
+                self.close_connection = True
+
+            def _drip(self, body, first):
+                self.wfile.write(body[:first])
+                self.wfile.flush()
+                hub.stalled.set()
+                deadline = time.monotonic() + WAIT_S
+                try:
+                    for i in range(first, len(body)):
+                        if hub.closed.wait(DRIP_S) or time.monotonic() > deadline:
+                            break
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                except OSError:
+                    pass  # the client gave up: that is the point
+                self.close_connection = True
 
             def _error(self, status, code, message):
                 body = json.dumps({"error": message}).encode()
