@@ -1,6 +1,6 @@
 """Download exactly the files a model needs from the Hugging Face Hub, with progress and clear errors.
 
-Everything goes through huggingface_hub, so its cache, resume of `.incomplete` files, HF_TOKEN and
+Everything goes through huggingface_hub, so its cache, resume after a dropped connection, HF_TOKEN and
 HF_ENDPOINT work as users expect. HF_HUB_OFFLINE is read at call time (huggingface_hub reads it
 once at import), so the app can go offline without a restart. Free disk is checked before the
 first byte is fetched. Every network call has a deadline and every download a stall watchdog
@@ -307,10 +307,10 @@ def hub_error(e: Exception, repo: str, filename: str | None = None, endpoint: st
         if status == 403:
             return HubError(f"{what}: 403 forbidden. Your token has no access to {repo}.")
         return HubError(f"{what}: {host} answered HTTP {status}. The server may be busy: retry later; "
-                        "finished files and partial downloads are kept and resume.")
+                        "the files already finished are kept in the cache.")
     if isinstance(e, _network_errors()):
         return HubError(f"cannot reach {host} for {what} ({type(e).__name__}). Check the network and retry: "
-                        "partial downloads resume where they stopped.")
+                        "the files already finished are kept in the cache.")
     if isinstance(e, OSError):
         return HubError(f"writing {what} failed: {e}. Check free disk space and permissions of the cache folder.")
     return HubError(f"downloading {what} failed: {type(e).__name__}: {e}")

@@ -143,7 +143,7 @@ def watched(call: Callable[[], T], what: str, sink: FileBytes | None, tick: Call
                 continue
             arrived = sink.arrived if sink else 0
             if arrived - window_bytes < (deadlines.stall_bytes if sink else 1):
-                raise HubError(_stall_message(what, arrived - window_bytes, deadlines))
+                raise HubError(_stall_message(what, arrived, arrived - window_bytes, deadlines))
             window_start, window_bytes = now, arrived
     except BaseException:
         if sink is not None:
@@ -155,10 +155,10 @@ def watched(call: Callable[[], T], what: str, sink: FileBytes | None, tick: Call
     return outcome["value"]
 
 
-def _stall_message(what: str, got: int, d: Deadlines) -> str:
-    if got <= 0:
+def _stall_message(what: str, arrived: int, got: int, d: Deadlines) -> str:
+    if arrived <= 0:
         head = f"no answer while {what} for {d.stall_s:.0f} s"
     else:
-        head = f"{what} stalled: only {got} bytes arrived in {d.stall_s:.0f} s"
-    return (f"{head}. The network or the Hub is too slow or not answering: retry later (finished files and "
-            "partial downloads are kept and resume), or set HF_HUB_OFFLINE=1 to use only the local cache.")
+        head = f"{what} stalled: only {max(got, 0)} bytes arrived in the last {d.stall_s:.0f} s"
+    return (f"{head}. The network or the Hub is too slow or not answering: retry later (the files already finished "
+            "are kept in the cache), or set HF_HUB_OFFLINE=1 to use only the local cache.")
