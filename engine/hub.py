@@ -125,9 +125,9 @@ def fetch(plan: DownloadPlan, progress: ProgressFn | None = None, *, endpoint: s
     d = deadlines or DEADLINES
     _probe(endpoint)
     report = _Reporter(progress)
-    listing = Progress(0, 0, "", 0, 0, stage="listing")
-    listed = [(p, watched(lambda p=p: _list_files(p, endpoint, token, d), f"listing the files of {p.repo}",
-                          None, lambda: report(listing), d)) for p in plan.parts]
+    listed = [(p, watched(lambda p=p: _list_files(p, endpoint, token, d), f"listing the files of {p.repo}", None,
+                          lambda p=p: report(Progress(0, 0, f"the file list of {p.repo}", 0, 0, "listing")), d))
+              for p in plan.parts]
     missing = [(p, name, size) for p, files in listed for name, size in files
                if not _cached(p.repo, name, cache_dir)]
     total = sum(size for _, _, size in missing)
@@ -140,7 +140,7 @@ def fetch(plan: DownloadPlan, progress: ProgressFn | None = None, *, endpoint: s
             report(Progress(done + sink.written, total, name, i, len(missing)))
         tick()
         watched(lambda: _download(part.repo, name, endpoint, cache_dir, token, sink.bar_class(), d),
-                f"downloading {part.repo}/{name}", sink, tick, d)
+                f"downloading {part.repo}/{name}", sink, tick, d, key=f"{cache_dir}|{part.repo}|{name}")
         done += size
     report(Progress(total, total, "", len(missing), len(missing), stage="done"))
     return {p.role: _local_path(p, files, cache_dir) for p, files in listed}

@@ -116,16 +116,25 @@ def hub_bar() -> type:
     return HubBar
 
 
+# Workers given up on, by what they fetch: a new download of the same file first waits for the old
+# one to end (the library holds a lock on the file meanwhile), under the same watchdog.
+_abandoned: dict[str, threading.Thread] = {}
+
+
 def watched(call: Callable[[], T], what: str, sink: FileBytes | None, tick: Callable[[], None],
-            deadlines: Deadlines) -> T:
+            deadlines: Deadlines, key: str | None = None) -> T:
     """Run `call` on a worker thread; call `tick` every `deadlines.tick_s` (it reports progress and
     raises on Stop); fail when fewer than `stall_bytes` arrive in `stall_s` (for a call without a
-    sink, e.g. a listing: when it takes longer than `stall_s`)."""
+    sink, e.g. a listing: when it takes longer than `stall_s`). `key` names what the call writes
+    (a file in a cache), for waiting on an abandoned earlier call that writes the same."""
     outcome: dict = {}
     done = threading.Event()
+    earlier = _abandoned.pop(key, None) if key else None
 
     def work():
         try:
+            if earlier is not None:
+                earlier.join()
             outcome["value"] = call()
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
             outcome["error"] = e
@@ -143,19 +152,25 @@ def watched(call: Callable[[], T], what: str, sink: FileBytes | None, tick: Call
                 continue
             arrived = sink.arrived if sink else 0
             if arrived - window_bytes < (deadlines.stall_bytes if sink else 1):
-                raise HubError(_stall_message(what, arrived, arrived - window_bytes, deadlines))
+                waiting = earlier is not None and earlier.is_alive()
+                raise HubError(_stall_message(what, arrived, arrived - window_bytes, deadlines, waiting))
             window_start, window_bytes = now, arrived
     except BaseException:
         if sink is not None:
             sink.cancelled = True  # the worker ends at its next byte (or at the library's own timeout)
         worker.join(deadlines.tick_s)
+        if key and worker.is_alive():
+            _abandoned[key] = worker
         raise
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
 
 
-def _stall_message(what: str, arrived: int, got: int, d: Deadlines) -> str:
+def _stall_message(what: str, arrived: int, got: int, d: Deadlines, waiting: bool) -> str:
+    if waiting:
+        return (f"{what}: an earlier, abandoned download of the same file has not ended after {d.stall_s:.0f} s "
+                "(it stops at its own network timeout). Retry in a minute.")
     if arrived <= 0:
         head = f"no answer while {what} for {d.stall_s:.0f} s"
     else:

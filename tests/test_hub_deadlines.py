@@ -103,3 +103,15 @@ def test_stop_is_honoured_during_a_stall(fake, tmp_path, stall):
     with pytest.raises(Cancelled, match="download stopped"):
         hub.fetch(fp8_plan(), progress, endpoint=fake.url, cache_dir=tmp_path, deadlines=PATIENT)
     assert calls and all(b.done_bytes >= a.done_bytes for a, b in zip(calls, calls[1:]))
+
+
+def test_a_retry_waits_for_the_abandoned_download_of_the_same_file(fake, tmp_path):
+    from engine import hub_watch
+
+    fake.hold_headers.add(FP8_DIT)
+    with pytest.raises(HubError, match="no answer while downloading"):
+        hub.fetch(fp8_plan(), endpoint=fake.url, cache_dir=tmp_path, deadlines=FAST)
+    assert any(key.endswith(FP8_DIT) for key in hub_watch._abandoned)  # still blocked in the library
+    fake.hold_headers.clear()  # the server is healthy again; the old worker ends at its read timeout
+    paths = hub.fetch(fp8_plan(), endpoint=fake.url, cache_dir=tmp_path, deadlines=PATIENT)
+    assert paths["dit"].read_bytes() == fake.repos[fp8_plan().parts[1].repo][FP8_DIT]
