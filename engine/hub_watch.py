@@ -42,7 +42,9 @@ class FileBytes:
         self.size = size
         self._lock = threading.Lock()
         self._written = 0  # this file's bytes on disk, as the bar counts them (resume included)
-        self._arrived = 0  # bytes seen at all (written or received from the network): liveness only
+        # Liveness only: bytes written and bytes received, each summed (the HTTP branch reports every
+        # chunk as both, the Xet branch reports network bytes ahead of written ones).
+        self._wrote = self._received = 0
         self.cancelled = False
 
     @property
@@ -53,7 +55,7 @@ class FileBytes:
     @property
     def arrived(self) -> int:
         with self._lock:
-            return self._arrived
+            return max(self._wrote, self._received)
 
     def _check(self) -> None:
         if self.cancelled:
@@ -67,12 +69,12 @@ class FileBytes:
     def add_written(self, n: int) -> None:
         with self._lock:
             self._written += n
-            self._arrived += max(n, 0)
+            self._wrote += max(n, 0)
         self._check()
 
     def add_received(self, n: int) -> None:
         with self._lock:
-            self._arrived = max(self._arrived, 0) + max(n, 0)
+            self._received += max(n, 0)
         self._check()
 
     def bar_class(self) -> type:
