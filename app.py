@@ -4,18 +4,27 @@
     python app.py               the model catalog (downloads from the Hub) on a GPU; falls back to
                                 the demo when there is no GPU or the Hub cannot be reached
                                 (with HF_HUB_OFFLINE=1 the catalog loads from the local cache)
-Honours --port / --host and Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
+Honours --port / --host and Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT. Gradio's usage
+analytics are off unless GRADIO_ANALYTICS_ENABLED is set. On a ZeroGPU Space the default model is
+loaded at start-up, outside the `spaces.GPU` call.
 """
 from __future__ import annotations
 
-import argparse
-import logging
 import os
-import socket
 
-from engine.hardware import detect_gpu, zerogpu_gpu
-from engine.hub import is_offline
-from engine.service import VideoService
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: it reads it then
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+
+from ui import zerogpu  # noqa: E402 - imports `spaces` (on a Space) before anything touches CUDA
+
+zerogpu.spaces_module()
+
+from engine.errors import EngineError  # noqa: E402
+from engine.hardware import detect_gpu, zerogpu_gpu  # noqa: E402
+from engine.hub import is_offline, unreachable  # noqa: E402
+from engine.service import VideoService  # noqa: E402
 
 log = logging.getLogger("app")
 
@@ -29,22 +38,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
-        return True  # a proxy decides; downloads will say if it cannot
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+def hub_reachable() -> bool:
+    return unreachable(timeout=3.0) is None  # the one check engine.hub uses before downloads
 
 
 def make_service(args: argparse.Namespace) -> VideoService:
-    gpu = None if args.demo else (detect_gpu() or zerogpu_gpu())
+    # On ZeroGPU no GPU is attached at start-up (and CUDA must not be initialised): the platform's GPU.
+    gpu = None if args.demo else (zerogpu_gpu() if zerogpu.active() else detect_gpu())
     demo = args.demo
     if not demo and gpu is None:
         log.warning("no CUDA GPU found: starting the demo with the built-in model (use a GPU for real models)")
@@ -57,11 +57,28 @@ def make_service(args: argparse.Namespace) -> VideoService:
     return VideoService(gpu, demo, out_dir=args.outputs)
 
 
+def preload_for_zerogpu(service: VideoService) -> None:
+    """ZeroGPU runs each `spaces.GPU` call in a forked process: load the default model once, here,
+    so every job starts from it (its weights come from the cache that `preload_from_hub` filled)."""
+    if service.demo or not zerogpu.active():
+        return
+    model = service.default_model()
+    try:
+        service.preload(model)
+        log.info("ZeroGPU: %s loaded at start-up", model)
+    except EngineError as e:  # the app still starts; the first job loads it and shows the same sentence
+        log.warning("ZeroGPU: could not load %s at start-up: %s", model, e)
+    except Exception as e:  # noqa: BLE001 - a library or platform failure: logged, the app still starts
+        log.warning("ZeroGPU: could not load %s at start-up (%s: %s); the first job will try again",
+                    model, type(e).__name__, e)
+
+
 def build_app(args: argparse.Namespace | None = None):
     from ui import build_ui
 
     args = args or parse_args([])
     service = make_service(args)
+    preload_for_zerogpu(service)
     app = build_ui(service)
     app.queue(default_concurrency_limit=1, max_size=16)  # one GPU job at a time, a bounded wait list
     return app, service

@@ -1,24 +1,35 @@
 """Download exactly the files a model needs from the Hugging Face Hub, with progress and clear errors.
 
-Everything goes through huggingface_hub, so its cache, resume of `.incomplete` files, HF_TOKEN and
+Everything goes through huggingface_hub, so its cache, resume after a dropped connection, HF_TOKEN and
 HF_ENDPOINT work as users expect. HF_HUB_OFFLINE is read at call time (huggingface_hub reads it
 once at import), so the app can go offline without a restart. Free disk is checked before the
-first byte is fetched.
+first byte is fetched. Every network call has a deadline and every download a stall watchdog
+(engine/hub_watch.py), so nothing waits forever and Stop is seen even while no byte arrives.
+
+Files are fetched one at a time with `hf_hub_download` rather than with `snapshot_download`: our
+own listing (with sizes) is needed anyway for the disk check and for naming a missing file, the
+progress then has exact per-file boundaries, and the large files (most of the bytes) are already
+fetched in parallel chunks by hf_xet.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import socket
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .catalog import ENCODERS, ModelEntry, encoder_file
 from .config import QuantConfig
-from .errors import ConfigError, EngineError, HubError
+from .errors import ConfigError, HubError
+from .hub_errors import hub_error
+from .hub_watch import Deadlines, FileBytes, watched
 
 DISK_MARGIN = 512 * 2**20  # leave this much free after a download: a full disk breaks everything else
+DEADLINES = Deadlines()
+PROBE_TIMEOUT = 5.0
 
 
 @dataclass
@@ -48,9 +59,12 @@ class Progress:
     filename: str
     files_done: int
     files_total: int
+    stage: str = "download"  # listing (sizes not known yet) | download | done
 
     @property
     def fraction(self) -> float:
+        if self.stage == "listing":
+            return 0.0
         return self.done_bytes / self.total_bytes if self.total_bytes else 1.0
 
 
@@ -100,28 +114,50 @@ def is_offline() -> bool:
 
 
 def fetch(plan: DownloadPlan, progress: ProgressFn | None = None, *, endpoint: str | None = None,
-          cache_dir: str | Path | None = None, token: str | bool | None = None) -> dict[str, Path]:
+          cache_dir: str | Path | None = None, token: str | bool | None = None,
+          deadlines: Deadlines | None = None) -> dict[str, Path]:
     """Download (or find in the cache) every part of the plan. Returns role -> local path: the
-    snapshot folder for `base`, the file for single-file parts (a list's first; see `paths`)."""
+    snapshot folder for `base`, the file for single-file parts (a list's first; see `paths`).
+    `progress` is called from this thread, at least every `deadlines.tick_s`; it may raise to stop."""
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     if is_offline():
         return {p.role: _offline_path(p, cache_dir) for p in plan.parts}
+    d = deadlines or DEADLINES
     _probe(endpoint)
-    listed = [(p, _list_files(p, endpoint, token)) for p in plan.parts]
+    report = _Reporter(progress)
+    listed = [(p, watched(lambda p=p: _list_files(p, endpoint, token, d), f"listing the files of {p.repo}", None,
+                          lambda p=p: report(Progress(0, 0, f"the file list of {p.repo}", 0, 0, "listing")), d))
+              for p in plan.parts]
     missing = [(p, name, size) for p, files in listed for name, size in files
                if not _cached(p.repo, name, cache_dir)]
     total = sum(size for _, _, size in missing)
     check_disk(cache_dir, total)
     done = 0
     for i, (part, name, size) in enumerate(missing):
-        def report(n, name=name, i=i):
-            if progress:
-                progress(Progress(done + n, total, name, i, len(missing)))
-        _download(part.repo, name, endpoint, cache_dir, token, report)
+        sink = FileBytes(size)
+
+        def tick(name=name, i=i, sink=sink):
+            report(Progress(done + sink.written, total, name, i, len(missing)))
+        tick()
+        watched(lambda: _download(part.repo, name, endpoint, cache_dir, token, sink.bar_class(), d),
+                f"downloading {part.repo}/{name}", sink, tick, d, key=f"{cache_dir}|{part.repo}|{name}")
         done += size
-    if progress:
-        progress(Progress(total, total, "", len(missing), len(missing)))
+    report(Progress(total, total, "", len(missing), len(missing), stage="done"))
     return {p.role: _local_path(p, files, cache_dir) for p, files in listed}
+
+
+class _Reporter:
+    """Calls the user's progress callback with byte counts that never go back (a resumed HTTP
+    download can roll its bar back when the server ignores the Range header)."""
+
+    def __init__(self, progress: ProgressFn | None):
+        self.progress, self.high = progress, 0
+
+    def __call__(self, p: Progress) -> None:
+        self.high = max(self.high, p.done_bytes)
+        if self.progress:
+            p.done_bytes = self.high if p.stage != "listing" else 0
+            self.progress(p)
 
 
 def check_disk(cache_dir: str | Path | None, need_bytes: int) -> None:
@@ -136,21 +172,31 @@ def check_disk(cache_dir: str | Path | None, need_bytes: int) -> None:
                        "Free some space or point HF_HOME / HF_HUB_CACHE at a larger disk.")
 
 
-def _probe(endpoint: str | None) -> None:
-    """Fail in seconds when the Hub cannot be reached at all, instead of after the client's ~25 s of
-    retries. Skipped behind a proxy, where a direct connection says nothing."""
+def unreachable(endpoint: str | None = None, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why the Hub cannot be reached in `timeout` seconds, or None when it can (or when a proxy
+    decides: a direct connection then says nothing; downloads will say if the proxy cannot).
+    The one reachability check for the app's start-up and for downloads."""
     from urllib.parse import urlparse
 
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
-        return
-    url = urlparse(endpoint or "https://huggingface.co")
+    url = urlparse(endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    proxies = urllib.request.getproxies()  # the *_proxy variables the HTTP client also reads
+    if (proxies.get(url.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(url.hostname or ""):
+        return None
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        socket.create_connection((url.hostname, port), timeout=5).close()
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
     except OSError as e:
-        raise HubError(f"cannot reach {endpoint or 'the Hugging Face Hub'} ({e.strerror or e}). Check the network "
+        return str(e.strerror or e)
+    return None
+
+
+def _probe(endpoint: str | None) -> None:
+    """Fail in seconds when the Hub cannot be reached at all, instead of after the client's retries."""
+    why = unreachable(endpoint)
+    if why is not None:
+        raise HubError(f"cannot reach {endpoint or 'the Hugging Face Hub'} ({why}). Check the network "
                        "and retry, or set HF_HUB_OFFLINE=1 to use only files already in the cache, or run "
-                       "`python app.py --demo` for the built-in model.") from None
+                       "`python app.py --demo` for the built-in model.")
 
 
 def _default_cache() -> str:
@@ -159,17 +205,18 @@ def _default_cache() -> str:
     return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
 
 
-def _list_files(part: RepoFiles, endpoint, token) -> list[tuple[str, int]]:
+def _list_files(part: RepoFiles, endpoint, token, d: Deadlines) -> list[tuple[str, int]]:
+    """(file, size) for the files of the part, from one `model_info` call: unlike `list_repo_tree`
+    it takes a timeout (and the listing thread must end)."""
     from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import filter_repo_objects
 
     try:
-        tree = [f for f in HfApi(endpoint=endpoint, token=token).list_repo_tree(part.repo, recursive=True)
-                if isinstance(f, RepoFile)]
+        info = HfApi(endpoint=endpoint, token=token).model_info(part.repo, revision="main", files_metadata=True,
+                                                               timeout=d.request_s)
     except Exception as e:  # noqa: BLE001 - every failure becomes one HubError with a sentence
         raise hub_error(e, part.repo, endpoint=endpoint) from e
-    sizes = {f.path: f.size for f in tree}
+    sizes = {f.rfilename: f.size for f in info.siblings or []}
     chosen = list(filter_repo_objects(sizes, allow_patterns=part.patterns))
     exact = [p for p in part.patterns if not any(ch in p for ch in "*?[")]
     absent = [p for p in exact if p not in sizes and not p.endswith("config.json") and p != "model_index.json"]
@@ -178,6 +225,10 @@ def _list_files(part: RepoFiles, endpoint, token) -> list[tuple[str, int]]:
                        f"Check https://huggingface.co/{part.repo}/tree/main")
     if not chosen:
         raise HubError(f"{part.repo} has none of the files needed ({', '.join(part.patterns)})")
+    unsized = [name for name in chosen if not isinstance(sizes[name], int)]
+    if unsized:
+        raise HubError(f"{endpoint or 'the Hub'} did not say the size of {part.repo}/{unsized[0]}, so free disk "
+                       "cannot be checked: retry later, or use a huggingface_hub release that asks for it.")
     return [(name, sizes[name]) for name in chosen]
 
 
@@ -188,31 +239,17 @@ def _cached(repo: str, filename: str, cache_dir) -> bool:
     return isinstance(hit, str) and os.path.isfile(hit)
 
 
-def _download(repo, filename, endpoint, cache_dir, token, report) -> str:
+def _download(repo, filename, endpoint, cache_dir, token, bar_class: type, d: Deadlines) -> str:
+    """One file through the library (HTTP or Xet branch); runs on a watched worker thread."""
     from huggingface_hub import hf_hub_download
 
-    class Bar:  # the minimal tqdm interface huggingface_hub calls; forwards bytes to our callback
-        def __init__(self, total=None, initial=0, **_):
-            self.n = initial
-            report(self.n)
-
-        def update(self, n=1):
-            self.n += n
-            report(self.n)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def close(self):
-            pass
+    from .hub_watch import Abandoned
 
     try:
-        return hf_hub_download(repo, filename, endpoint=endpoint, cache_dir=cache_dir, token=token, tqdm_class=Bar)
-    except EngineError:
-        raise  # e.g. the user's Stop, raised from the progress callback
+        return hf_hub_download(repo, filename, endpoint=endpoint, cache_dir=cache_dir, token=token,
+                               etag_timeout=d.request_s, tqdm_class=bar_class)
+    except Abandoned:
+        raise  # the caller has already stopped waiting
     except Exception as e:  # noqa: BLE001
         raise hub_error(e, repo, filename, endpoint) from e
 
@@ -243,50 +280,3 @@ def _offline_path(part: RepoFiles, cache_dir) -> Path:
     if not path.is_file():
         raise HubError(f"offline (HF_HUB_OFFLINE is set) and {part.repo}/{part.patterns[0]} is not in the cache.")
     return path
-
-
-def hub_error(e: Exception, repo: str, filename: str | None = None, endpoint: str | None = None) -> HubError:
-    """One sentence for each way a download fails, saying what to do."""
-    from huggingface_hub import errors as hf
-
-    what = f"{repo}/{filename}" if filename else repo
-    host = endpoint or "the Hugging Face Hub"
-    if isinstance(e, hf.GatedRepoError):
-        return HubError(f"{repo} is gated: accept its terms at https://huggingface.co/{repo} with your account, then "
-                        "log in (`hf auth login`) or set HF_TOKEN, and retry.")
-    if isinstance(e, hf.RepositoryNotFoundError):
-        return HubError(f"repository {repo} was not found on {host} (or it is private and no valid token was "
-                        "given). Check the name, or set HF_TOKEN for a private repo.")
-    if isinstance(e, hf.RevisionNotFoundError):
-        return HubError(f"{repo}: the requested revision does not exist.")
-    if isinstance(e, (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError)):
-        return HubError(f"{what} is not in the local cache and {host} cannot be reached (offline or no network). "
-                        "Connect and retry, or run `python app.py --demo` to use the built-in model.")
-    if isinstance(e, (hf.RemoteEntryNotFoundError, hf.EntryNotFoundError)):
-        return HubError(f"{what} does not exist on {host}: the repo layout changed or the file name is wrong.")
-    if isinstance(e, hf.HfHubHTTPError):
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if status == 401:
-            return HubError(f"{what}: 401 unauthorized. Set HF_TOKEN (or `hf auth login`) with access to {repo}.")
-        if status == 403:
-            return HubError(f"{what}: 403 forbidden. Your token has no access to {repo}.")
-        return HubError(f"{what}: {host} answered HTTP {status}. The server may be busy: retry later; "
-                        "finished files and partial downloads are kept and resume.")
-    if isinstance(e, _network_errors()):
-        return HubError(f"cannot reach {host} for {what} ({type(e).__name__}). Check the network and retry: "
-                        "partial downloads resume where they stopped.")
-    if isinstance(e, OSError):
-        return HubError(f"writing {what} failed: {e}. Check free disk space and permissions of the cache folder.")
-    return HubError(f"downloading {what} failed: {type(e).__name__}: {e}")
-
-
-def _network_errors() -> tuple[type, ...]:
-    """Connection failures of whichever HTTP client this huggingface_hub uses (httpx2 or httpx)."""
-    kinds: list[type] = [ConnectionError, TimeoutError]
-    for module in ("httpx2", "httpx"):
-        try:
-            lib = __import__(module)
-        except ImportError:
-            continue
-        kinds += [lib.ConnectError, lib.TimeoutException, lib.RemoteProtocolError, lib.NetworkError]
-    return tuple(kinds)

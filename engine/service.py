@@ -169,5 +169,13 @@ class VideoService:
             raise ConfigError("demo mode offers only the built-in model")
         return get_model(model)
 
+    def preload(self, model: str, on_download: Callable | None = None) -> None:
+        """Download and load `model` with its preset now, without generating. On a ZeroGPU Space the
+        app calls it at start-up: the `spaces.GPU` call runs in a forked process, so loading there
+        would repeat on every job."""
+        with self._lock:
+            name, cfg = self.config(model)
+            self._load(model, self.tasks(model)[0], name, cfg, on_download)
+
 
 __all__ = ["VideoService", "SCHEME_CHOICES", "TINY", "Cancelled"]

@@ -2,8 +2,11 @@ import logging
 import os
 import sys
 
-import pytest
-import torch
+# Before anything imports gradio (it reads this once): the tests send no usage analytics.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

@@ -136,6 +136,8 @@ def test_app_chooses_demo_without_gpu_or_network(monkeypatch, tmp_path):
     assert svc.preset_for("wan2.1-t2v-14b").name == "hopper-fp8"
     monkeypatch.setattr(app, "detect_gpu", lambda: None)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")  # ZeroGPU: no CUDA until a spaces.GPU call
+    assert app.make_service(args).demo  # but without a working `spaces` package it is not ZeroGPU
+    monkeypatch.setattr(app.zerogpu, "active", lambda: True)
     assert app.make_service(args).gpu.family == "hopper"
 
 

@@ -179,3 +179,26 @@ def test_free_disk_checked_before_download(fake, tmp_path, monkeypatch):
     with pytest.raises(HubError, match="not enough disk space"):
         hub.fetch(fp8_plan(), endpoint=fake.url, cache_dir=tmp_path)
     assert not [entry for entry in fake.log if "/resolve/" in entry[1]]
+
+
+def test_one_reachability_check_for_app_and_downloads(monkeypatch):
+    import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once closed
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                 "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert hub.unreachable(closed, timeout=2) is not None
+    monkeypatch.setenv("HF_ENDPOINT", closed)
+    assert app.hub_reachable() is False
+    with pytest.raises(HubError, match="cannot reach"):
+        hub._probe(closed)
+    for proxy in ("http_proxy", "HTTP_PROXY", "ALL_PROXY", "all_proxy"):  # a proxy decides: no direct probe
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
+        assert hub.unreachable(closed, timeout=2) is None and app.hub_reachable()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # ...unless the host bypasses it
+        assert hub.unreachable(closed, timeout=2) is not None
+        monkeypatch.delenv("NO_PROXY")
+        monkeypatch.delenv(proxy)
