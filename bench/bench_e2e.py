@@ -205,7 +205,7 @@ def run_row(row: str, master, args, device, reference, warmed: set):
     cuda = device.type == "cuda"
     if cuda:
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap * 2**30 / total) if cap else 1.0, device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap * 2**30 / total) if cap else 1.0, device.index or 0)
     h, w, n = args.height, args.width, args.frames
     phase, loaded, video, marks = "load", None, None, {}
     try:
@@ -252,7 +252,7 @@ def run_row(row: str, master, args, device, reference, warmed: set):
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-            torch.cuda.set_per_process_memory_fraction(1.0, device)
+            torch.cuda.set_per_process_memory_fraction(1.0, device.index or 0)
     return out, video
 
 

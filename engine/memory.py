@@ -327,10 +327,12 @@ def gpu_budget(device) -> int:
     cap set by torch.cuda.set_per_process_memory_fraction (how consumer cards are simulated)."""
     import torch
 
-    free, total = torch.cuda.mem_get_info(device)
-    budget = free + torch.cuda.memory_reserved(device)
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index  # the cap API wants an index
+    free, total = torch.cuda.mem_get_info(index)
+    budget = free + torch.cuda.memory_reserved(index)
     get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # newer torch only
-    fraction = get_fraction(device) if get_fraction else 1.0
+    fraction = get_fraction(index) if get_fraction else 1.0
     return min(budget, int(fraction * total))
 
 
