@@ -35,9 +35,11 @@ class Config:
     num_warps: int = 8
     num_stages: int = 3
     tma: bool = False
+    warp_specialize: bool = False
 
     def label(self) -> str:
-        return f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}{'tma' if self.tma else ''}"
+        return (f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}"
+                f"{'-tma' if self.tma else ''}{'-ws' if self.warp_specialize else ''}")
 
 
 DEFAULT = Config()
@@ -154,7 +156,7 @@ if triton is not None:
     def _attn_kernel(Q8, QS, K8, KS, V8, VS, OUT, seq, sp, H, so_b, so_s, so_h,
                      desc_q, desc_k, desc_v,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                     TMA: tl.constexpr):
+                     TMA: tl.constexpr, WS: tl.constexpr):
         pid, bh = tl.program_id(0), tl.program_id(1)
         b, h = bh // H, bh % H
         m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -168,7 +170,7 @@ if triton is not None:
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
         full = (seq // BLOCK_N) * BLOCK_N
-        for start in range(0, full, BLOCK_N):
+        for start in tl.range(0, full, BLOCK_N, warp_specialize=WS):
             acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, start, seq, sp, bh, desc_k, desc_v,
                                        BLOCK_N, D, False, TMA)
         if full < seq:
@@ -225,7 +227,7 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
     grid = (math.ceil(x.seq / config.block_m), b * h)
     _attn_kernel[grid](x.q8, x.qs, x.k8, x.ks, x.v8, x.vs, out, x.seq, sp, h,
                        out.stride(0), out.stride(1), out.stride(2), dq, dk, dv,
-                       BLOCK_M=config.block_m, BLOCK_N=config.block_n, D=d, TMA=config.tma,
+                       BLOCK_M=config.block_m, BLOCK_N=config.block_n, D=d, TMA=config.tma, WS=config.warp_specialize,
                        num_warps=config.num_warps, num_stages=config.num_stages)
     return out
 
