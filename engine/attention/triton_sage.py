@@ -31,15 +31,17 @@ PAD = 128  # token padding of the 8-bit copies: a multiple of every BLOCK_M / BL
 class Config:
     """Tiles and pipelining of the attention kernel (speed only; numerics depend on block_n)."""
     block_m: int = 128
-    block_n: int = 64
+    block_n: int = 128
     num_warps: int = 8
     num_stages: int = 3
-    tma: bool = False
+    tma: bool = True
     warp_specialize: bool = False
+    fast_convert: bool = True  # int32 scores to float by bit tricks, scales folded into exp2
+    overlap: bool = False  # next block's Q·Kᵀ issued before this block's softmax (fast_convert only)
 
     def label(self) -> str:
         return (f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}"
-                f"{'-tma' if self.tma else ''}{'-ws' if self.warp_specialize else ''}")
+                f"{'-tma' if self.tma else ''}{'-ws' if self.warp_specialize else ''}{'' if self.fast_convert else '-i2f'}{'-ov' if self.overlap else ''}")
 
 
 DEFAULT = Config()
@@ -129,9 +131,8 @@ if triton is not None:
         tl.store(V8 + (bh * D + d[None, :]) * sp + s[:, None], v8)
 
     @triton.jit
-    def _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, start, seq, sp, bh, desc_k, desc_v,
-                   BLOCK_N: tl.constexpr, D: tl.constexpr,
-                   MASK: tl.constexpr, TMA: tl.constexpr):
+    def _load_kv(K8, V8, start, sp, bh, desc_k, desc_v, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                 TMA: tl.constexpr):
         n = start + tl.arange(0, BLOCK_N)
         d = tl.arange(0, D)
         if TMA:
@@ -139,24 +140,77 @@ if triton is not None:
             v = desc_v.load([bh * D, start]).T
         else:
             k = tl.load(K8 + (bh * sp + n[:, None]) * D + d[None, :])
-            v = tl.load(V8 + (bh * D + d[None, :]) * sp + n[:, None])
+            v = tl.load(V8 + (bh * D + d[:, None]) * sp + n[None, :]).T  # tokens contiguous
+        return k, v
+
+    @triton.jit
+    def _scores(q, K8, KS, start, seq, sp, bh, desc_k, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                MASK: tl.constexpr, TMA: tl.constexpr):
+        """t = (q8·k8ᵀ) · k_scale, FP32, masked past `seq`; Q's scale is applied in the exponent.
+
+        int32 -> float32 without the quarter-rate I2F: |q8·k8| <= 127²·D < 2^22, so adding the
+        bits of 1.5·2^23 gives the float 1.5·2^23 + q8·k8 exactly; one FMA removes the offset
+        and applies K's scale."""
+        n = start + tl.arange(0, BLOCK_N)
+        d = tl.arange(0, D)
+        if TMA:
+            k = desc_k.load([bh * sp + start, 0])
+        else:
+            k = tl.load(K8 + (bh * sp + n[:, None]) * D + d[None, :])
         ks = tl.load(KS + bh * sp + n)
-        s = tl.dot(q, k.T, out_dtype=tl.int32).to(tl.float32) * qs[:, None] * ks[None, :]
+        si = tl.dot(q, k.T, out_dtype=tl.int32)
+        t = (si + 0x4B400000).to(tl.float32, bitcast=True) * ks[None, :] + (ks * -12582912.0)[None, :]
         if MASK:
-            s = tl.where((n < seq)[None, :], s, -float("inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
+            t = tl.where((n < seq)[None, :], t, -float("inf"))
+        return t
+
+    @triton.jit
+    def _update(acc, l_i, m_i, t, qs, V8, start, sp, bh, desc_v, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                TMA: tl.constexpr):
+        """Online softmax and P·V for one key block. p448 = exp2(qs·(t − m) + log2 448) = 448·p:
+        P's FP8 scale rides in the exponent, and l sums p448 too, so 448 cancels at the end."""
+        n = start + tl.arange(0, BLOCK_N)
+        d = tl.arange(0, D)
+        if TMA:
+            v = desc_v.load([bh * D, start]).T
+        else:
+            v = tl.load(V8 + (bh * D + d[:, None]) * sp + n[None, :]).T
+        m_new = tl.maximum(m_i, tl.max(t, axis=1))
+        p = tl.math.exp2(t * qs[:, None] + (8.807354922057604 - qs * m_new)[:, None])
+        alpha = tl.math.exp2(qs * (m_i - m_new))
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
-        acc = tl.dot((p * 448.0).to(tl.float8e4nv), v, acc)
+        acc = tl.dot(p.to(tl.float8e4nv), v, acc)
+        return acc, l_i, m_new
+
+    @triton.jit
+    def _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, start, seq, sp, bh, desc_k, desc_v,
+                   BLOCK_N: tl.constexpr, D: tl.constexpr,
+                   MASK: tl.constexpr, TMA: tl.constexpr, FAST: tl.constexpr):
+        if FAST:
+            t = _scores(q, K8, KS, start, seq, sp, bh, desc_k, BLOCK_N, D, MASK, TMA)
+            acc, l_i, m_new = _update(acc, l_i, m_i, t, qs, V8, start, sp, bh, desc_v, BLOCK_N, D, TMA)
+        else:  # the plain form, kept to measure what the above saves
+            n = start + tl.arange(0, BLOCK_N)
+            k, v = _load_kv(K8, V8, start, sp, bh, desc_k, desc_v, BLOCK_N, D, TMA)
+            ks = tl.load(KS + bh * sp + n)
+            s = tl.dot(q, k.T, out_dtype=tl.int32).to(tl.float32) * qs[:, None] * ks[None, :]
+            if MASK:
+                s = tl.where((n < seq)[None, :], s, -float("inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            p = tl.math.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None]
+            acc = tl.dot((p * 448.0).to(tl.float8e4nv), v, acc)
         return acc, l_i, m_new
 
     @triton.jit
     def _attn_kernel(Q8, QS, K8, KS, V8, VS, OUT, seq, sp, H, so_b, so_s, so_h,
                      desc_q, desc_k, desc_v,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                     TMA: tl.constexpr, WS: tl.constexpr):
+                     TMA: tl.constexpr, WS: tl.constexpr, FAST: tl.constexpr,
+                     OVERLAP: tl.constexpr):
         pid, bh = tl.program_id(0), tl.program_id(1)
         b, h = bh // H, bh % H
         m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -170,13 +224,25 @@ if triton is not None:
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
         full = (seq // BLOCK_N) * BLOCK_N
-        for start in tl.range(0, full, BLOCK_N, warp_specialize=WS):
-            acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, start, seq, sp, bh, desc_k, desc_v,
-                                       BLOCK_N, D, False, TMA)
+        if OVERLAP and full > 0:
+            # issue the next block's Q·Kᵀ before this block's softmax, so that the tensor cores
+            # work while the other units do exp2 (FlashAttention-3's intra-warpgroup overlap)
+            t = _scores(q, K8, KS, 0, seq, sp, bh, desc_k, BLOCK_N, D, False, TMA)
+            for start in tl.range(BLOCK_N, full, BLOCK_N, warp_specialize=WS):
+                t_next = _scores(q, K8, KS, start, seq, sp, bh, desc_k, BLOCK_N, D, False, TMA)
+                acc, l_i, m_i = _update(acc, l_i, m_i, t, qs, V8, start - BLOCK_N, sp, bh, desc_v, BLOCK_N, D, TMA)
+                t = t_next
+            acc, l_i, m_i = _update(acc, l_i, m_i, t, qs, V8, full - BLOCK_N, sp, bh, desc_v, BLOCK_N, D, TMA)
+        else:
+            for start in tl.range(0, full, BLOCK_N, warp_specialize=WS):
+                acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, start, seq, sp, bh, desc_k, desc_v,
+                                           BLOCK_N, D, False, TMA, FAST)
         if full < seq:
             acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, full, seq, sp, bh, desc_k, desc_v,
-                                       BLOCK_N, D, True, TMA)
-        vs = tl.load(VS + bh * D + d) / 448.0
+                                       BLOCK_N, D, True, TMA, FAST)
+        vs = tl.load(VS + bh * D + d)
+        if not FAST:
+            vs = vs / 448.0
         out = acc / l_i[:, None] * vs[None, :]
         tl.store(OUT + b * so_b + h * so_h + m[:, None] * so_s + d[None, :], out.to(OUT.dtype.element_ty),
                  mask=(m < seq)[:, None])
@@ -228,6 +294,7 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
     _attn_kernel[grid](x.q8, x.qs, x.k8, x.ks, x.v8, x.vs, out, x.seq, sp, h,
                        out.stride(0), out.stride(1), out.stride(2), dq, dk, dv,
                        BLOCK_M=config.block_m, BLOCK_N=config.block_n, D=d, TMA=config.tma, WS=config.warp_specialize,
+                       FAST=config.fast_convert, OVERLAP=config.overlap and config.fast_convert,
                        num_warps=config.num_warps, num_stages=config.num_stages)
     return out
 
