@@ -30,10 +30,9 @@ from engine.attention import triton_sage as ts  # noqa: E402
 SHAPES = [("1.3B 480p", 12, 32760), ("1.3B 720p", 12, 75600), ("14B 480p", 40, 32760), ("14B 720p", 40, 75600)]
 TINY = [("tiny a", 2, 200), ("tiny b", 3, 130)]
 C = ts.Config
-SWEEP = [C(128, 128, 8, 3, tma=True, fast_convert=False), C(128, 128, 8, 3, tma=True), C(128, 128, 8, 3),
-         C(128, 64, 8, 3, tma=True), C(128, 128, 8, 3, tma=True, overlap=True), C(128, 64, 8, 3, tma=True, overlap=True),
-         C(128, 128, 8, 4, tma=True), C(128, 128, 8, 2, tma=True), C(128, 64, 4, 3, tma=True),
-         C(128, 128, 8, 3, tma=True, overlap=True, warp_specialize=True)]
+SWEEP = [C(128, 64, 4, 3, tma=True), C(128, 64, 4, 3, tma=True, overlap=True), C(128, 64, 4, 2, tma=True),
+         C(128, 64, 4, 4, tma=True), C(128, 128, 4, 3, tma=True), C(64, 64, 4, 3, tma=True), C(128, 64, 4, 3),
+         C(128, 32, 4, 3, tma=True), C(64, 128, 4, 3, tma=True), C(128, 128, 8, 3, tma=True, overlap=True)]
 
 
 def sdpa(q, k, v, backend=None):

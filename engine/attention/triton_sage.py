@@ -31,8 +31,8 @@ PAD = 128  # token padding of the 8-bit copies: a multiple of every BLOCK_M / BL
 class Config:
     """Tiles and pipelining of the attention kernel (speed only; numerics depend on block_n)."""
     block_m: int = 128
-    block_n: int = 128
-    num_warps: int = 8
+    block_n: int = 64
+    num_warps: int = 4
     num_stages: int = 3
     tma: bool = True
     warp_specialize: bool = False
