@@ -58,7 +58,9 @@ class Sage8TritonPath(AttentionPath):
         if device.type != "cuda":
             return "runs on CUDA GPUs only"
         cap = cuda_capability(device)
-        if cap is not None and cap < (8, 9):
+        if cap is None:
+            return "no CUDA GPU is visible to torch"
+        if cap < (8, 9):
             return (f"{device_label(device)} has no FP8 matrix instructions (compute capability 8.9+: Ada, "
                     "Hopper, Blackwell); on Ampere use torch_sdpa")
         if head_dim & (head_dim - 1) or not 16 <= head_dim <= 256:

@@ -29,9 +29,10 @@ PAD = 128  # token padding of the 8-bit copies: a multiple of every BLOCK_M / BL
 
 @dataclass(frozen=True)
 class Config:
-    """Tiles and pipelining of the attention kernel (speed only; numerics depend on block_n)."""
-    block_m: int = 128
-    block_n: int = 64
+    """Tiles and pipelining of the attention kernel (speed only; numerics depend on block_n).
+    Default: the fastest of the H200 sweeps in docs/benchmarks.md (31.1 ms at the 14B 480p shape)."""
+    block_m: int = 64
+    block_n: int = 128
     num_warps: int = 4
     num_stages: int = 3
     tma: bool = True

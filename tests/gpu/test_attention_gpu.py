@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not fp8_gpu(), reason="needs a GPU with FP8 (com
     ((1, 1, 1, 128), ts.DEFAULT, (1, 1)),
     ((1, 300, 12, 128), ts.DEFAULT, (1, 1)),
     ((2, 129, 3, 64), ts.Config(block_n=64, tma=False), (128, 64)),
-    ((1, 517, 2, 128), ts.Config(overlap=True), (1, 1)),
+    ((1, 517, 2, 128), ts.Config(128, 128, 8, 3, overlap=True), (1, 1)),
 ])
 def test_kernel_matches_reference_poisoned(shape, config, blocks):
     seed = int(torch.randint(0, 2**31 - 1, (1,)))
