@@ -23,3 +23,12 @@ for i, (shape, cfg, blocks) in enumerate(cases):
     # the fast form folds scales into exp2 (fp32 rounding moves a few P values across an FP8 step)
     assert err < (1e-5 if not cfg.fast_convert else 5e-3), (shape, cfg.label(), err)
     print(f"ok {shape} {cfg.label()} {err:.1e}")
+
+# softmax's sum over the FP8 P, by the tensor cores (sum_fp8_p)
+q, k, v = R.wan_like_qkv(1, 200, 2, 64, seed=seed + 9, dtype=torch.float32)
+v = v + 3.0
+for cfg in (ts.Config(sum_fp8_p=True), ts.Config(128, 128, 8, 3, overlap=True, sum_fp8_p=True)):
+    out = ts.attention_8bit(q, k, v, config=cfg)
+    err = R.rel_error(out, R.sage_reference(q, k, v, recipe=R.Recipe(1, 1, cfg.block_n, sum_fp8_p=True)))
+    assert err < 5e-3, (cfg.label(), err)
+    print(f"ok sum_fp8_p {cfg.label()} {err:.1e}")

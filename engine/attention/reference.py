@@ -12,6 +12,7 @@ from its paper):
   BLOCK_N): running max m, p = exp(s - m) ≤ 1, running sum l of the FP32 p.
 - P·V: p in FP8 e4m3 as p·448 (p ≤ 1, so 448 = e4m3's largest finite is the full range), V in FP8
   with one scale per channel (amax over tokens / 448), FP32 accumulation; out = acc / l · sv / 448.
+  With `sum_fp8_p`, l sums the FP8-rounded p instead (see Recipe).
 """
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ class Recipe:
     block_k: int = 1
     block_n: int = 64
     smooth_k: bool = True
+    # l = the row sum of the FP8-rounded P (dequantized) instead of the FP32 P: P·V / l is then an
+    # exact weighted mean of V, so P values that underflow FP8 (p < ~2e-6) leave V's mean intact
+    sum_fp8_p: bool = False
 
 
 def sage_reference(q, k, v, scale: float | None = None, recipe: Recipe = Recipe()) -> torch.Tensor:
@@ -89,8 +93,8 @@ def sage_reference(q, k, v, scale: float | None = None, recipe: Recipe = Recipe(
         m_new = torch.maximum(m, s.amax(dim=-1))
         p = torch.exp(s - m_new[..., None])
         alpha = torch.exp(m - m_new)
-        l = l * alpha + p.sum(dim=-1)
         p8 = (p * P_SCALE).float().to(FP8).double()
+        l = l * alpha + (p8.sum(dim=-1) / P_SCALE if recipe.sum_fp8_p else p.sum(dim=-1))
         acc = acc * alpha[..., None] + p8 @ v8[:, :, sl]
         m = m_new
     out = acc / l[..., None] * (sv[:, :, None, :] / P_SCALE)

@@ -39,10 +39,13 @@ class Config:
     warp_specialize: bool = False
     fast_convert: bool = True  # int32 scores to float by bit tricks, scales folded into exp2
     overlap: bool = False  # next block's Q·Kᵀ issued before this block's softmax (fast_convert only)
+    # numerics, not only speed: softmax's sum over the FP8 P (reference.Recipe.sum_fp8_p), taken
+    # by the tensor cores; not yet timed on a GPU (fast_convert only)
+    sum_fp8_p: bool = False
 
     def label(self) -> str:
         return (f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}"
-                f"{'-tma' if self.tma else ''}{'-ws' if self.warp_specialize else ''}{'' if self.fast_convert else '-i2f'}{'-ov' if self.overlap else ''}")
+                f"{'-tma' if self.tma else ''}{'-ws' if self.warp_specialize else ''}{'' if self.fast_convert else '-i2f'}{'-ov' if self.overlap else ''}{'-sum8' if self.sum_fp8_p else ''}")
 
 
 DEFAULT = Config()
@@ -167,9 +170,12 @@ if triton is not None:
 
     @triton.jit
     def _update(acc, l_i, m_i, t, qs, V8, start, sp, bh, desc_v, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                TMA: tl.constexpr):
+                TMA: tl.constexpr, SUM_MMA: tl.constexpr):
         """Online softmax and P·V for one key block. p448 = exp2(qs·(t − m) + log2 448) = 448·p:
-        P's FP8 scale rides in the exponent, and l sums p448 too, so 448 cancels at the end."""
+        P's FP8 scale rides in the exponent, and l sums p448 too, so 448 cancels at the end.
+        SUM_MMA: l is the row sum of the FP8 P itself, taken by the tensor cores (P times a
+        [BLOCK_N, 16] block of ones; l_i is then [BLOCK_M, 16], every column the same), so that
+        P·V / l is an exact weighted mean of V even where small P values underflow FP8."""
         n = start + tl.arange(0, BLOCK_N)
         d = tl.arange(0, D)
         if TMA:
@@ -179,18 +185,24 @@ if triton is not None:
         m_new = tl.maximum(m_i, tl.max(t, axis=1))
         p = tl.math.exp2(t * qs[:, None] + (8.807354922057604 - qs * m_new)[:, None])
         alpha = tl.math.exp2(qs * (m_i - m_new))
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        p8 = p.to(tl.float8e4nv)
+        if SUM_MMA:
+            ones = tl.full([BLOCK_N, 16], 1.0, tl.float32).to(tl.float8e4nv)
+            l_i = tl.dot(p8, ones, l_i * alpha[:, None])
+        else:
+            l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(tl.float8e4nv), v, acc)
+        acc = tl.dot(p8, v, acc)
         return acc, l_i, m_new
 
     @triton.jit
     def _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, start, seq, sp, bh, desc_k, desc_v,
                    BLOCK_N: tl.constexpr, D: tl.constexpr,
-                   MASK: tl.constexpr, TMA: tl.constexpr, FAST: tl.constexpr):
+                   MASK: tl.constexpr, TMA: tl.constexpr, FAST: tl.constexpr,
+                   SUM_MMA: tl.constexpr):
         if FAST:
             t = _scores(q, K8, KS, start, seq, sp, bh, desc_k, BLOCK_N, D, MASK, TMA)
-            acc, l_i, m_new = _update(acc, l_i, m_i, t, qs, V8, start, sp, bh, desc_v, BLOCK_N, D, TMA)
+            acc, l_i, m_new = _update(acc, l_i, m_i, t, qs, V8, start, sp, bh, desc_v, BLOCK_N, D, TMA, SUM_MMA)
         else:  # the plain form, kept to measure what the above saves
             n = start + tl.arange(0, BLOCK_N)
             k, v = _load_kv(K8, V8, start, sp, bh, desc_k, desc_v, BLOCK_N, D, TMA)
@@ -211,7 +223,7 @@ if triton is not None:
                      desc_q, desc_k, desc_v,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                      TMA: tl.constexpr, WS: tl.constexpr, FAST: tl.constexpr,
-                     OVERLAP: tl.constexpr):
+                     OVERLAP: tl.constexpr, SUM_MMA: tl.constexpr):
         pid, bh = tl.program_id(0), tl.program_id(1)
         b, h = bh // H, bh % H
         m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -222,7 +234,10 @@ if triton is not None:
             q = tl.load(Q8 + (bh * sp + m[:, None]) * D + d[None, :])
         qs = tl.load(QS + bh * sp + m)
         acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        if SUM_MMA:
+            l_i = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
+        else:
+            l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
         full = (seq // BLOCK_N) * BLOCK_N
         if OVERLAP and full > 0:
@@ -231,20 +246,25 @@ if triton is not None:
             t = _scores(q, K8, KS, 0, seq, sp, bh, desc_k, BLOCK_N, D, False, TMA)
             for start in tl.range(BLOCK_N, full, BLOCK_N, warp_specialize=WS):
                 t_next = _scores(q, K8, KS, start, seq, sp, bh, desc_k, BLOCK_N, D, False, TMA)
-                acc, l_i, m_i = _update(acc, l_i, m_i, t, qs, V8, start - BLOCK_N, sp, bh, desc_v, BLOCK_N, D, TMA)
+                acc, l_i, m_i = _update(acc, l_i, m_i, t, qs, V8, start - BLOCK_N, sp, bh, desc_v, BLOCK_N, D, TMA,
+                                       SUM_MMA)
                 t = t_next
-            acc, l_i, m_i = _update(acc, l_i, m_i, t, qs, V8, full - BLOCK_N, sp, bh, desc_v, BLOCK_N, D, TMA)
+            acc, l_i, m_i = _update(acc, l_i, m_i, t, qs, V8, full - BLOCK_N, sp, bh, desc_v, BLOCK_N, D, TMA, SUM_MMA)
         else:
             for start in tl.range(0, full, BLOCK_N, warp_specialize=WS):
                 acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, start, seq, sp, bh, desc_k, desc_v,
-                                           BLOCK_N, D, False, TMA, FAST)
+                                           BLOCK_N, D, False, TMA, FAST, SUM_MMA)
         if full < seq:
             acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, full, seq, sp, bh, desc_k, desc_v,
-                                       BLOCK_N, D, True, TMA, FAST)
+                                       BLOCK_N, D, True, TMA, FAST, SUM_MMA)
         vs = tl.load(VS + bh * D + d)
         if not FAST:
             vs = vs / 448.0
-        out = acc / l_i[:, None] * vs[None, :]
+        if SUM_MMA:
+            l_row = tl.sum(l_i, axis=1) / 16.0
+        else:
+            l_row = l_i
+        out = acc / l_row[:, None] * vs[None, :]
         tl.store(OUT + b * so_b + h * so_h + m[:, None] * so_s + d[None, :], out.to(OUT.dtype.element_ty),
                  mask=(m < seq)[:, None])
 
@@ -296,6 +316,7 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
                        out.stride(0), out.stride(1), out.stride(2), dq, dk, dv,
                        BLOCK_M=config.block_m, BLOCK_N=config.block_n, D=d, TMA=config.tma, WS=config.warp_specialize,
                        FAST=config.fast_convert, OVERLAP=config.overlap and config.fast_convert,
+                       SUM_MMA=config.sum_fp8_p and config.fast_convert,
                        num_warps=config.num_warps, num_stages=config.num_stages)
     return out
 
