@@ -39,3 +39,36 @@ def test_error_bound_against_bf16_sdpa():
     out = select_path("sage8", q.device, 128, q.dtype).run(q, k, v)
     # measured 0.041 at the real shapes (docs/benchmarks.md): the stated bound with margin
     assert R.rel_error(out, ref) < 0.05
+
+
+def test_fused_block_with_8bit_attention_against_diffusers():
+    """The fused fp8 block with 8-bit self-attention against diffusers' own forward (bf16 attention),
+    and against diffusers' forward with our 8-bit processor (same attention numerics)."""
+    pytest.importorskip("diffusers")
+    from diffusers import WanTransformer3DModel
+
+    from engine.apply import quantize_model
+    from engine.attention import AttentionPlan, install_attention
+    from engine.fused import install_fused_wan, uninstall_fused_wan
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=128,
+                                      in_channels=16, out_channels=16, text_dim=64, freq_dim=32, ffn_dim=1024,
+                                      num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                      rope_max_seq_len=64).to(torch.bfloat16).eval()
+    lat = torch.randn(1, 16, 5, 18, 22, device="cuda", dtype=torch.bfloat16)  # 495 tokens: not a multiple of 64
+    ctx = torch.randn(1, 512, 64, device="cuda", dtype=torch.bfloat16)
+    ts_ = torch.tensor([500], device="cuda")
+    quantize_model(model, "fp8")
+    with torch.no_grad():
+        want = model(lat, ts_, ctx, return_dict=False)[0].float()
+        assert install_attention(model, AttentionPlan("sage8")) == 2
+        eager8 = model(lat, ts_, ctx, return_dict=False)[0].float()
+        assert install_fused_wan(model) == 2
+        fused8 = model(lat, ts_, ctx, return_dict=False)[0].float()
+        uninstall_fused_wan(model)
+        install_attention(model, AttentionPlan())
+    assert torch.isfinite(fused8).all()
+    assert R.rel_error(fused8, eager8) < 2e-2  # the fused block's own bound (tests/gpu/test_kernels_gpu.py)
+    assert 0 < R.rel_error(eager8, want) < 0.05
