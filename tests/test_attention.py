@@ -123,3 +123,21 @@ def test_processor_on_diffusers_wan(monkeypatch):
     install_attention(model, AttentionPlan())
     assert torch.equal(run(model), base)
     assert type(model.blocks[0].attn1.processor).__name__ == "WanAttnProcessor"
+
+
+def test_fused_block_attention_hook_takes_the_installed_path():
+    from engine import fused
+
+    model = tiny_model()
+    attn = model.blocks[0].attn1
+    q, k, v = (torch.randn(1, 40, attn.to_q.out_features) for _ in range(3))
+    plain = fused._attention(attn, q, k, v, self_attention=True)
+    install_attention(model, AttentionPlan("sage8"))
+    try:
+        got = fused._attention(attn, q, k, v, self_attention=True)
+        heads = [t.unflatten(2, (attn.heads, -1)) for t in (q, k, v)]
+        assert torch.allclose(got, R.sage_reference(*heads).float())
+        assert torch.equal(fused._attention(attn, q, k, v), plain)  # cross-attention calls: unchanged
+    finally:
+        install_attention(model, AttentionPlan())
+    assert torch.equal(fused._attention(attn, q, k, v, self_attention=True), plain)
