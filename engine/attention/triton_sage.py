@@ -42,10 +42,14 @@ class Config:
     # numerics, not only speed: softmax's sum over the FP8 P (reference.Recipe.sum_fp8_p), taken
     # by the tensor cores; not yet timed on a GPU (fast_convert only)
     sum_fp8_p: bool = False
+    # numerics: each key block's FP8 P·V added to the FP32 accumulator at full precision (Hopper's
+    # FP8 matrix instruction accumulates in ~13 mantissa bits otherwise); on by default because
+    # V with a per-channel offset measured 0.056-0.083 error at Wan's lengths without it
+    fp32_pv: bool = True
 
     def label(self) -> str:
         return (f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}"
-                f"{'-tma' if self.tma else ''}{'-ws' if self.warp_specialize else ''}{'' if self.fast_convert else '-i2f'}{'-ov' if self.overlap else ''}{'-sum8' if self.sum_fp8_p else ''}")
+                f"{'-tma' if self.tma else ''}{'-ws' if self.warp_specialize else ''}{'' if self.fast_convert else '-i2f'}{'-ov' if self.overlap else ''}{'-sum8' if self.sum_fp8_p else ''}{'' if self.fp32_pv else '-acc22'}")
 
 
 DEFAULT = Config()
@@ -170,12 +174,16 @@ if triton is not None:
 
     @triton.jit
     def _update(acc, l_i, m_i, t, qs, V8, start, sp, bh, desc_v, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                TMA: tl.constexpr, SUM_MMA: tl.constexpr):
+                TMA: tl.constexpr, SUM_MMA: tl.constexpr, PROMOTE: tl.constexpr):
         """Online softmax and P·V for one key block. p448 = exp2(qs·(t − m) + log2 448) = 448·p:
         P's FP8 scale rides in the exponent, and l sums p448 too, so 448 cancels at the end.
         SUM_MMA: l is the row sum of the FP8 P itself, taken by the tensor cores (P times a
         [BLOCK_N, 16] block of ones; l_i is then [BLOCK_M, 16], every column the same), so that
-        P·V / l is an exact weighted mean of V even where small P values underflow FP8."""
+        P·V / l is an exact weighted mean of V even where small P values underflow FP8.
+        PROMOTE: on sm90 an FP8 wgmma accumulates in reduced precision (about 13 mantissa bits,
+        SageAttention2's and DeepSeek-V3's finding); Triton's default there lets the whole loop
+        accumulate so (max_num_imprecise_acc 2**30). Passing BLOCK_N adds each block's P·V into the
+        FP32 accumulator with a full-precision add; None keeps Triton's default."""
         n = start + tl.arange(0, BLOCK_N)
         d = tl.arange(0, D)
         if TMA:
@@ -188,21 +196,21 @@ if triton is not None:
         p8 = p.to(tl.float8e4nv)
         if SUM_MMA:
             ones = tl.full([BLOCK_N, 16], 1.0, tl.float32).to(tl.float8e4nv)
-            l_i = tl.dot(p8, ones, l_i * alpha[:, None])
+            l_i = tl.dot(p8, ones, l_i * alpha[:, None], max_num_imprecise_acc=PROMOTE)
         else:
             l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None]
-        acc = tl.dot(p8, v, acc)
+        acc = tl.dot(p8, v, acc, max_num_imprecise_acc=PROMOTE)
         return acc, l_i, m_new
 
     @triton.jit
     def _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, start, seq, sp, bh, desc_k, desc_v,
                    BLOCK_N: tl.constexpr, D: tl.constexpr,
                    MASK: tl.constexpr, TMA: tl.constexpr, FAST: tl.constexpr,
-                   SUM_MMA: tl.constexpr):
+                   SUM_MMA: tl.constexpr, PROMOTE: tl.constexpr):
         if FAST:
             t = _scores(q, K8, KS, start, seq, sp, bh, desc_k, BLOCK_N, D, MASK, TMA)
-            acc, l_i, m_new = _update(acc, l_i, m_i, t, qs, V8, start, sp, bh, desc_v, BLOCK_N, D, TMA, SUM_MMA)
+            acc, l_i, m_new = _update(acc, l_i, m_i, t, qs, V8, start, sp, bh, desc_v, BLOCK_N, D, TMA, SUM_MMA, PROMOTE)
         else:  # the plain form, kept to measure what the above saves
             n = start + tl.arange(0, BLOCK_N)
             k, v = _load_kv(K8, V8, start, sp, bh, desc_k, desc_v, BLOCK_N, D, TMA)
@@ -215,7 +223,7 @@ if triton is not None:
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, axis=1)
             acc = acc * alpha[:, None]
-            acc = tl.dot((p * 448.0).to(tl.float8e4nv), v, acc)
+            acc = tl.dot((p * 448.0).to(tl.float8e4nv), v, acc, max_num_imprecise_acc=PROMOTE)
         return acc, l_i, m_new
 
     @triton.jit
@@ -223,7 +231,7 @@ if triton is not None:
                      desc_q, desc_k, desc_v,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                      TMA: tl.constexpr, WS: tl.constexpr, FAST: tl.constexpr,
-                     OVERLAP: tl.constexpr, SUM_MMA: tl.constexpr):
+                     OVERLAP: tl.constexpr, SUM_MMA: tl.constexpr, PROMOTE: tl.constexpr):
         pid, bh = tl.program_id(0), tl.program_id(1)
         b, h = bh // H, bh % H
         m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -247,16 +255,16 @@ if triton is not None:
             for start in tl.range(BLOCK_N, full, BLOCK_N, warp_specialize=WS):
                 t_next = _scores(q, K8, KS, start, seq, sp, bh, desc_k, BLOCK_N, D, False, TMA)
                 acc, l_i, m_i = _update(acc, l_i, m_i, t, qs, V8, start - BLOCK_N, sp, bh, desc_v, BLOCK_N, D, TMA,
-                                       SUM_MMA)
+                                       SUM_MMA, PROMOTE)
                 t = t_next
-            acc, l_i, m_i = _update(acc, l_i, m_i, t, qs, V8, full - BLOCK_N, sp, bh, desc_v, BLOCK_N, D, TMA, SUM_MMA)
+            acc, l_i, m_i = _update(acc, l_i, m_i, t, qs, V8, full - BLOCK_N, sp, bh, desc_v, BLOCK_N, D, TMA, SUM_MMA, PROMOTE)
         else:
             for start in tl.range(0, full, BLOCK_N, warp_specialize=WS):
                 acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, start, seq, sp, bh, desc_k, desc_v,
-                                           BLOCK_N, D, False, TMA, FAST, SUM_MMA)
+                                           BLOCK_N, D, False, TMA, FAST, SUM_MMA, PROMOTE)
         if full < seq:
             acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, full, seq, sp, bh, desc_k, desc_v,
-                                       BLOCK_N, D, True, TMA, FAST, SUM_MMA)
+                                       BLOCK_N, D, True, TMA, FAST, SUM_MMA, PROMOTE)
         vs = tl.load(VS + bh * D + d)
         if not FAST:
             vs = vs / 448.0
@@ -317,6 +325,7 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
                        BLOCK_M=config.block_m, BLOCK_N=config.block_n, D=d, TMA=config.tma, WS=config.warp_specialize,
                        FAST=config.fast_convert, OVERLAP=config.overlap and config.fast_convert,
                        SUM_MMA=config.sum_fp8_p and config.fast_convert,
+                       PROMOTE=config.block_n if config.fp32_pv else None,
                        num_warps=config.num_warps, num_stages=config.num_stages)
     return out
 
