@@ -141,3 +141,19 @@ def test_fused_block_attention_hook_takes_the_installed_path():
     finally:
         install_attention(model, AttentionPlan())
     assert torch.equal(fused._attention(attn, q, k, v, self_attention=True), plain)
+
+
+def test_install_for_pipeline_covers_both_transformers():
+    from types import SimpleNamespace
+
+    from engine.attention import install_for_pipeline
+
+    pipe = SimpleNamespace(transformer=tiny_model(), transformer_2=tiny_model(1))
+    plan = install_for_pipeline(pipe, {"self_attn_1_type": "sage_attn2", "attn_bf16_blocks": [1]})
+    for model in (pipe.transformer, pipe.transformer_2):
+        assert type(model.blocks[0].attn1.processor).__name__ == "EightBitSelfAttnProcessor"
+        assert model.blocks[0].attn1.__dict__["_eightbit"].wants_8bit()
+        assert not model.blocks[1].attn1.__dict__["_eightbit"].wants_8bit()
+    assert plan.bf16_blocks == {1}
+    install_for_pipeline(pipe, {"self_attn_1_type": "flash_attn3"})
+    assert type(pipe.transformer_2.blocks[0].attn1.processor).__name__ == "WanAttnProcessor"

@@ -115,3 +115,15 @@ def install_attention(model, plan: AttentionPlan) -> int:
 def self_attention_choice(attn) -> SelfAttentionChoice | None:
     """The installed choice of a block's attn1 (None: bf16 as diffusers would run it)."""
     return attn.__dict__.get("_eightbit")
+
+
+def install_for_pipeline(pipe, cfg) -> AttentionPlan:
+    """Read the attention keys of `cfg` (QuantConfig or dict) and install them on every Wan
+    transformer of a diffusers pipeline (`transformer`, and Wan2.2's `transformer_2`)."""
+    from .plan import plan_from_config
+    plan = cfg if isinstance(cfg, AttentionPlan) else plan_from_config(cfg)
+    for name in ("transformer", "transformer_2"):
+        model = getattr(pipe, name, None)
+        if model is not None:
+            install_attention(model, plan)
+    return plan

@@ -1,13 +1,12 @@
 """Our 8-bit attention in Triton, on the recipe engine/attention/reference.py defines.
 
-Two launches: `quantize_qkv` (K's channel means and V's channel maxima, then INT8 q/k with block
-scales and FP8 v with channel scales), and `attention_8bit` (a flash-attention forward with
-INT8 q·kᵀ into INT32, exp2 softmax, FP8 p·v into FP32).
+Two launches: `quantize_qkv` (triton_qkv.py: K's channel means and V's channel maxima, then INT8
+q/k with per-token or block scales and FP8 v with channel scales), and `attention_quantized`
+here (a flash-attention forward with INT8 q·kᵀ into INT32, exp2 softmax, FP8 p·v into FP32).
 
-Layouts: inputs and output [B, S, H, D] (diffusers'); the 8-bit copies are heads-first and padded
-to a multiple of 128 tokens: q8, k8 [B, H, Sp, D]; v8 transposed [B, H, D, Sp], because Hopper's
-FP8 matrix instruction reads its B operand with the reduction dimension (tokens) contiguous.
-softmax's scale and log2(e) are folded into q's block scales, so the kernel uses exp2 directly.
+Layouts: inputs and output [B, S, H, D] (diffusers'); the 8-bit copies' layouts are triton_qkv's.
+Tiles were chosen by measurement on an H200 (docs/benchmarks.md); every option measured is kept
+in Config so that the next GPU can re-run the sweep (bench/bench_attention.py --sweep).
 """
 from __future__ import annotations
 
@@ -22,9 +21,7 @@ try:
 except ImportError:  # pragma: no cover - registry reports it
     triton = None
 
-LOG2E = 1.4426950408889634
-P_SCALE = 448.0
-PAD = 128  # token padding of the 8-bit copies: a multiple of every BLOCK_M / BLOCK_N we use
+from .triton_qkv import PAD, Quantized, quantize_qkv  # noqa: F401  (quantize_qkv: re-exported)
 
 
 @dataclass(frozen=True)
@@ -53,91 +50,9 @@ class Config:
 
 
 DEFAULT = Config()
-QUANT_TOKENS = 128  # tokens per program of the quantize kernel
-
-
-@dataclass
-class Quantized:
-    q8: torch.Tensor  # int8 [B, H, Sp, D]
-    qs: torch.Tensor  # fp32 [B, H, Sp] per token: amax/127 · softmax scale · log2(e)
-    k8: torch.Tensor  # int8 [B, H, Sp, D] of the smoothed k
-    ks: torch.Tensor  # fp32 [B, H, Sp] per token
-    v8: torch.Tensor  # fp8 e4m3 [B, H, D, Sp]
-    vs: torch.Tensor  # fp32 [B, H, D]: amax/448
-    seq: int
 
 
 if triton is not None:
-    @triton.jit
-    def _stats_kernel(K, V, KSUM, VMAX, seq, H, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
-                      CHUNK: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr):
-        """Per (batch·head, chunk of tokens): K's channel sums and V's channel |max|."""
-        bh, c = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        d = tl.arange(0, D)
-        ksum = tl.zeros([D], dtype=tl.float32)
-        vmax = tl.zeros([D], dtype=tl.float32)
-        for r in range(c * CHUNK, tl.minimum(c * CHUNK + CHUNK, seq), ROWS):
-            s = r + tl.arange(0, ROWS)
-            ok = (s < seq)[:, None]
-            k = tl.load(K + b * sk_b + h * sk_h + s[:, None] * sk_s + d[None, :], mask=ok, other=0.0)
-            v = tl.load(V + b * sv_b + h * sv_h + s[:, None] * sv_s + d[None, :], mask=ok, other=0.0)
-            ksum += tl.sum(k.to(tl.float32), axis=0)
-            vmax = tl.maximum(vmax, tl.max(tl.abs(v.to(tl.float32)), axis=0))
-        n = tl.num_programs(1)
-        tl.store(KSUM + (bh * n + c) * D + d, ksum)
-        tl.store(VMAX + (bh * n + c) * D + d, vmax)
-
-    @triton.jit
-    def _round_i8(x):
-        return tl.where(x >= 0, x + 0.5, x - 0.5).to(tl.int8)  # the cast truncates toward zero
-
-    @triton.jit
-    def _int8_rows(x, ROWWISE: tl.constexpr):
-        """INT8 values and per-row scales [R] of a [R, D] float tile: one scale per row, or one for
-        the whole tile (broadcast to every row)."""
-        amax = tl.max(tl.abs(x), axis=1)
-        if not ROWWISE:
-            amax = tl.zeros_like(amax) + tl.max(amax, axis=0)
-        scale = tl.where(amax > 0, amax / 127.0, 1.0)
-        return _round_i8(x / scale[:, None]), scale
-
-    @triton.jit
-    def _quant_kernel(Q, K, V, KMEAN, VSCALE, Q8, QS, K8, KS, V8, seq, sp, H, q_scale,
-                      sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
-                      BQ: tl.constexpr, BK: tl.constexpr, QROW: tl.constexpr, D: tl.constexpr):
-        """One block of BQ tokens of one (batch, head): q8 (scales per token or per BQ tokens),
-        k8 of the smoothed k (per token, or per BK tokens when BK > 1), v8 transposed. Scales
-        are stored per token either way, so the attention kernel reads one layout. Rows past
-        `seq` are written as zeros."""
-        blk, bh = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        d = tl.arange(0, D)
-        s = blk * BQ + tl.arange(0, BQ)
-        ok = (s < seq)[:, None]
-        q = tl.load(Q + b * sq_b + h * sq_h + s[:, None] * sq_s + d[None, :], mask=ok, other=0.0).to(tl.float32)
-        q8, qscale = _int8_rows(q, QROW)
-        tl.store(Q8 + (bh * sp + s[:, None]) * D + d[None, :], q8)
-        tl.store(QS + bh * sp + s, qscale * q_scale)
-        kmean = tl.load(KMEAN + bh * D + d)
-        if BK == 1:
-            k = tl.load(K + b * sk_b + h * sk_h + s[:, None] * sk_s + d[None, :], mask=ok, other=0.0)
-            k8, kscale = _int8_rows(tl.where(ok, k.to(tl.float32) - kmean[None, :], 0.0), True)
-            tl.store(K8 + (bh * sp + s[:, None]) * D + d[None, :], k8)
-            tl.store(KS + bh * sp + s, kscale)
-        else:
-            for part in tl.static_range(BQ // BK):
-                sk = blk * BQ + part * BK + tl.arange(0, BK)
-                okk = (sk < seq)[:, None]
-                k = tl.load(K + b * sk_b + h * sk_h + sk[:, None] * sk_s + d[None, :], mask=okk, other=0.0)
-                k8, kscale = _int8_rows(tl.where(okk, k.to(tl.float32) - kmean[None, :], 0.0), False)
-                tl.store(K8 + (bh * sp + sk[:, None]) * D + d[None, :], k8)
-                tl.store(KS + bh * sp + sk, kscale)
-        v = tl.load(V + b * sv_b + h * sv_h + s[:, None] * sv_s + d[None, :], mask=ok, other=0.0).to(tl.float32)
-        vscale = tl.load(VSCALE + bh * D + d)
-        v8 = (v / vscale[None, :]).to(tl.float8e4nv)
-        tl.store(V8 + (bh * D + d[None, :]) * sp + s[:, None], v8)
-
     @triton.jit
     def _load_kv(K8, V8, start, sp, bh, desc_k, desc_v, BLOCK_N: tl.constexpr, D: tl.constexpr,
                  TMA: tl.constexpr):
@@ -191,7 +106,7 @@ if triton is not None:
         else:
             v = tl.load(V8 + (bh * D + d[:, None]) * sp + n[None, :]).T
         m_new = tl.maximum(m_i, tl.max(t, axis=1))
-        p = tl.math.exp2(t * qs[:, None] + (8.807354922057604 - qs * m_new)[:, None])
+        p = tl.math.exp2(t * qs[:, None] + (8.807354922057604 - qs * m_new)[:, None])  # log2(448)
         alpha = tl.math.exp2(qs * (m_i - m_new))
         p8 = p.to(tl.float8e4nv)
         if SUM_MMA:
@@ -275,37 +190,6 @@ if triton is not None:
         out = acc / l_row[:, None] * vs[None, :]
         tl.store(OUT + b * so_b + h * so_h + m[:, None] * so_s + d[None, :], out.to(OUT.dtype.element_ty),
                  mask=(m < seq)[:, None])
-
-
-def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block: int = 1) -> Quantized:
-    """q, k, v [B, S, H, D] (D contiguous; any other strides) -> the 8-bit copies the kernel reads.
-
-    q_block: tokens of Q per scale, 1 or 128; k_block: tokens of K per scale, 1 or a divisor of 128."""
-    b, seq, h, d = q.shape
-    scale = d ** -0.5 if scale is None else scale
-    if seq == 0 or q_block not in (1, QUANT_TOKENS) or QUANT_TOKENS % k_block:
-        raise ValueError(f"quantize_qkv: seq {seq}, q_block {q_block}, k_block {k_block} not supported")
-    sp = math.ceil(seq / PAD) * PAD
-    dev = q.device
-    chunk = 1024
-    chunks = math.ceil(seq / chunk)
-    ksum = torch.empty(b * h, chunks, d, device=dev, dtype=torch.float32)
-    vmax = torch.empty_like(ksum)
-    _stats_kernel[(b * h, chunks)](k, v, ksum, vmax, seq, h, *k.stride()[:3], *v.stride()[:3],
-                                   CHUNK=chunk, ROWS=64, D=d, num_warps=4)
-    kmean = (ksum.sum(dim=1) / seq).contiguous()
-    vscale = vmax.amax(dim=1)
-    vscale = torch.where(vscale > 0, vscale / P_SCALE, torch.ones_like(vscale)).contiguous()
-    q8 = torch.empty(b, h, sp, d, device=dev, dtype=torch.int8)
-    k8 = torch.empty_like(q8)
-    v8 = torch.empty(b, h, d, sp, device=dev, dtype=torch.float8_e4m3fn)
-    qs = torch.empty(b, h, sp, device=dev, dtype=torch.float32)
-    ks = torch.empty_like(qs)
-    _quant_kernel[(sp // QUANT_TOKENS, b * h)](
-        q, k, v, kmean, vscale, q8, qs, k8, ks, v8, seq, sp, h, scale * LOG2E,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-        BQ=QUANT_TOKENS, BK=k_block, QROW=q_block == 1, D=d, num_warps=4)
-    return Quantized(q8, qs, k8, ks, v8, vscale.view(b, h, d), seq)
 
 
 def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAULT) -> torch.Tensor:
