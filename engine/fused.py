@@ -24,6 +24,7 @@ import logging
 
 import torch
 
+from .attention.install import self_attention_choice
 from .linear import QuantLinear
 
 log = logging.getLogger("engine.fused")
@@ -86,9 +87,13 @@ def _rope_tables(rotary_emb, s_len, head_dim):
             sin.reshape(-1, head_dim)[:s_len].float().contiguous())
 
 
-def _attention(attn, query, key, value):
-    """[B, S, H, Dh] (often a permuted view: the quantizer reads it in place)."""
+def _attention(attn, query, key, value, self_attention=False):
+    """[B, S, H, Dh] (often a permuted view: the quantizer reads it in place). Self-attention takes
+    the path engine.attention.install_attention put on attn1 (8-bit unless a bf16 step/block)."""
     q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+    choice = self_attention_choice(attn) if self_attention else None
+    if choice is not None and choice.wants_8bit():
+        return choice.run(q, k, v).type_as(query)
     out = dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
                                 backend=getattr(attn.processor, "_attention_backend", None))
     return out.type_as(query)
@@ -110,7 +115,7 @@ def fused_block_forward(block, hidden_states, encoder_hidden_states, temb, rotar
     cos, sin = _rope_tables(rotary_emb, s_len, head_dim) if rotary_emb is not None else (None, None)
     query = ops.rmsnorm_rope(query, a1.norm_q.weight, _eps(a1.norm_q), head_dim, cos, sin)
     key = ops.rmsnorm_rope(key, a1.norm_k.weight, _eps(a1.norm_k), head_dim, cos, sin)
-    out = _attention(a1, query, key, value)
+    out = _attention(a1, query, key, value, self_attention=True)
     q8, s8 = ops.quantize_heads(out, kind, pad)
     attn_out = _linear_q(a1.to_out[0], q8, s8, rows, dtype).view(b, s_len, d)
 

@@ -1,0 +1,130 @@
+"""Attention paths: a registry like engine.kernels', each path saying why it cannot run.
+
+A path computes softmax(q kᵀ · scale) v for [B, S, H, D] tensors. Families group the paths that
+compute the same numerics on different devices: "sdpa" (bf16 attention through torch's SDPA,
+which picks cuDNN on Hopper), "sage8" (the 8-bit recipe of engine/attention/reference.py: our
+Triton kernel on CUDA, the float64 reference on the CPU, for tests and tiny models).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import KernelError
+from ..kernels.base import cuda_capability, device_label
+from . import reference
+
+log = logging.getLogger("engine.attention")
+
+try:
+    from . import triton_sage
+    if triton_sage.triton is None:
+        triton_sage = None
+except ImportError:  # pragma: no cover
+    triton_sage = None
+
+
+class AttentionPath:
+    name = "?"
+    family = "?"
+    describe = ""
+
+    def unavailable(self, device: torch.device, head_dim: int, dtype: torch.dtype) -> str | None:
+        """Why this path cannot run on `device` for this head size and dtype (None: it can)."""
+        return None
+
+    def run(self, q, k, v, scale: float | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SdpaPath(AttentionPath):
+    name, family = "sdpa", "sdpa"
+    describe = "bf16 SDPA (torch picks cuDNN on Hopper)"
+
+    def run(self, q, k, v, scale=None):
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
+        return out.transpose(1, 2)
+
+
+class Sage8TritonPath(AttentionPath):
+    name, family = "sage8_triton", "sage8"
+    describe = "8-bit attention, our Triton kernel (INT8 Q·Kᵀ with smoothed K, FP8 P·V)"
+
+    def unavailable(self, device, head_dim, dtype):
+        if triton_sage is None:
+            return "triton is not installed"
+        if device.type != "cuda":
+            return "runs on CUDA GPUs only"
+        cap = cuda_capability(device)
+        if cap is None:
+            return "no CUDA GPU is visible to torch"
+        if cap < (8, 9):
+            return (f"{device_label(device)} has no FP8 matrix instructions (compute capability 8.9+: Ada, "
+                    "Hopper, Blackwell); on Ampere use torch_sdpa")
+        if head_dim & (head_dim - 1) or not 16 <= head_dim <= 256:
+            return f"head dim {head_dim} is not a power of two in 16..256"
+        if dtype not in (torch.bfloat16, torch.float16):
+            return f"inputs are {dtype}; the kernel takes bf16 or fp16"
+        return None
+
+    def run(self, q, k, v, scale=None):
+        return torch.ops.wanattn.sage8(q, k, v, -1.0 if scale is None else scale)
+
+
+class Sage8ReferencePath(AttentionPath):
+    name, family = "sage8_reference", "sage8"
+    describe = "8-bit attention numerics, float64 reference on the CPU (slow; tests and tiny models)"
+
+    def unavailable(self, device, head_dim, dtype):
+        if device.type != "cpu":
+            return "the float64 reference runs on the CPU only"
+        return None
+
+    def run(self, q, k, v, scale=None):
+        return reference.sage_reference(q, k, v, scale).to(q.dtype)
+
+
+PATHS: dict[str, AttentionPath] = {}
+FAMILIES = ("sdpa", "sage8")
+
+
+def register_path(path: AttentionPath) -> AttentionPath:
+    PATHS[path.name] = path
+    return path
+
+
+for _p in (Sage8TritonPath(), Sage8ReferencePath(), SdpaPath()):
+    register_path(_p)
+
+
+def explain(family: str, device, head_dim: int, dtype) -> list[tuple[str, str | None]]:
+    """Every path of `family`, in preference order, with why it cannot run here (None: it can)."""
+    device = torch.device(device)
+    return [(p.name, p.unavailable(device, head_dim, dtype)) for p in PATHS.values() if p.family == family]
+
+
+def select_path(family: str, device, head_dim: int, dtype) -> AttentionPath:
+    """The first usable path of `family`; raises KernelError listing every path's reason."""
+    if family not in FAMILIES:
+        raise KernelError(f"unknown attention family {family!r}; valid: {', '.join(FAMILIES)}")
+    reasons = explain(family, device, head_dim, dtype)
+    for name, why in reasons:
+        if why is None:
+            return PATHS[name]
+    lines = [f"no {family} attention path can run on {device_label(torch.device(device))}:"]
+    lines += [f"  - {name}: {why}" for name, why in reasons]
+    lines.append("Set self_attn_1_type to torch_sdpa (bf16 attention runs everywhere).")
+    raise KernelError("\n".join(lines))
+
+
+if triton_sage is not None:
+    @torch.library.custom_op("wanattn::sage8", mutates_args=())
+    def sage8_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """[B, S, H, D] in and out; scale < 0 means 1/sqrt(D)."""
+        return triton_sage.attention_8bit(q, k, v, None if scale < 0 else scale)
+
+    @sage8_op.register_fake
+    def _(q, k, v, scale):
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)

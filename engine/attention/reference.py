@@ -1,0 +1,139 @@
+"""CPU reference that defines the numerics of our 8-bit attention, and plain float64 attention.
+
+Layout everywhere: [B, S, H, D] (diffusers' attention calls). The 8-bit recipe (SageAttention2's,
+from its paper):
+
+- K smoothing: subtract K's per-channel mean over tokens (per batch and head). Every score of one
+  query row moves by the same q·mean, which softmax cancels, so this is exact in real arithmetic;
+  it removes the shared offset real keys carry, which would otherwise eat the INT8 range.
+- Q and K in INT8 (round half away from zero, clamp ±127) with one scale per block of tokens per
+  head: `block_q` tokens of Q (the kernel's BLOCK_M), `block_k` tokens of K.
+- Scores s = (q8·k8) · sq · sk in FP32; online softmax over key blocks of `block_n` (the kernel's
+  BLOCK_N): running max m, p = exp(s - m) ≤ 1, running sum l of the FP32 p.
+- P·V: p in FP8 e4m3 as p·448 (p ≤ 1, so 448 = e4m3's largest finite is the full range), V in FP8
+  with one scale per channel (amax over tokens / 448), FP32 accumulation; out = acc / l · sv / 448.
+  With `sum_fp8_p`, l sums the FP8-rounded p instead (see Recipe).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+P_SCALE = 448.0  # FP8 e4m3 largest finite
+FP8 = torch.float8_e4m3fn
+
+
+def attention_f64(q, k, v, scale: float | None = None) -> torch.Tensor:
+    """Plain softmax(q kᵀ · scale) v in float64; [B, S, H, D] in and out."""
+    q, k, v = (t.double().transpose(1, 2) for t in (q, k, v))
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    w = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
+    return (w @ v).transpose(1, 2)
+
+
+def round_half_away(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def quantize_int8_blocks(x: torch.Tensor, block: int):
+    """x [B, S, H, D] float -> (int8 values [B, S, H, D] as float, scales [B, ceil(S/block), H])."""
+    b, s, h, d = x.shape
+    nb = math.ceil(s / block)
+    xp = torch.zeros(b, nb * block, h, d, dtype=x.dtype)
+    xp[:, :s] = x
+    amax = xp.view(b, nb, block, h, d).abs().amax(dim=(2, 4))
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    q = round_half_away(xp.view(b, nb, block, h, d) / scale[:, :, None, :, None]).clamp(-127, 127)
+    return q.view(b, nb * block, h, d)[:, :s], scale
+
+
+def quantize_fp8_channels(v: torch.Tensor):
+    """v [B, S, H, D] -> (e4m3 values as float [B, S, H, D], scales [B, H, D])."""
+    amax = v.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / P_SCALE, torch.ones_like(amax))
+    return (v / scale[:, None]).to(FP8).to(v.dtype), scale
+
+
+@dataclass
+class Recipe:
+    block_q: int = 1
+    block_k: int = 1
+    block_n: int = 64
+    smooth_k: bool = True
+    # l = the row sum of the FP8-rounded P (dequantized) instead of the FP32 P: P·V / l is then an
+    # exact weighted mean of V, so P values that underflow FP8 (p < ~2e-6) leave V's mean intact
+    sum_fp8_p: bool = False
+
+
+def sage_reference(q, k, v, scale: float | None = None, recipe: Recipe = Recipe()) -> torch.Tensor:
+    """The 8-bit attention exactly as our kernel defines it, in float64 on the CPU."""
+    q, k, v = (t.double() for t in (q, k, v))
+    b, s_q, h, d = q.shape
+    s_k = k.shape[1]
+    scale = d ** -0.5 if scale is None else scale
+    if recipe.smooth_k:
+        k = k - k.mean(dim=1, keepdim=True)
+    q8, sq = quantize_int8_blocks(q, recipe.block_q)
+    k8, sk = quantize_int8_blocks(k, recipe.block_k)
+    v8, sv = quantize_fp8_channels(v)
+    # per-token scales, heads first: [B, H, S]
+    sq_t = sq.repeat_interleave(recipe.block_q, dim=1)[:, :s_q].transpose(1, 2) * scale
+    sk_t = sk.repeat_interleave(recipe.block_k, dim=1)[:, :s_k].transpose(1, 2)
+    q8, k8, v8 = (t.transpose(1, 2) for t in (q8, k8, v8))  # [B, H, S, D]
+    m = torch.full((b, h, s_q), -math.inf, dtype=torch.float64)
+    l = torch.zeros(b, h, s_q, dtype=torch.float64)
+    acc = torch.zeros(b, h, s_q, d, dtype=torch.float64)
+    for start in range(0, s_k, recipe.block_n):
+        sl = slice(start, min(start + recipe.block_n, s_k))
+        # int8 products summed in int32 are exact; float64 holds them exactly too
+        s = (q8 @ k8[:, :, sl].transpose(-1, -2)) * sq_t[..., None] * sk_t[:, :, None, sl]
+        s = s.float().double()  # the kernel forms scores in FP32
+        m_new = torch.maximum(m, s.amax(dim=-1))
+        p = torch.exp(s - m_new[..., None])
+        alpha = torch.exp(m - m_new)
+        p8 = (p * P_SCALE).float().to(FP8).double()
+        l = l * alpha + (p8.sum(dim=-1) / P_SCALE if recipe.sum_fp8_p else p.sum(dim=-1))
+        acc = acc * alpha[..., None] + p8 @ v8[:, :, sl]
+        m = m_new
+    out = acc / l[..., None] * (sv[:, :, None, :] / P_SCALE)
+    return out.transpose(1, 2)
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64."""
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def wan_like_qkv(b: int, s: int, h: int, d: int = 128, *, seed: int = 0, device="cpu",
+                 dtype=torch.bfloat16, k_offset: float = 4.0, sharpness: float = 2.0):
+    """q, k, v [B, S, H, D] that look like Wan's self-attention inputs: RMSNorm over the full width
+    with a learned-looking weight, then rotary embedding; K carries a shared per-channel offset
+    (as trained keys do), q/k weights scaled so that attention is peaked rather than uniform."""
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, device=device, dtype=torch.float32)
+
+    width = h * d
+    offset = randn(width) * k_offset
+    shared = randn(b, s, width)  # a common component makes some q·k large: peaked rows
+
+    def normed(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+    q = normed(shared + randn(b, s, width), (1 + 0.2 * randn(width)) * sharpness).view(b, s, h, d)
+    k = normed(shared + randn(b, s, width) + offset, (1 + 0.2 * randn(width)) * sharpness).view(b, s, h, d)
+    v = randn(b, s, h, d)
+    pos = torch.arange(s, device=device, dtype=torch.float32)
+    freqs = 10000.0 ** (-torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)
+    ang = pos[:, None] * freqs[None, :]  # [S, D/2]
+    cos, sin = ang.cos()[None, :, None, :], ang.sin()[None, :, None, :]
+
+    def rope(x):
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+    return rope(q).to(dtype), rope(k).to(dtype), v.to(dtype)
