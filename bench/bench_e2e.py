@@ -101,6 +101,8 @@ def alias(module):
 
 def row_config(row: str):
     name = row.split("@")[0]
+    sage8 = name.endswith("-sage8")  # the same row with LightX2V's 8-bit self-attention (engine.attention)
+    name = name[:-len("-sage8")] if sage8 else name
     if name == "bf16":
         raw = dict(load_preset("hopper-fp8"), dit_quantized=False, t5_quantized=False, clip_quantized=False)
         raw.pop("dit_quant_scheme")
@@ -111,6 +113,8 @@ def row_config(row: str):
         raw = dict(load_preset(ALIASES.get(name, name)))
     if name == "fp8-tiled":
         raw["use_tiling_vae"] = True
+    if sage8:
+        raw["self_attn_1_type"] = "sage_attn2"
     return load_config(raw)
 
 
@@ -214,6 +218,8 @@ def run_row(row: str, master, args, device, reference, warmed: set):
         if cuda:
             torch.cuda.synchronize()
         out["load_s"] = round(time.perf_counter() - t0, 2)
+        if cuda:  # what placement left on the GPU: streamed tiers should hold little here
+            out["resident_GiB"] = round(torch.cuda.memory_allocated(device) / 2**30, 2)
         key = (row.split("@")[0], loaded.offload)  # kernels compile and tune once per format in a process
         if args.warmup_steps and key not in warmed:
             phase = "warm-up"
@@ -244,6 +250,11 @@ def run_row(row: str, master, args, device, reference, warmed: set):
         out["status"] = f"OOM at {phase_of(marks, args.steps) if phase in ('run', 'warm-up') else phase}"
         if phase == "warm-up":
             out["status"] += " (warm-up)"
+        if cuda:  # torch's own message (generate() re-raises it as a sentence) and the allocator's state
+            cause = e.__context__ if isinstance(e, gen.GenerationError) else e
+            out["oom_detail"] = dict(message=str(cause)[:400],
+                                     allocated_GiB=round(torch.cuda.memory_allocated(device) / 2**30, 2),
+                                     peak_GiB=round(torch.cuda.max_memory_allocated(device) / 2**30, 2))
     except Exception as e:  # one broken row must not end the table
         traceback.print_exc()
         out["status"] = f"error: {type(e).__name__}: {str(e)[:300]}"

@@ -20,6 +20,7 @@ import torch
 from .builder import LoadedModel
 from .errors import EngineError
 from .hardware import lighter_preset
+from .attention import set_denoising_step
 from .memory import prepare_decode
 from .request import VideoRequest, validate
 from .stats import kernel_table, weight_bytes
@@ -105,6 +106,7 @@ def _run(model, req, out_dir, on_step, cancel) -> VideoResult:
         marks.setdefault("denoise", time.perf_counter())
 
     def step_end(_pipe, index, _t, kwargs):
+        set_denoising_step(index + 1, req.steps)  # the attention plan's bf16 first/last steps
         now = time.perf_counter()
         last = marks.get("last", marks.get("denoise", now))
         marks.setdefault("steps", []).append(now - last)
@@ -129,10 +131,12 @@ def _run(model, req, out_dir, on_step, cancel) -> VideoResult:
         if cancel is not None and cancel.is_set():
             raise Cancelled("stopped before the first step")
         with torch.inference_mode():
+            set_denoising_step(0, req.steps)
             frames = pipe(**args).frames[0]
     except torch.OutOfMemoryError:
         raise _out_of_memory(model, req) from None
     finally:
+        set_denoising_step(None)
         hook.remove()
         if cancel is not None:
             cancel.clear()
