@@ -48,7 +48,7 @@ def load_dit(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=No
     except (TypeError, ValueError, AttributeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: the model config ({'given' if config is not None else 'from the file'}) "
                               f"cannot build a Wan transformer: {e}") from None
-    hint, hint_from = _hint(scheme, src.metadata)
+    hint, hint_from = _hint(scheme, src.metadata, src.path)
     state = assemble(model, tensors, file_of, hint=hint, dtype=dtype, keep_fp32=KEEP_FP32, report=report,
                      hint_from=hint_from)
     return finish_load(model, state, device, report, start)
@@ -77,14 +77,14 @@ def dit_tensors(src: TensorSource, report: LoadReport):
     return tensors, (lambda k: origin.get(k, str(src.path)))
 
 
-def _hint(scheme, metadata) -> tuple[str | None, str]:
+def _hint(scheme, metadata, where) -> tuple[str | None, str]:
     if scheme is not None:
         return format_of(scheme), ASKED
     fmt = metadata.get("format")
     if fmt in (None, "none", "mixed"):
         return None, ASKED
     if fmt not in FORMATS:
-        raise CheckpointError(f"the file's metadata names format {fmt!r}, which this engine does not know "
+        raise CheckpointError(f"{where}: the file's metadata names format {fmt!r}, which this engine does not know "
                               f"({', '.join(FORMATS)}); the metadata is corrupt or from a newer tool")
     return fmt, "the file's own metadata (format)"
 
