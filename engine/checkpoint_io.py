@@ -189,8 +189,33 @@ def write_atomic_bytes(path: str | Path, data: bytes) -> None:
 
 
 def save_torch(path: str | Path, obj) -> None:
-    """torch.save, atomically."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save, atomically. torch's zip writer turns the OSError of a full disk into a RuntimeError
+    without the errno; the file's own write records it, so the real cause is raised instead."""
+    def write(f):
+        recorder = _WriteRecorder(f)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+    atomic_write(path, write)
+
+
+class _WriteRecorder:
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
 
 
 def is_lfs_pointer(head: bytes) -> bool:

@@ -111,15 +111,19 @@ def check_stale(out_dir: Path, planned: list[str]) -> None:
 def staging(out_dir: Path):
     """Yields a fresh folder inside out_dir; on success its files move into out_dir (the index last)."""
     stage = out_dir / f".convert{PARTIAL}{os.getpid()}"
+    moved: list[Path] = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         stage.mkdir()
         yield stage
         for item in sorted(stage.iterdir(), key=lambda p: (p.name == INDEX_NAME, p.name)):
             os.replace(item, out_dir / item.name)
+            moved.append(out_dir / item.name)
         stage.rmdir()
     except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
+        for done in moved:  # a failure half-way through the moves: no incomplete set under final names
+            done.unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise CheckpointError(os_error_sentence(e, out_dir, "write into")) from None
         raise
