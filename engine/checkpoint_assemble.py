@@ -160,6 +160,7 @@ def assemble(model: nn.Module, tensors: dict[str, torch.Tensor | Decoded], file_
     groups = group_by_module({k: v for k, v in tensors.items() if not isinstance(v, Decoded)})
     decoded = {k: v for k, v in tensors.items() if isinstance(v, Decoded)}
     modules = dict(model.named_modules())
+    _check_scales_present(groups, file_of)
     for prefix, group in groups.items():
         module = modules.get(prefix)
         dtypes = {s: t.dtype for s, t in group.items()}
@@ -169,6 +170,8 @@ def assemble(model: nn.Module, tensors: dict[str, torch.Tensor | Decoded], file_
             fmt = settle_format(where, shapes, dtypes, module.out_features, module.in_features, hint, hint_from)
             buffers = decode_layer(fmt, group, module.out_features, module.in_features, where)
             if "bias" in group:
+                if not group["bias"].is_floating_point():
+                    raise CheckpointError(f"{where}: the bias is {group['bias'].dtype}, not a float: the file is corrupt")
                 buffers["bias"] = group["bias"]
             decoded[prefix] = Decoded(fmt, buffers)
         else:
@@ -196,6 +199,26 @@ def assemble(model: nn.Module, tensors: dict[str, torch.Tensor | Decoded], file_
     return state
 
 
+SCALES = ("weight_scale", "scale_weight", "weight_global_scale")
+
+
+def _check_scales_present(groups, file_of) -> None:
+    """A quantized layer without a scale its siblings have is read as another format (fp8 without its
+    block scale as plain fp8, nvfp4 without its global scale as mxfp4): silently wrong. When most layers
+    with the same weight dtype carry a scale and a few do not, those few are missing it."""
+    by_dtype: dict[torch.dtype, list[tuple[str, set]]] = defaultdict(list)
+    for prefix, group in groups.items():
+        if is_quantized_layer({s: t.dtype for s, t in group.items()}) and "weight" in group:
+            by_dtype[group["weight"].dtype].append((prefix, {s for s in group if s in SCALES}))
+    for layers in by_dtype.values():
+        for scale in SCALES:
+            lacking = [p for p, have in layers if scale not in have]
+            if lacking and len(lacking) * 2 < len(layers):
+                raise CheckpointError(f"{file_of(lacking[0] + '.weight')}: layer {lacking[0]!r} has no {scale} while "
+                                      f"{len(layers) - len(lacking)} other layers of its kind have one: a missing scale "
+                                      "(the file is incomplete or was edited); convert or download it again")
+
+
 def _keeps_fp32(key: str, keep_fp32) -> bool:
     return any(re.search(rf"(^|\.){re.escape(m)}(\.|$)", key) for m in keep_fp32)
 
@@ -209,7 +232,7 @@ def _check(model, state, file_of, ignorable, report) -> None:
     expected = model.state_dict(keep_vars=True)
     missing = [k for k in expected if k not in state]
     if missing:
-        raise CheckpointError(f"the checkpoint lacks {len(missing)} tensor(s) this model needs, first "
+        raise CheckpointError(f"{report.path}: the checkpoint lacks {len(missing)} tensor(s) this model needs, first "
                               f"{missing[0]!r}{' (a missing scale?)' if 'scale' in missing[0] else ''}; "
                               "it is incomplete or for a different model/config")
     for key in list(state):

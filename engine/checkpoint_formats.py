@@ -95,13 +95,21 @@ def decode_layer(fmt: str, t: dict[str, torch.Tensor], rows: int, cols: int, whe
     out["weight_scale"] = raw.view(f.scale_dtype)
     check_block_scale(out["weight_scale"], f"{where}: weight_scale")
     if f.has_global_scale:
-        gs = t["weight_global_scale"].to(torch.float32).reshape(1)
+        gs = _one(t["weight_global_scale"], f"{where}: weight_global_scale")
         check_scale(gs, f"{where}: weight_global_scale")
         out["weight_global_scale"] = gs
         igs = static_input_scale(t, gs, where)
         if igs is not None:
             out["input_global_scale"] = igs
     return out
+
+
+def _one(t: torch.Tensor, where: str) -> torch.Tensor:
+    """A per-tensor scale: exactly one number."""
+    if t.numel() != 1:
+        raise CheckpointError(f"{where} has shape {list(t.shape)}; it is one number per layer: the file is corrupt "
+                              "or from another tool")
+    return t.to(torch.float32).reshape(1)
 
 
 def check_scale(scale: torch.Tensor, where: str) -> None:
@@ -131,9 +139,9 @@ def check_block_scale(scale: torch.Tensor, where: str) -> None:
 def static_input_scale(t: dict[str, torch.Tensor], weight_gs: torch.Tensor, where: str) -> torch.Tensor | None:
     """NVFP4's calibrated activation global scale, from whichever form the file gives it in."""
     if "input_global_scale" in t:
-        igs = t["input_global_scale"].to(torch.float32).reshape(-1)[:1]
+        igs = _one(t["input_global_scale"], f"{where}: input_global_scale")
     elif "alpha" in t:  # alpha = 1 / (input_gs * weight_gs)
-        igs = 1.0 / (t["alpha"].to(torch.float32).reshape(-1)[:1] * weight_gs)
+        igs = 1.0 / (_one(t["alpha"], f"{where}: alpha") * weight_gs)
     elif "input_absmax" in t:
         igs = NVFP4_GS_NUMERATOR / t["input_absmax"].to(torch.float32).reshape(-1).amax().clamp(min=1e-12).reshape(1)
     else:
