@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .catalog import ModelEntry
+from .checkpoint_files import regular_file
 from .config import QuantConfig
 from .errors import CheckpointError, ConfigError
 from .pipeline import quantize_pipeline
@@ -180,6 +182,11 @@ def dit_ckpts_from_config(cfg: QuantConfig, transformers: int) -> list[str]:
 
 def _index(model_dir: Path) -> dict:
     path = model_dir / "model_index.json"
+    if os.path.lexists(path) and not path.is_file():
+        try:
+            regular_file(path, "model index")
+        except CheckpointError as e:
+            raise ConfigError(str(e)) from None
     if not path.is_file():
         raise ConfigError(f"{model_dir} is not a diffusers-format model folder (no model_index.json). Use a "
                           "Wan-AI/...-Diffusers repo, or save one with `python -m engine.infer --save_tiny DIR`.")

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .config_keys import ENGINE_KEYS, KNOWN_KEYS
-from .errors import ConfigError, SchemeError
+from .checkpoint_files import regular_file
+from .errors import CheckpointError, ConfigError, SchemeError
 from .schemes import Scheme, resolve_scheme
 
 log = logging.getLogger("engine.config")
@@ -62,8 +63,10 @@ def load_config(source: str | Path | dict) -> QuantConfig:
     if isinstance(source, dict):
         return parse_config(source, "<dict>")
     path = Path(source)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    try:
+        regular_file(path, "config file")  # missing, a symlink loop, a folder, a FIFO: the true cause
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

@@ -214,3 +214,18 @@ def test_convert_cli_bad_device_is_a_sentence(tmp_path, capsys):
         assert code == 2 and "Traceback" not in err and "--device" in err, err
         record("1-raw", "clear-error")
     assert not (tmp_path / "o").exists()
+
+
+def test_config_and_model_index_that_are_not_regular_files(tmp_path):
+    import os
+    from engine.config import load_config
+    os.mkfifo(tmp_path / "fifo.json")
+    os.symlink(tmp_path / "loop.json", tmp_path / "loop.json")
+    (tmp_path / "dir.json").mkdir()
+    for name, cause in (("fifo.json", "FIFO"), ("loop.json", "symlink loop"), ("dir.json", "folder"),
+                        ("none.json", "does not exist")):
+        expect_error("6-cause", lambda: load_config(tmp_path / name), name, cause, kind=ConfigError)
+    d = tmp_path / "model"
+    d.mkdir()
+    os.mkfifo(d / "model_index.json")
+    expect_error("6-cause", lambda: _index(d), "model_index.json", "FIFO", kind=ConfigError)
