@@ -96,8 +96,8 @@ def check_keys(data: dict, source: str) -> None:
     act on, and refuse values of the wrong type for keys it does act on."""
     unused = []
     for key in data:
-        if not isinstance(key, str) or key in ENGINE_KEYS:
-            continue
+        if not isinstance(key, str) or key in ENGINE_KEYS or key.startswith("_"):
+            continue  # `_about`, `_comment`: JSON has no comments, a leading underscore marks one
         if key in KNOWN_KEYS:
             unused.append(key)
             continue
