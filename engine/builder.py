@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .catalog import ModelEntry
+from .checkpoint_files import regular_file
 from .config import QuantConfig
 from .errors import CheckpointError, ConfigError
 from .pipeline import quantize_pipeline
@@ -180,20 +182,37 @@ def dit_ckpts_from_config(cfg: QuantConfig, transformers: int) -> list[str]:
 
 def _index(model_dir: Path) -> dict:
     path = model_dir / "model_index.json"
+    if os.path.lexists(path) and not path.is_file():
+        try:
+            regular_file(path, "model index")
+        except CheckpointError as e:
+            raise ConfigError(str(e)) from None
     if not path.is_file():
         raise ConfigError(f"{model_dir} is not a diffusers-format model folder (no model_index.json). Use a "
                           "Wan-AI/...-Diffusers repo, or save one with `python -m engine.infer --save_tiny DIR`.")
-    return json.loads(path.read_text())
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise ConfigError(f"{path} is not a readable JSON file ({e}); download the model again or fix the file") from None
+    if not isinstance(index, dict) or not isinstance(index.get("_class_name", ""), str) or not all(
+            v is None or isinstance(v, list) for k, v in index.items() if k in ("transformer", "transformer_2")):
+        raise ConfigError(f"{path} is not a diffusers model_index.json (it needs an object with `_class_name` and "
+                          "[library, class] pairs); download the model again")
+    return index
 
 
 def _sub_config(model_dir: Path, folder: str, library: str):
-    if library == "diffusers":
-        from diffusers import WanTransformer3DModel
+    try:
+        if library == "diffusers":
+            from diffusers import WanTransformer3DModel
 
-        return WanTransformer3DModel.load_config(model_dir / folder)
-    from transformers import AutoConfig
+            return WanTransformer3DModel.load_config(model_dir / folder)
+        from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(model_dir / folder)
+        return AutoConfig.from_pretrained(model_dir / folder)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{model_dir / folder}: its config.json cannot be read ({str(e).splitlines()[0]}); "
+                          "download the model again") from None
 
 
 def _load(component, path, config, dtype, scheme):

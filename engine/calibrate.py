@@ -9,7 +9,6 @@ with Wan (LightX2V) layer names plus `.weight` -- the key layout load_dit and th
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from .apply import WAN_DIT_RULES
+from .checkpoint_io import save_torch
 from .errors import EngineError
 from .keymaps import diffusers_to_wan
 
@@ -108,14 +108,7 @@ def calibrate_pipeline(pipe, prompts: list[str], *, steps: int = 2, height: int 
 def write_calib(path: str | Path, absmax: dict[str, torch.Tensor]) -> Path:
     """LightX2V's calib.pt, written to a temporary name and renamed when complete."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        torch.save({"absmax": {k: v.reshape(()).float() for k, v in absmax.items()}}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    save_torch(path, {"absmax": {k: v.reshape(()).float() for k, v in absmax.items()}})
     return path
 
 

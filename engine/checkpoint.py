@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_assemble import LoadReport, assemble, finish_load, format_of, open_checkpoint
+from .checkpoint_assemble import ASKED, LoadReport, assemble, finish_load, format_of, open_checkpoint
 from .checkpoint_comfy import from_comfy_quant, has_comfy_quant
 from .checkpoint_io import load_pth
 from .checkpoint_source import TensorSource
 from .errors import CheckpointError
+from .formats import FORMATS
 from .keymaps import detect_naming, strip_prefix, wan_to_diffusers
 
 KEEP_FP32 = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")  # diffusers' _keep_in_fp32_modules
@@ -41,10 +42,15 @@ def load_dit(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=No
     tensors, file_of = dit_tensors(src, report)
     _add_calibration(tensors, calib, Path(path), report)
     cfg = _config(config, src, tensors)
-    with init_empty_weights():  # parameters on meta; rope's computed buffers stay real
-        model = WanTransformer3DModel.from_config(cfg)
-    hint = _hint(scheme, src.metadata)
-    state = assemble(model, tensors, file_of, hint=hint, dtype=dtype, keep_fp32=KEEP_FP32, report=report)
+    try:
+        with init_empty_weights():  # parameters on meta; rope's computed buffers stay real
+            model = WanTransformer3DModel.from_config(cfg)
+    except (TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: the model config ({'given' if config is not None else 'from the file'}) "
+                              f"cannot build a Wan transformer: {e}") from None
+    hint, hint_from = _hint(scheme, src.metadata, src.path)
+    state = assemble(model, tensors, file_of, hint=hint, dtype=dtype, keep_fp32=KEEP_FP32, report=report,
+                     hint_from=hint_from)
     return finish_load(model, state, device, report, start)
 
 
@@ -71,21 +77,26 @@ def dit_tensors(src: TensorSource, report: LoadReport):
     return tensors, (lambda k: origin.get(k, str(src.path)))
 
 
-def _hint(scheme, metadata) -> str | None:
+def _hint(scheme, metadata, where) -> tuple[str | None, str]:
     if scheme is not None:
-        return format_of(scheme)
-    return metadata.get("format") if metadata.get("format") not in (None, "none", "mixed") else None
+        return format_of(scheme), ASKED
+    fmt = metadata.get("format")
+    if fmt in (None, "none", "mixed"):
+        return None, ASKED
+    if fmt not in FORMATS:
+        raise CheckpointError(f"{where}: the file's metadata names format {fmt!r}, which this engine does not know "
+                              f"({', '.join(FORMATS)}); the metadata is corrupt or from a newer tool")
+    return fmt, "the file's own metadata (format)"
 
 
 def _add_calibration(tensors, calib, path: Path, report) -> None:
     """NVFP4 activation absmax from LightX2V's calib.pt ({"absmax": {layer: tensor}})."""
     if calib is None:
         beside = (path if path.is_dir() else path.parent) / "calib.pt"
-        if not beside.is_file():
-            return
+        if not beside.is_file() or not any(k.endswith(".weight_global_scale") for k in tensors):
+            return  # only NVFP4 layers use it: a calib.pt beside a non-NVFP4 file is not read
         calib = beside
-    data = load_pth(calib, raw=True)
-    absmax = data.get("absmax", data) if isinstance(data.get("absmax", None), dict) else data
+    absmax = read_calib(calib)
     used = 0
     for name, value in absmax.items():
         layer = wan_to_diffusers(name[:-len(".weight")] if name.endswith(".weight") else name)
@@ -96,20 +107,53 @@ def _add_calibration(tensors, calib, path: Path, report) -> None:
     report.notes.append(f"calibration {calib}: activation absmax for {used} layers")
 
 
+def read_calib(calib) -> dict[str, torch.Tensor]:
+    """calib.pt -> {layer name: absmax}, every value checked: a tensor, finite and > 0."""
+    data = load_pth(calib, raw=True)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{calib} holds a {type(data).__name__}; a calib.pt is {{\"absmax\": {{layer: tensor}}}}")
+    absmax = data["absmax"] if isinstance(data.get("absmax"), dict) else data
+    for name, value in absmax.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{calib}: key {name!r} is not a layer name; a calib.pt is {{\"absmax\": {{layer: tensor}}}}")
+        if not isinstance(value, torch.Tensor) or value.numel() == 0 or not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
+            raise CheckpointError(f"{calib}: {name!r} is {type(value).__name__ if not isinstance(value, torch.Tensor) else f'an empty or {value.dtype} tensor'}, "
+                                  "not an activation absmax (a positive number)")
+        v = value.detach().float()
+        if not bool(torch.isfinite(v).all()) or float(v.amax()) <= 0:
+            raise CheckpointError(f"{calib}: the activation absmax of {name!r} is {v.reshape(-1)[:4].tolist()}; it must "
+                                  "be finite and > 0: calibrate again")
+    if not absmax:
+        raise CheckpointError(f"{calib} holds no activation absmax values")
+    return absmax
+
+
 def _config(config, src: TensorSource, tensors) -> dict:
     if config is not None:
         cfg = getattr(config, "config", config)
         return {k: v for k, v in dict(cfg).items() if not k.startswith("_")}
     if "config" in src.metadata:
         try:
-            return json.loads(src.metadata["config"])
-        except ValueError:
+            cfg = json.loads(src.metadata["config"])
+        except (ValueError, RecursionError):
             raise CheckpointError(f"{src.path}: the config in the file's metadata is not valid JSON") from None
+        if not isinstance(cfg, dict):
+            raise CheckpointError(f"{src.path}: the config in the file's metadata is a JSON {type(cfg).__name__}, "
+                                  "not an object; pass the config of the base model")
+        return cfg
     return infer_wan_config(tensors, src.path)
 
 
 def infer_wan_config(tensors, where) -> dict:
     """WanTransformer3DModel arguments read from tensor shapes (rows are never packed, so they are safe)."""
+    try:
+        return _infer_wan_config(tensors, where)
+    except (ValueError, IndexError, ZeroDivisionError, TypeError):
+        raise CheckpointError(f"{where}: the tensor shapes or names do not look like a Wan DiT (cannot infer its "
+                              "config); pass the config of the base model, or check --model_type") from None
+
+
+def _infer_wan_config(tensors, where) -> dict:
     def shape(key):
         if key not in tensors:
             raise CheckpointError(f"{where}: cannot infer the model config without {key!r}; pass the config "

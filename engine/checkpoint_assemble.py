@@ -68,13 +68,40 @@ def open_checkpoint(path, component: str):
 
 def finish_load(model: nn.Module, state: dict[str, torch.Tensor], device, report: LoadReport, start: float):
     """The end of every loader: assign the mapped tensors, freeze, move, time. Returns (model, report)."""
-    model.load_state_dict(state, assign=True, strict=True)
+    try:
+        model.load_state_dict(state, assign=True, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{report.path}: the {report.component} tensors do not fit the model "
+                              f"({str(e).splitlines()[-1].strip()[:300]}); the checkpoint is for another model or config") from None
     model.eval().requires_grad_(False)
-    if torch.device(device).type != "cpu":
-        model.to(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise CheckpointError(f"{device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type != "cpu":
+        try:
+            model.to(device)
+        except (RuntimeError, AssertionError) as e:
+            raise CheckpointError(f"cannot move the {report.component} to {device}: {str(e).splitlines()[0]}") from None
+    check_finite(model, report)
     report.seconds = time.perf_counter() - start
     log.info("%s", report.summary())
     return model, report
+
+
+def check_finite(model: nn.Module, report: LoadReport) -> None:
+    """NaN/Inf in a high-precision weight (bf16 DiT, merged LoRA, T5/CLIP) would make every video NaN
+    or black without a word: refuse it, naming the tensor. Checked where the tensors now live (on the GPU
+    this costs a fraction of a second), in slices so that no full-size mask is ever held."""
+    for key, t in model.state_dict().items():
+        if not t.is_floating_point() or t.element_size() == 1:  # fp8 codes are checked as scales/formats
+            continue
+        flat = t.detach().reshape(-1)
+        for start in range(0, flat.numel(), 1 << 24):
+            if not bool(torch.isfinite(flat[start:start + (1 << 24)]).all()):
+                raise CheckpointError(f"{report.path}: tensor {key!r} of the {report.component} holds NaN or Inf; "
+                                      "the file is corrupt (or a merged LoRA overflowed): convert it again from "
+                                      "the original, or download it again")
 
 
 def format_of(scheme) -> str | None:
@@ -97,7 +124,11 @@ def group_by_module(tensors: dict[str, object]) -> dict[str, dict[str, object]]:
     return groups
 
 
-def settle_format(where: str, shapes, dtypes, rows: int, cols: int, hint: str | None) -> str:
+ASKED = "the scheme asked for (the config's dit/t5/clip scheme, or the caller's)"
+
+
+def settle_format(where: str, shapes, dtypes, rows: int, cols: int, hint: str | None, hint_from: str = ASKED) -> str:
+    """hint_from says where `hint` came from, so that a mismatch names the real cause."""
     found = candidates(shapes, dtypes, rows, cols)
     described = ", ".join(f"{s} {str(dtypes[s]).replace('torch.', '')}{list(shapes[s])}" for s in sorted(shapes))
     if hint == "fp8_tensor" and {"fp8", "fp8_block128"} & set(found) and shapes.get("weight_scale", (2,)) in ((), (1,), (1, 1)):
@@ -105,7 +136,10 @@ def settle_format(where: str, shapes, dtypes, rows: int, cols: int, hint: str | 
     if hint in found:
         return hint
     if hint and found:
-        raise CheckpointError(f"{where}: the config asks for {hint} but this layer holds {found[0]} "
+        if hint_from != ASKED:
+            raise CheckpointError(f"{where}: {hint_from} says {hint} but this layer holds {found[0]} ({described}); "
+                                  "the file's metadata is wrong (edited or mixed files): name the scheme explicitly")
+        raise CheckpointError(f"{where}: {hint_from} is {hint} but this layer holds {found[0]} "
                               f"({described}). Remove the scheme from the config to use the file's format, "
                               "or pick the checkpoint made for that scheme.")
     if len(found) == 1:
@@ -119,22 +153,25 @@ def settle_format(where: str, shapes, dtypes, rows: int, cols: int, hint: str | 
 
 def assemble(model: nn.Module, tensors: dict[str, torch.Tensor | Decoded], file_of, *, hint: str | None,
              dtype: torch.dtype, keep_fp32: tuple[str, ...], report: LoadReport,
-             ignorable: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+             ignorable: tuple[str, ...] = (), hint_from: str = ASKED) -> dict[str, torch.Tensor]:
     """tensors: model-named keys -> lazily-mapped file tensors (or Decoded layers by module name).
     Swaps quantized linears in `model` (on meta) and returns the state dict to load with assign=True."""
     plain: dict[str, torch.Tensor] = {}
     groups = group_by_module({k: v for k, v in tensors.items() if not isinstance(v, Decoded)})
     decoded = {k: v for k, v in tensors.items() if isinstance(v, Decoded)}
     modules = dict(model.named_modules())
+    _check_scales_present(groups, file_of)
     for prefix, group in groups.items():
         module = modules.get(prefix)
         dtypes = {s: t.dtype for s, t in group.items()}
         if isinstance(module, nn.Linear) and is_quantized_layer(dtypes) and set(group) <= set(LINEAR_SUFFIXES):
             shapes = {s: tuple(t.shape) for s, t in group.items()}
             where = f"{file_of(prefix + '.weight')} (layer {prefix!r})"
-            fmt = settle_format(where, shapes, dtypes, module.out_features, module.in_features, hint)
+            fmt = settle_format(where, shapes, dtypes, module.out_features, module.in_features, hint, hint_from)
             buffers = decode_layer(fmt, group, module.out_features, module.in_features, where)
             if "bias" in group:
+                if not group["bias"].is_floating_point():
+                    raise CheckpointError(f"{where}: the bias is {group['bias'].dtype}, not a float: the file is corrupt")
                 buffers["bias"] = group["bias"]
             decoded[prefix] = Decoded(fmt, buffers)
         else:
@@ -162,6 +199,26 @@ def assemble(model: nn.Module, tensors: dict[str, torch.Tensor | Decoded], file_
     return state
 
 
+SCALES = ("weight_scale", "scale_weight", "weight_global_scale")
+
+
+def _check_scales_present(groups, file_of) -> None:
+    """A quantized layer without a scale its siblings have is read as another format (fp8 without its
+    block scale as plain fp8, nvfp4 without its global scale as mxfp4): silently wrong. When most layers
+    with the same weight dtype carry a scale and a few do not, those few are missing it."""
+    by_dtype: dict[torch.dtype, list[tuple[str, set]]] = defaultdict(list)
+    for prefix, group in groups.items():
+        if is_quantized_layer({s: t.dtype for s, t in group.items()}) and "weight" in group:
+            by_dtype[group["weight"].dtype].append((prefix, {s for s in group if s in SCALES}))
+    for layers in by_dtype.values():
+        for scale in SCALES:
+            lacking = [p for p, have in layers if scale not in have]
+            if lacking and len(lacking) * 2 < len(layers):
+                raise CheckpointError(f"{file_of(lacking[0] + '.weight')}: layer {lacking[0]!r} has no {scale} while "
+                                      f"{len(layers) - len(lacking)} other layers of its kind have one: a missing scale "
+                                      "(the file is incomplete or was edited); convert or download it again")
+
+
 def _keeps_fp32(key: str, keep_fp32) -> bool:
     return any(re.search(rf"(^|\.){re.escape(m)}(\.|$)", key) for m in keep_fp32)
 
@@ -175,7 +232,7 @@ def _check(model, state, file_of, ignorable, report) -> None:
     expected = model.state_dict(keep_vars=True)
     missing = [k for k in expected if k not in state]
     if missing:
-        raise CheckpointError(f"the checkpoint lacks {len(missing)} tensor(s) this model needs, first "
+        raise CheckpointError(f"{report.path}: the checkpoint lacks {len(missing)} tensor(s) this model needs, first "
                               f"{missing[0]!r}{' (a missing scale?)' if 'scale' in missing[0] else ''}; "
                               "it is incomplete or for a different model/config")
     for key in list(state):

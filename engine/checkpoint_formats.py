@@ -82,6 +82,7 @@ def decode_layer(fmt: str, t: dict[str, torch.Tensor], rows: int, cols: int, whe
         elif fmt == "fp8_tensor":
             scale = scale.reshape(1, 1)
         out["weight_scale"] = scale.reshape(f.weight_scale_shape(rows, cols))
+        check_scale(out["weight_scale"], f"{where}: weight_scale")
         return out
     if out["weight"].dtype != f.data_dtype:
         out["weight"] = out["weight"].view(f.data_dtype)
@@ -92,8 +93,10 @@ def decode_layer(fmt: str, t: dict[str, torch.Tensor], rows: int, cols: int, whe
     if tuple(raw.shape) == swizzled_shape(*want):
         raw = unswizzle(raw, *want)
     out["weight_scale"] = raw.view(f.scale_dtype)
+    check_block_scale(out["weight_scale"], f"{where}: weight_scale")
     if f.has_global_scale:
-        gs = t["weight_global_scale"].to(torch.float32).reshape(1)
+        gs = _one(t["weight_global_scale"], f"{where}: weight_global_scale")
+        check_scale(gs, f"{where}: weight_global_scale")
         out["weight_global_scale"] = gs
         igs = static_input_scale(t, gs, where)
         if igs is not None:
@@ -101,12 +104,44 @@ def decode_layer(fmt: str, t: dict[str, torch.Tensor], rows: int, cols: int, whe
     return out
 
 
+def _one(t: torch.Tensor, where: str) -> torch.Tensor:
+    """A per-tensor scale: exactly one number."""
+    if t.numel() != 1:
+        raise CheckpointError(f"{where} has shape {list(t.shape)}; it is one number per layer: the file is corrupt "
+                              "or from another tool")
+    return t.to(torch.float32).reshape(1)
+
+
+def check_scale(scale: torch.Tensor, where: str) -> None:
+    """Float scales (per row, per tensor, per 128x128 block, global): NaN/Inf gives a NaN video, zero a
+    zeroed channel, a negative one a flipped channel. Refuse them, naming the layer and the first row."""
+    bad = ~torch.isfinite(scale) | (scale <= 0)
+    if bool(bad.any()):
+        i = int(bad.reshape(-1).nonzero()[0])
+        raise CheckpointError(f"{where} holds {float(scale.reshape(-1)[i])} at position {i} (of {scale.numel()}); "
+                              "scales must be finite and > 0: the file is corrupt, convert or download it again")
+
+
+def check_block_scale(scale: torch.Tensor, where: str) -> None:
+    """MX (e8m0) / NV (e4m3) block scales: a NaN code or (e4m3) a negative scale is corrupt. A zero e4m3
+    block scale is what an all-zero block quantizes to, so it stays allowed."""
+    raw = scale.view(torch.uint8)
+    if scale.dtype == torch.float8_e8m0fnu:
+        bad = raw == 0xFF
+    else:
+        bad = ((raw & 0x7F) == 0x7F) | ((raw & 0x80) != 0)  # e4m3fn NaN, or the sign bit set
+    if bool(bad.any()):
+        i = int(bad.reshape(-1).nonzero()[0])
+        raise CheckpointError(f"{where} holds the code 0x{int(raw.reshape(-1)[i]):02x} at position {i}: a NaN or "
+                              "negative block scale; the file is corrupt, convert or download it again")
+
+
 def static_input_scale(t: dict[str, torch.Tensor], weight_gs: torch.Tensor, where: str) -> torch.Tensor | None:
     """NVFP4's calibrated activation global scale, from whichever form the file gives it in."""
     if "input_global_scale" in t:
-        igs = t["input_global_scale"].to(torch.float32).reshape(-1)[:1]
+        igs = _one(t["input_global_scale"], f"{where}: input_global_scale")
     elif "alpha" in t:  # alpha = 1 / (input_gs * weight_gs)
-        igs = 1.0 / (t["alpha"].to(torch.float32).reshape(-1)[:1] * weight_gs)
+        igs = 1.0 / (_one(t["alpha"], f"{where}: alpha") * weight_gs)
     elif "input_absmax" in t:
         igs = NVFP4_GS_NUMERATOR / t["input_absmax"].to(torch.float32).reshape(-1).amax().clamp(min=1e-12).reshape(1)
     else:

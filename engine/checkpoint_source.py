@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import torch
 
+from .checkpoint_files import open_regular, regular_file
 from .checkpoint_io import SafeTensorsFile, load_pth
 from .errors import CheckpointError
 
@@ -28,9 +31,12 @@ class TensorSource:
 
     # ---- layouts -----------------------------------------------------------------------------
     def _open(self, path: Path) -> str:
-        if not path.exists():
-            raise CheckpointError(f"checkpoint {path} does not exist")
-        if path.is_file():
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            regular_file(path, "checkpoint")  # names the real cause: missing, loop, permission, FIFO...
             if path.name.endswith(".index.json"):
                 self._add_index(path)
                 return "sharded (index)"
@@ -42,6 +48,9 @@ class TensorSource:
                 return "single file"
             raise CheckpointError(f"{path}: unknown checkpoint file type {path.suffix!r}; expected "
                                   ".safetensors, .pth or an .index.json")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise CheckpointError(f"cannot list the checkpoint folder {path}: permission denied; fix the "
+                                  "permissions (chmod/chown) or use a folder you own")
         indexes = sorted(path.glob("*.safetensors.index.json"))
         if len(indexes) > 1 and (path / INDEX_NAME).exists():
             indexes = [path / INDEX_NAME]
@@ -61,18 +70,19 @@ class TensorSource:
         if len(pths) == 1:
             self._add_pth(pths[0])
             return "pth"
-        raise CheckpointError(f"{path}: no .safetensors files (or a single .pth) found in this folder")
+        if len(pths) > 1:
+            raise CheckpointError(f"{path} holds {len(pths)} .pth/.pt files ({', '.join(p.name for p in pths[:4])}); "
+                                  "point at the one to load")
+        named = f" (a folder named like a {path.suffix} file)" if path.suffix in (".safetensors", ".pth", ".pt") else ""
+        raise CheckpointError(f"{path}{named}: no .safetensors files (or a single .pth) found in this folder")
 
     def _add_index(self, index: Path) -> None:
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+        weight_map = _read_weight_map(index)
         opened: dict[str, SafeTensorsFile] = {}
         for key, name in weight_map.items():
             if name not in opened:
                 file = index.parent / name
-                if not file.is_file():
+                if not os.path.lexists(file):
                     raise CheckpointError(f"{index} lists {name} (for {key!r}) but {file} is missing; "
                                           "the download is incomplete")
                 opened[name] = self._add_safetensors(file, register=False)
@@ -136,3 +146,27 @@ class TensorSource:
         for holder in {id(h): h for h in self._where.values()}.values():
             if isinstance(holder, SafeTensorsFile):
                 holder.close()
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    with open_regular(index, "index") as f:
+        raw = f.read()
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise CheckpointError(f"{index}: nested too deeply to be a safetensors index") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index}: not a valid safetensors index (not JSON: {e})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        got = type(weight_map).__name__ if isinstance(data, dict) and "weight_map" in data else "nothing"
+        raise CheckpointError(f"{index}: not a valid safetensors index: `weight_map` must be an object of "
+                              f"tensor name -> file name, got {got}")
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or not name:
+            raise CheckpointError(f"{index}: `weight_map` maps {key!r} to {name!r}; it must be a file name")
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts or len(parts) != 1:
+            raise CheckpointError(f"{index}: `weight_map` maps {key!r} to {name!r}, outside the index's folder; "
+                                  "an index lists files beside it")
+    return weight_map

@@ -6,15 +6,28 @@ Each component picks its own scheme (mixed strategies).
 """
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, SchemeError
+from .config_keys import ENGINE_KEYS, KNOWN_KEYS
+from .checkpoint_files import regular_file
+from .errors import CheckpointError, ConfigError, SchemeError
 from .schemes import Scheme, resolve_scheme
 
+log = logging.getLogger("engine.config")
 COMPONENTS = ("dit", "t5", "clip")
+_INT, _NUM, _BOOL, _STR = "a whole number", "a number", "true or false", "a string"
+# What the values of the keys this engine acts on must be (bool is not a number here: `true` steps).
+VALUE_KINDS = {"infer_steps": _INT, "target_video_length": _INT, "target_height": _INT, "target_width": _INT,
+               "fps": _INT, "seed": _INT, "sample_shift": _NUM, "enable_cfg": _BOOL, "cpu_offload": _BOOL,
+               "t5_cpu_offload": _BOOL, "fused_wan": _BOOL, "use_tiling_vae": _BOOL, "use_tiny_vae": _BOOL,
+               "use_lightvae": _BOOL, "offload_use_stream": _BOOL, "offload_granularity": _STR,
+               "high_noise_quantized_ckpt": _STR, "low_noise_quantized_ckpt": _STR, "vae_path": _STR,
+               "tiny_vae_path": _STR}
 
 
 @dataclass
@@ -50,25 +63,74 @@ def load_config(source: str | Path | dict) -> QuantConfig:
     if isinstance(source, dict):
         return parse_config(source, "<dict>")
     path = Path(source)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    try:
+        regular_file(path, "config file")  # missing, a symlink loop, a folder, a FIFO: the true cause
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     return parse_config(data, str(path))
 
 
 def parse_config(data: Any, source: str = "<dict>") -> QuantConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a JSON object, got {type(data).__name__}")
+    check_keys(data, source)
     cfg = QuantConfig(raw=dict(data), source=source)
     cfg.dit = _dit(data, source)
     for comp in ("t5", "clip"):
         setattr(cfg, comp, _encoder(data, comp, source))
     return cfg
+
+
+def check_keys(data: dict, source: str) -> None:
+    """Warn on every unknown key (naming the closest known one), note LightX2V keys this engine does not
+    act on, and refuse values of the wrong type for keys it does act on."""
+    unused = []
+    for key in data:
+        if not isinstance(key, str) or key in ENGINE_KEYS or key.startswith("_"):
+            continue  # `_about`, `_comment`: JSON has no comments, a leading underscore marks one
+        if key in KNOWN_KEYS:
+            unused.append(key)
+            continue
+        close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1, cutoff=0.6)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        log.warning("%s: unknown config key `%s` is ignored%s", source, key, hint)
+    if unused:
+        log.info("%s: LightX2V keys not used by this engine: %s", source, ", ".join(sorted(unused)))
+    for key, kind in VALUE_KINDS.items():
+        value = data.get(key)
+        if value is not None and not _is_kind(value, kind):
+            raise ConfigError(f"{source}: `{key}` must be {kind}, got {json.dumps(value)}")
+    guide = data.get("sample_guide_scale")
+    if guide is not None and not (_is_kind(guide, _NUM) or (
+            isinstance(guide, list) and len(guide) == 2 and all(_is_kind(g, _NUM) for g in guide))):
+        raise ConfigError(f"{source}: `sample_guide_scale` must be a number or [high_noise, low_noise], "
+                          f"got {json.dumps(guide)}")
+    steps = data.get("denoising_step_list")
+    if steps is not None and not (isinstance(steps, list) and steps and all(_is_kind(t, _INT) for t in steps)):
+        raise ConfigError(f"{source}: `denoising_step_list` must be a list of whole-number timesteps, e.g. "
+                          f"[1000, 750, 500, 250]; got {json.dumps(steps)}")
+
+
+def _is_kind(value, kind) -> bool:
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _STR:
+        return isinstance(value, str)
+    if isinstance(value, bool):
+        return False
+    if kind == _INT:
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
 
 
 def _typed(data, key, kind, source):
@@ -99,6 +161,14 @@ def _dit(data, source) -> ComponentQuant:
     if flag and new is None and old is None:
         raise ConfigError(f"{source}: `dit_quantized` is true but no `dit_quant_scheme` is given "
                           "(e.g. \"fp8-sgl\" or \"int8-vllm\")")
+    if flag is False and old is not None and old.quantized:
+        raise ConfigError(f"{source}: `dit_quantized` is false but `mm_config.mm_type` asks for {old.name}; "
+                          "remove one of them")
+    if flag is False and ckpt:
+        raise ConfigError(f"{source}: `dit_quantized` is false but `dit_quantized_ckpt` names a quantized "
+                          f"checkpoint ({ckpt}); set `dit_quantized` to true or remove the checkpoint")
+    if flag is False and new is not None and new.quantized:
+        log.warning("%s: `dit_quant_scheme` %s is ignored because `dit_quantized` is false", source, new.name)
     if flag is False:
         new = None
     if old and new and old.format != new.format:
@@ -115,6 +185,12 @@ def _encoder(data, comp, source) -> ComponentQuant:
     name = _typed(data, f"{comp}_quant_scheme", str, source)
     ckpt = _typed(data, f"{comp}_quantized_ckpt", str, source)
     if not flag:
+        if flag is False and ckpt:
+            raise ConfigError(f"{source}: `{comp}_quantized` is false but `{comp}_quantized_ckpt` names a "
+                              f"quantized checkpoint ({ckpt}); set `{comp}_quantized` to true or remove it")
+        if name or ckpt:
+            log.warning("%s: `%s` is ignored because `%s_quantized` is not true", source,
+                        f"{comp}_quant_scheme" if name else f"{comp}_quantized_ckpt", comp)
         return ComponentQuant()
     if not name:
         raise ConfigError(f"{source}: `{comp}_quantized` is true but `{comp}_quant_scheme` is missing "

@@ -21,9 +21,13 @@ import torch
 from .apply import WAN_DIT_RULES
 from .checkpoint_comfy import to_comfy_quant
 from .checkpoint_formats import NVFP4_GS_NUMERATOR, encode_layer
-from .checkpoint_io import load_pth, write_atomic_bytes, write_safetensors
+from .checkpoint import read_calib
+from .checkpoint_files import os_error_sentence, remove_stale_partials
+from .checkpoint_io import save_torch, write_atomic_bytes, write_safetensors
 from .checkpoint_source import INDEX_NAME, TensorSource
 from .cli import run_command
+from .convert_guard import (check_device, check_model_type, check_not_quantized, check_paths, check_stale,
+                            output_name_problem, staging)
 from .errors import EngineError
 from .formats import get_format
 from .keymaps import rename, wan_to_diffusers
@@ -76,8 +80,11 @@ def parse_args(argv=None):
     p.add_argument("--calibrate_size", type=int, nargs=3, metavar=("HEIGHT", "WIDTH", "FRAMES"),
                    help="video size for calibration (default: the pipeline's)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
     args = p.parse_args(argv)
     args.fmt = None
+    if output_name_problem(args.output_name):
+        p.error(output_name_problem(args.output_name))
     if args.quantized:
         name = args.linear_type or OLD_DTYPES.get(args.linear_dtype or "")
         if not name:
@@ -157,13 +164,18 @@ class Converter:
                 else "lightx2v"}
         cfg = Path(a.source) / "config.json" if Path(a.source).is_dir() else None
         if cfg and cfg.is_file() and a.model_type == "wan_dit":
-            meta["config"] = json.dumps({k: v for k, v in json.loads(cfg.read_text()).items() if not k.startswith("_")})
+            try:
+                data = json.loads(cfg.read_text(encoding="utf-8"))
+            except (OSError, ValueError, RecursionError) as e:
+                raise EngineError(f"{cfg}: not a readable JSON model config ({e}); fix or remove it") from None
+            if not isinstance(data, dict):
+                raise EngineError(f"{cfg}: a model config is a JSON object, not a {type(data).__name__}")
+            meta["config"] = json.dumps({k: v for k, v in data.items() if not k.startswith("_")})
         return meta
 
 
 def _read_calib(path) -> dict[str, torch.Tensor]:
-    data = load_pth(path, raw=True)
-    table = data["absmax"] if isinstance(data.get("absmax"), dict) else data
+    table = read_calib(path)
     return {wan_to_diffusers(k[:-len(".weight")] if k.endswith(".weight") else k): v for k, v in table.items()}
 
 
@@ -182,12 +194,17 @@ def plan_files(keys: list[str], args) -> dict[str, list[str]]:
 
 
 def convert(args) -> list[Path]:
+    """Everything is checked before a byte is written; the files appear all at once (convert_guard)."""
     from tqdm import tqdm
 
     out_dir = Path(args.output)
-    if out_dir.is_file():
-        raise EngineError(f"--output {out_dir} is a file; give a folder")
+    check_paths(args.source, out_dir)
+    check_device(args.device)
     src = TensorSource(args.source)
+    check_model_type(src.keys(), args.model_type, args.source)
+    check_not_quantized(src, args.source)
+    for leftover in remove_stale_partials(out_dir):
+        log.info("removed %s, left by an interrupted run", leftover)
     if args.calibrate_prompts is not None:
         args.calib = str(_calibrate(args, out_dir))
     conv = Converter(args)
@@ -195,15 +212,20 @@ def convert(args) -> list[Path]:
     for key in src.keys():
         if any(s in key for s in args.ignore_keys) or (args.model_type == "wan_clip" and key.startswith("textual.")):
             continue
-        names[rename(key, args.direction)] = key
+        new = rename(key, args.direction)
+        if new in names:
+            raise EngineError(f"{args.source}: {key!r} and {names[new]!r} both become {new!r}; the source mixes "
+                              "two namings (converted half-way?)")
+        names[new] = key
+    if conv.lora is not None:
+        conv.lora.check_targets(names)
     naming = {"forward": "diffusers", "backward": "Wan/LightX2V"}.get(args.direction, "as source")
     plan = plan_files(list(names), args)
+    check_stale(out_dir, list(plan) + [INDEX_NAME])
     layout = "single file" if len(plan) == 1 else ("save_by_block" if args.save_by_block else "chunked parts")
     meta = conv.metadata(layout, naming)
     index = {"metadata": {"total_size": 0, **meta}, "weight_map": {}}
-    written = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=len(names), desc="Converting", unit="tensor", disable=None) as bar:
+    with staging(out_dir) as stage, tqdm(total=len(names), desc="Converting", unit="tensor", disable=None) as bar:
         for filename, keys in plan.items():
             tensors = {}
             for key in keys:
@@ -212,18 +234,16 @@ def convert(args) -> list[Path]:
                 bar.update()
             if args.comfyui_mode and not args.comfy_quant and filename == next(iter(plan)):
                 tensors["scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
-            path = out_dir / filename
             if args.output_ext == ".pth":
-                _save_pth(path, tensors)
+                save_torch(stage / filename, {k: v.contiguous() for k, v in tensors.items()})
             else:
-                index["metadata"]["total_size"] += write_safetensors(path, tensors, meta)
+                index["metadata"]["total_size"] += write_safetensors(stage / filename, tensors, meta)
                 index["weight_map"].update({k: filename for k in tensors})
-            written.append(path)
-    if conv.lora is not None:
-        conv.lora.finish()
-    if len(plan) > 1:
-        write_atomic_bytes(out_dir / INDEX_NAME, json.dumps(index, indent=2).encode())
-        written.append(out_dir / INDEX_NAME)
+        if conv.lora is not None:
+            conv.lora.finish()
+        if len(plan) > 1:
+            write_atomic_bytes(stage / INDEX_NAME, json.dumps(index, indent=2).encode())
+    written = [out_dir / f for f in plan] + ([out_dir / INDEX_NAME] if len(plan) > 1 else [])
     if args.copy_no_weight_files and Path(args.source).is_dir():
         _copy_non_weight_files(Path(args.source), out_dir)
     log.info("quantized %d linear weights to %s; wrote %d files to %s", conv.quantized, meta["format"], len(written), out_dir)
@@ -241,23 +261,20 @@ def _calibrate(args, out_dir: Path) -> Path:
     return written[args.calibrate_component]
 
 
-def _save_pth(path: Path, tensors) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp)
-    tmp.replace(path)
-
-
 def _copy_non_weight_files(source: Path, target: Path) -> None:
     for item in source.rglob("*"):
         if item.is_file() and not item.name.endswith((".safetensors", ".pth", ".pt", ".index.json")):
             dest = target / item.relative_to(source)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(item, dest)
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(item, dest)
+            except OSError as e:
+                raise EngineError(os_error_sentence(e, dest, "copy to")) from None
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_command(lambda: convert(args))
+    return run_command(lambda: convert(args), debug=args.debug or None)
 
 
 if __name__ == "__main__":

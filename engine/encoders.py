@@ -41,7 +41,7 @@ def load_t5(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=Non
     if "shared.weight" in tensors:  # transformers keeps the embedding under two tied names
         tensors["encoder.embed_tokens.weight"] = tensors["shared.weight"]
     report.naming = "Wan/LightX2V"
-    cfg = config if config is not None else infer_t5_config(tensors, src.path)
+    cfg = config if config is not None else _inferred(infer_t5_config, tensors, src.path, "T5")
     with init_empty_weights():
         model = UMT5EncoderModel(cfg)
     state = assemble(model, tensors, lambda k: origin.get(k, str(src.path)), hint=format_of(scheme), dtype=dtype,
@@ -87,6 +87,14 @@ def infer_t5_config(tensors, where):
                       feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, is_encoder_decoder=False)
 
 
+def _inferred(infer, tensors, where, component):
+    try:
+        return infer(tensors, where)
+    except (ValueError, IndexError, TypeError, ZeroDivisionError):
+        raise CheckpointError(f"{where}: the tensor shapes or names do not look like Wan's {component} encoder "
+                              "(cannot infer its config); pass its config, or check the file") from None
+
+
 # ---- CLIP ------------------------------------------------------------------------------------
 def load_clip(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=None):
     """Returns (CLIPVisionModel, LoadReport). config: a CLIPVisionConfig, or None to read it from shapes
@@ -109,13 +117,16 @@ def load_clip(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=N
         if name.endswith("class_embedding"):
             t = t.reshape(-1)  # open-clip [1,1,D] -> [D]
         elif name.endswith("position_embedding.weight"):
+            if t.dim() < 2:
+                raise CheckpointError(f"{src.file_of(key)}: {key!r} has shape {list(t.shape)}; a position "
+                                      "embedding is [1, L, D] or [L, D]: the file is corrupt or not Wan's CLIP")
             t = t.reshape(t.shape[-2], t.shape[-1])  # [1,L,D] -> [L,D]
         tensors[name] = t
         origin[name] = src.file_of(key)
     if skipped:
         report.notes.append(f"skipped {skipped} tensors CLIPVisionModel has no place for (text tower, head)")
     report.naming = "open-clip (Wan)"
-    cfg = config if config is not None else infer_clip_config(tensors, src.path)
+    cfg = config if config is not None else _inferred(infer_clip_config, tensors, src.path, "CLIP")
     with init_empty_weights():
         model = CLIPVisionModel(cfg)
     file_of = lambda k: origin.get(k, str(src.path))  # noqa: E731

@@ -71,18 +71,43 @@ class LoraSet:
             return weight
         out = weight.to(torch.float32).clone()
         for kind, src, k1, k2, file_alpha, alpha, strength in entries:
+            where = f"LoRA {src.file_of(k1)} ({k1!r}, for {key!r})"
             if kind == "pair":
                 down, up = src.get(k1).to(out.device, torch.float32), src.get(k2).to(out.device, torch.float32)
-                scale = float(file_alpha) / down.shape[0] if file_alpha is not None else alpha
-                delta = (up.flatten(1) @ down.flatten(1)).reshape(out.shape)
+                if down.dim() < 2 or up.dim() < 2 or up.flatten(1).shape[1] != down.shape[0]:
+                    raise CheckpointError(f"{where}: down {list(down.shape)} and up {list(up.shape)} do not "
+                                          "multiply (their rank differs): the LoRA file is corrupt")
+                scale = _alpha(file_alpha, where) / down.shape[0] if file_alpha is not None else alpha
+                delta = up.flatten(1) @ down.flatten(1)
+                if delta.numel() != out.numel() or delta.shape[0] != out.shape[0]:
+                    raise CheckpointError(f"{where} changes a {list(out.shape)} weight by {list(delta.shape)}: "
+                                          "the LoRA is for a different model")
+                delta = delta.reshape(out.shape)
             else:
                 delta, scale = src.get(k1).to(out.device, torch.float32), alpha
             if delta.shape != out.shape:
-                raise CheckpointError(f"LoRA {k1} changes a {list(out.shape)} weight by {list(delta.shape)}: "
+                raise CheckpointError(f"{where} changes a {list(out.shape)} weight by {list(delta.shape)}: "
                                       "the LoRA is for a different model")
             out += strength * scale * delta
+            if not bool(torch.isfinite(out).all()):
+                raise CheckpointError(f"{where}: merging gives NaN or Inf (the LoRA holds NaN/Inf or its alpha or "
+                                      "strength is far too large); check the LoRA file and --lora_alpha/--lora_strength")
         self.applied += 1
         return out.to(weight.dtype)
+
+    def check_targets(self, keys) -> None:
+        """Before anything is written: every LoRA layer must match a weight of the model being converted."""
+        if not self._deltas:
+            raise CheckpointError("the LoRA file(s) hold no LoRA weights this engine understands "
+                                  "(lora_down/lora_up, lora_A/lora_B or diff)")
+        targets = {_canonical(k) for k in keys}
+        unmatched = sorted(t for t in self._deltas if t not in targets)
+        if len(unmatched) == len(self._deltas):
+            raise CheckpointError(f"no LoRA weight matches a weight of the model (e.g. {unmatched[0]!r}): the LoRA "
+                                  "is for another model, or its key names are not understood; nothing was written")
+        if unmatched:
+            log.warning("%d of %d LoRA layers match no weight of the model, e.g. %s", len(unmatched),
+                        len(self._deltas), unmatched[0])
 
     def finish(self):
         if self._deltas and not self.applied:
@@ -91,6 +116,15 @@ class LoraSet:
         if self.unused:
             log.warning("%d LoRA tensors were not understood, e.g. %s", len(self.unused), sorted(self.unused)[0])
         log.info("merged LoRA into %d weights", self.applied)
+
+
+def _alpha(value, where) -> float:
+    if value.numel() != 1 or not value.is_floating_point() and value.dtype not in (torch.int32, torch.int64):
+        raise CheckpointError(f"{where}: alpha must be one number, got a {value.dtype} tensor of shape {list(value.shape)}")
+    a = float(value.reshape(()))
+    if a != a or a in (float("inf"), float("-inf")):
+        raise CheckpointError(f"{where}: alpha is {a}; the LoRA file is corrupt")
+    return a
 
 
 def _per_file(values, n, name):
