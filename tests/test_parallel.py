@@ -160,3 +160,18 @@ def test_a_rank_that_dies_or_hangs_stops_the_other_with_a_message(mode):
     assert procs[0].returncode == 2, err[-2000:]
     assert "error: rank 0: a collective failed or waited longer than the process group's timeout (3 s" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_fused_block_attention_takes_part_in_context_parallelism():
+    """engine/fused.py calls dispatch_attention_fn itself; with the processor's parallel config it must give
+    each rank its tokens' rows of attention over all tokens (without it, only over its own half)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "tests.parallel_worker", "fused"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=90,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in rows) == [0, 1]
+    for r in rows:
+        assert r["cp_err"] < 1e-5 and r["local_err"] > 0.1, r
