@@ -87,15 +87,17 @@ def _rope_tables(rotary_emb, s_len, head_dim):
             sin.reshape(-1, head_dim)[:s_len].float().contiguous())
 
 
-def _attention(attn, query, key, value, self_attention=False):
+def _attention(attn, query, key, value, self_attention=False, parallel_config=None):
     """[B, S, H, Dh] (often a permuted view: the quantizer reads it in place). Self-attention takes
-    the path engine.attention.install_attention put on attn1 (8-bit unless a bf16 step/block)."""
+    the path engine.attention.install_attention put on attn1 (8-bit unless a bf16 step/block); under
+    context parallelism (engine/parallel) it goes through diffusers' dispatch, which does the exchange."""
     q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
-    choice = self_attention_choice(attn) if self_attention else None
+    choice = self_attention_choice(attn) if self_attention and parallel_config is None else None
     if choice is not None and choice.wants_8bit():
         return choice.run(q, k, v).type_as(query)
     out = dispatch_attention_fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
-                                backend=getattr(attn.processor, "_attention_backend", None))
+                                backend=getattr(attn.processor, "_attention_backend", None),
+                                parallel_config=parallel_config)
     return out.type_as(query)
 
 
@@ -115,7 +117,9 @@ def fused_block_forward(block, hidden_states, encoder_hidden_states, temb, rotar
     cos, sin = _rope_tables(rotary_emb, s_len, head_dim) if rotary_emb is not None else (None, None)
     query = ops.rmsnorm_rope(query, a1.norm_q.weight, _eps(a1.norm_q), head_dim, cos, sin)
     key = ops.rmsnorm_rope(key, a1.norm_k.weight, _eps(a1.norm_k), head_dim, cos, sin)
-    out = _attention(a1, query, key, value, self_attention=True)
+    # context parallelism (engine/parallel): self-attention only, as diffusers' WanAttnProcessor does
+    out = _attention(a1, query, key, value, self_attention=True,
+                     parallel_config=getattr(a1.processor, "_parallel_config", None))
     q8, s8 = ops.quantize_heads(out, kind, pad)
     attn_out = _linear_q(a1.to_out[0], q8, s8, rows, dtype).view(b, s_len, d)
 

@@ -10,6 +10,10 @@ and denoising_step_list (LightX2V's distill configs: sample with its 4-step dist
     python -m engine.infer --save_tiny DIR [--task t2v|i2v]
 
 writes the tiny built-in model as a diffusers-format folder (for tests and trying the command offline).
+
+    torchrun --nproc_per_node N -m engine.infer ... (config with "parallel": {"seq_p_size": ..., "cfg_p_size": ...})
+
+runs one video across N processes (engine/parallel); rank 0 writes it.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import parallel
 from .cli import run_command
 from .errors import EngineError
 
@@ -56,7 +61,8 @@ def run(args: argparse.Namespace) -> Path:
     if not args.model_path or not args.config_json:
         raise EngineError("--model_path and --config_json are required (or --save_tiny DIR)")
     cfg = load_config(args.config_json)
-    model = build_from_dir(args.model_path, cfg, device=args.device)
+    par = parallel.start(cfg, args.device)  # None unless the config has "parallel" (under torchrun)
+    model = build_from_dir(args.model_path, cfg, device=par.device if par else args.device)
     if cfg.get("denoising_step_list") is not None:  # LightX2V's distill configs: its 4-step sampler
         from .builder import use_distill_sampler
 
@@ -74,6 +80,8 @@ def run(args: argparse.Namespace) -> Path:
     req = VideoRequest.from_lightx2v(cfg.raw, prompt=args.prompt, negative_prompt=args.negative_prompt,
                                      task=args.task, image=image, seed=args.seed)
     out = Path(args.save_result_path)
+    if par is not None:
+        return parallel.run_rank(par, model, req, out, generate)
 
     def step(info):
         print(f"step {info.step}/{info.total}: {info.seconds:.2f} s", flush=True)
