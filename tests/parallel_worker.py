@@ -34,7 +34,7 @@ def fused_attention():
         attn = model.blocks[0].attn1
         full = _attention(attn, q, k, v)  # every token, one process
         mine = slice(4 * par.rank, 4 * par.rank + 4)  # this rank's half of the tokens
-        cp = _attention(attn, q[:, mine], k[:, mine], v[:, mine], attn.processor._parallel_config)
+        cp = _attention(attn, q[:, mine], k[:, mine], v[:, mine], parallel_config=attn.processor._parallel_config)
         local = _attention(attn, q[:, mine], k[:, mine], v[:, mine])  # what a bypassed hook would give
         print(json.dumps({"rank": par.rank, "cp_err": (cp - full[:, mine]).abs().max().item(),
                           "local_err": (local - full[:, mine]).abs().max().item()}), flush=True)
