@@ -22,7 +22,7 @@ from typing import Callable
 from .builder import TINY_LIMITS, LoadedModel, build_from_hub, build_tiny
 from .catalog import CATALOG, get_model
 from .config import QuantConfig, load_config
-from .errors import ConfigError
+from .errors import ConfigError, EngineError
 from .generate import GPU_LOCK, Cancelled, StepInfo, VideoResult, generate
 from .hardware import (GpuInfo, PresetChoice, apply_overrides, check_config_for_gpu, choose_preset,
                        format_notices, load_preset)
@@ -33,6 +33,7 @@ TINY = "tiny"
 TINY_LABEL = "Tiny built-in Wan (CPU demo, random weights)"
 # What the override menus offer per component; "preset" keeps the preset's choice.
 SCHEME_CHOICES = ("preset", "bf16", "fp8", "int8", "fp8-block128", "mxfp8", "nvfp4")
+COMPONENT_NAMES = {"dit": "DiT", "t5": "T5", "clip": "CLIP"}
 KEEP_VIDEOS = 32  # newest videos kept in the outputs folder; older ones are deleted
 KEEP_SECONDS = 24 * 3600  # and none older than a day
 WAIT_POLL_S = 0.25  # how often a waiting job looks at its Stop / liveness while another job runs
@@ -86,6 +87,33 @@ class VideoService:
             for note in self.notices:
                 log.warning("%s", note)
         return name, cfg
+
+    def explain(self, model: str, preset: str | None = None, overrides: dict | None = None) -> str:
+        """Markdown saying what will really run: the preset (chosen or auto, and why), the overrides, the
+        resulting schemes and where they run, and the notices for this GPU (emulated formats), or why this
+        combination cannot run here."""
+        auto = self.preset_for(model)
+        chosen = bool(preset) and preset != "auto"
+        lines = [f"**Preset:** {preset}, chosen by you (auto would pick {auto.name}: {auto.reason})" if chosen
+                 else f"**Preset:** {auto.name} (auto). {auto.reason}"]
+        changed = {k: v for k, v in (overrides or {}).items() if v and v != "preset"}
+        if changed:
+            lines.append("**Overrides:** " + ", ".join(f"{COMPONENT_NAMES.get(k, k)} {v}" for k, v in changed.items()))
+        try:
+            cfg = load_config(apply_overrides(load_preset(preset if chosen else auto.name), **changed))
+            if model == TINY:
+                where = "the CPU (reference kernels; the tiny model always runs there)"
+            else:
+                check_config_for_gpu(cfg, self.gpu)
+                where = self.gpu.name if self.gpu else "the CPU"
+            offload = (f", with CPU offload by {cfg.get('offload_granularity') or 'model'} (parts move to the GPU "
+                       "only while they run)") if cfg.get("cpu_offload") and model != TINY else ""
+            lines.append(f"**Runs:** {cfg.summary()} on {where}{offload}.")
+            if model != TINY:
+                lines += [f"**Note:** {note}" for note in format_notices(cfg, self.gpu)]
+        except EngineError as e:
+            lines.append(f"**Cannot run here:** {e}")
+        return "\n\n".join(lines)
 
     def defaults(self, model: str) -> VideoRequest:
         """Request defaults, sized for the model. Distilled models (and the tiny one) take the preset's
