@@ -194,9 +194,9 @@ class VideoService:
                 loaded = loaded or self._loaded[1]
 
                 def step(info: StepInfo) -> None:
-                    stopped()  # generate() raises Cancelled after this step when `stop` is set
                     if on_step:
                         on_step(info)
+                    stopped()  # generate() raises Cancelled after this step when `stop` is set
 
                 result = generate(loaded, req, self.out_dir, on_step=step, cancel=stop)
             finally:
