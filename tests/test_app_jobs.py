@@ -1,0 +1,111 @@
+"""Jobs belong to the browser tab (Gradio session) that started them: two gradio_client clients against the
+real page, launched in this process on the tiny model. A job whose prompt is HOLD waits at its first step
+until the test releases it, so that the others act while it runs (no timing in the assertions)."""
+import socket
+import threading
+
+import pytest
+
+from engine.service import TINY, VideoService
+
+HOLD = "hold me at step 1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from ui.bounds import launch_kwargs
+    from ui.layout import build_ui
+
+    service = VideoService(None, demo=True, out_dir=tmp_path_factory.mktemp("out"))
+    held, release, waited = threading.Event(), threading.Event(), threading.Event()
+    real_run = service.run
+
+    def run(model, req, *, on_step=None, on_wait=None, **kw):
+        def step(info):
+            if on_step:
+                on_step(info)
+            if req.prompt == HOLD and info.step == 1:
+                held.set()
+                assert release.wait(120)
+
+        def wait():
+            waited.set()
+            if on_wait:
+                on_wait()
+        return real_run(model, req, on_step=step, on_wait=wait, **kw)
+
+    service.run = run
+    demo = build_ui(service).queue(default_concurrency_limit=1, max_size=16)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
+                **launch_kwargs(service.out_dir))
+    gates = dict(held=held, release=release, waited=waited)
+    try:
+        yield f"http://127.0.0.1:{port}/", service, gates
+    finally:
+        release.set()
+        demo.close()
+
+
+def client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def submit(c, prompt):
+    return c.submit(model=TINY, preset="auto", dit="preset", t5="preset", clip="preset", task_label="Text to video",
+                    image=None, prompt=prompt, negative="", width=32, height=32, frames=5, steps=3, guidance=1.0,
+                    shift="5", seed=1, random_seed=False, api_name="/generate")
+
+
+def reset(gates):
+    for gate in gates.values():
+        gate.clear()
+
+
+def test_another_tabs_stop_leaves_the_job_running_to_the_end(app):
+    url, service, gates = app
+    reset(gates)
+    a, b = client(url), client(url)
+    job = submit(a, HOLD)
+    assert gates["held"].wait(120)
+    assert b.predict(api_name="/stop") == "Nothing of yours is running."
+    gates["release"].set()
+    _video, table, stats, status, seed = job.result(timeout=120)
+    assert status.startswith("**Done:** 5 frames") and len(stats["per_step_s"]) == 3 and seed == 1
+    assert "| Time per step |" in table
+
+
+def test_the_owner_stops_its_own_job(app):
+    url, service, gates = app
+    reset(gates)
+    a = client(url)
+    job = submit(a, HOLD)
+    assert gates["held"].wait(120)
+    assert a.predict(api_name="/stop").startswith("**Stopping**")
+    gates["release"].set()
+    video, _table, _stats, status, _seed = job.result(timeout=120)
+    assert video is None and status == "**Stopped:** stopped after step 1 of 3"
+
+
+def test_a_cancelled_job_lets_the_queued_jobs_run(app):
+    url, service, gates = app
+    reset(gates)
+    before = set(service.out_dir.glob("video-*.mp4"))
+    a, c = client(url), client(url)
+    held_job = submit(a, HOLD)
+    assert gates["held"].wait(120)
+    queued = submit(c, "a queued boat")
+    held_job.cancel()  # Gradio's /cancel: the tab gives up; its worker thread still sits at step 1
+    assert gates["waited"].wait(120)  # the queued job started and waits for the GPU, not refused
+    gates["release"].set()  # the abandoned job reaches its next step check and ends itself
+    _video, _table, stats, status, _seed = queued.result(timeout=180)
+    assert status.startswith("**Done:**") and len(stats["per_step_s"]) == 3
+    assert len(set(service.out_dir.glob("video-*.mp4")) - before) == 1  # only the queued job's video
