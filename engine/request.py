@@ -123,14 +123,16 @@ def _text(value, name) -> str:
     return kept.strip()
 
 
-def _refuse_bool(value, name) -> None:
+def _refuse_empty_or_bool(value, name, low, high) -> None:
+    if value is None or (isinstance(value, str) and not value.strip()):  # an emptied field arrives as null
+        raise RequestError(f"{name} is empty: give a number from {low} to {high}")
     # bool is an int in Python: `true` in a JSON request would otherwise run 1 step / 1 frame
     if isinstance(value, bool):
         raise RequestError(f"{name} must be a number, got {str(value).lower()}")
 
 
 def _int(value, name, low, high) -> int:
-    _refuse_bool(value, name)
+    _refuse_empty_or_bool(value, name, low, high)
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
@@ -143,7 +145,7 @@ def _int(value, name, low, high) -> int:
 
 
 def _float(value, name, low, high) -> float:
-    _refuse_bool(value, name)
+    _refuse_empty_or_bool(value, name, low, high)
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):

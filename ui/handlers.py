@@ -142,12 +142,13 @@ class Handlers:
                 self._errors.popitem(last=False)
         return gr.Error(message)
 
-    def last_error(self, request: gr.Request = None) -> str:
-        """The status line after a failed run: this tab's sentence, kept until its next run."""
+    def last_error(self, request: gr.Request = None):
+        """(status line, video) after a failed run: this tab's sentence, kept until its next run; the
+        video box is emptied, which also clears Gradio's bare "Error" badge on it."""
         message = self._errors.get(getattr(request, "session_hash", None))
         if message is None:  # failed before our handler ran (e.g. an upload Gradio refused)
-            return "**Error:** the run did not start; the message at the top right says why."
-        return "**Error:** " + _plain(message)
+            return "**Error:** the run did not start; the message at the top right says why.", None
+        return "**Error:** " + _plain(message), None
 
     def stop(self, request: gr.Request = None):
         """Stops this tab's job only (its session), running or waiting."""

@@ -93,7 +93,7 @@ def build_ui(service) -> gr.Blocks:
                                              height, frames, steps, guidance, shift, seed, random_seed],
                         [video, table, stats, status, seed], api_name="generate", concurrency_limit=1,
                         show_progress_on=[video])
-        job.failure(h.last_error, None, status, api_name=False, show_progress="hidden")
+        job.failure(h.last_error, None, [status, video], api_name=False, show_progress="hidden")
         # Stop runs beside the job (its own concurrency group) and ends only this tab's job.
         stop.click(h.stop, None, status, api_name="stop", concurrency_limit=None, show_progress="hidden")
     return demo

@@ -25,7 +25,7 @@ def stats_table(stats: dict) -> str:
         ("Peak GPU memory", f"{peak:.2f} GiB" if peak is not None else f"— (ran on {stats.get('device', 'CPU')})"),
         ("Offload", stats.get("offload") or "none"),
     ]
-    out = ["| Run | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    out = ["| This run | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
     weights = stats.get("weights_MiB") or {}
     if weights:
         out += ["", "| Weights | MiB |", "|---|---:|"]
