@@ -109,3 +109,43 @@ def test_a_cancelled_job_lets_the_queued_jobs_run(app):
     _video, _table, stats, status, _seed = queued.result(timeout=180)
     assert status.startswith("**Done:**") and len(stats["per_step_s"]) == 3
     assert len(set(service.out_dir.glob("video-*.mp4")) - before) == 1  # only the queued job's video
+
+
+def test_request_bodies_are_bounded(app):
+    import http.client
+    import json
+    import urllib.request
+
+    url, _service, _gates = app
+    host, port = url.split("//")[1].strip("/").split(":")
+    # A declared 2 MiB body is answered 413 before the server reads it.
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("POST", "/gradio_api/call/generate")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(2 << 20))
+    conn.endheaders()
+    conn.send(b'{"data": ["' + b"x" * 1000)
+    answer = conn.getresponse()
+    assert answer.status == 413 and b"larger than 1 MiB" in answer.read()
+    conn.close()
+    small = urllib.request.Request(url + "gradio_api/call/generate", json.dumps({"data": []}).encode(),
+                                   headers={"Content-Type": "application/json"})
+    assert urllib.request.urlopen(small, timeout=30).status == 200  # a small body still reaches Gradio
+    # Without a Content-Length (chunked), the body is cut once it passes the bound.
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("POST", "/gradio_api/call/generate")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    chunk = b"x" * 65536
+    try:
+        for _ in range(64):  # 4 MiB offered
+            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        conn.send(b"0\r\n\r\n")
+        status = conn.getresponse().status
+        print("chunked oversize body:", status)
+    except OSError:  # the server closed the connection: also refused
+        status = None
+    finally:
+        conn.close()
+    assert status != 200

@@ -38,6 +38,10 @@ def stats_table(stats: dict) -> str:
             for layer, kernel in layers.items():
                 groups.setdefault(kernel, []).append(layer)
             for kernel, names in groups.items():
-                shown = ", ".join(f"`{n}`" for n in names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-                out.append(f"| {COMPONENT_LABELS.get(comp, comp)} | {kernel} | {shown} |")
+                shown = ", ".join(f"`{n}`" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                out.append(f"| {_nowrap(COMPONENT_LABELS.get(comp, comp))} | {_nowrap(kernel)} | {shown} |")
     return "\n".join(out)
+
+
+def _nowrap(text: str) -> str:
+    return text.replace(" ", "&nbsp;")  # short cells stay on one line; the layer list takes the wrapping
