@@ -51,6 +51,7 @@ class VideoService:
                  endpoint: str | None = None, cache_dir: str | Path | None = None):
         self.gpu, self.demo = gpu, demo
         self.out_dir = outputs_folder(out_dir)
+        self.outputs_given = out_dir is not None
         self.endpoint, self.cache_dir = endpoint, cache_dir
         self._loaded: tuple[LoadKey, LoadedModel] | None = None
         self._jobs: dict[int, tuple[str | None, threading.Event]] = {}  # id -> (owner, stop), waiting or running
@@ -279,6 +280,19 @@ class VideoService:
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+    def keep_outputs_in(self, parent: str | Path) -> Path:
+        """Write videos into a new private folder under `parent` (the UI passes Gradio's cache, which then
+        serves them without a second copy); only when the user gave no outputs folder."""
+        if self.outputs_given:
+            return self.out_dir
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        old, self.out_dir = self.out_dir, Path(tempfile.mkdtemp(prefix="quantwan-outputs-", dir=parent))
+        try:
+            old.rmdir()  # the default folder made at start-up, still empty
+        except OSError:
+            pass
+        return self.out_dir
 
     def _label(self, model: str) -> str:
         return "the tiny built-in model" if model == TINY else self._entry(model).label

@@ -22,7 +22,7 @@ def app(tmp_path_factory):
     from ui.bounds import launch_kwargs
     from ui.layout import build_ui
 
-    service = VideoService(None, demo=True, out_dir=tmp_path_factory.mktemp("out"))
+    service = VideoService(None, demo=True)  # default outputs: moved into Gradio's cache by build_ui
     held, release, waited = threading.Event(), threading.Event(), threading.Event()
     real_run = service.run
 
@@ -54,9 +54,12 @@ def app(tmp_path_factory):
 
 
 def client(url):
+    import tempfile
+
     from gradio_client import Client
 
-    return Client(url, verbose=False)
+    # the client's downloads go elsewhere than the server's cache (by default both are /tmp/gradio)
+    return Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="client-"))
 
 
 def submit(c, prompt):
@@ -81,6 +84,13 @@ def test_another_tabs_stop_leaves_the_job_running_to_the_end(app):
     _video, table, stats, status, seed = job.result(timeout=120)
     assert status.startswith("**Done:** 5 frames") and len(stats["per_step_s"]) == 3 and seed == 1
     assert "| Time per step |" in table
+    # one copy: the video is written into Gradio's cache, which serves it from there
+    from pathlib import Path
+
+    name = Path(_video).name
+    assert len(list(service.out_dir.glob(name))) == 1
+    cache = Path(service.out_dir).parent
+    assert cache.name != "tmp" and [p for p in cache.rglob(name)] == [service.out_dir / name]
 
 
 def test_the_owner_stops_its_own_job(app):

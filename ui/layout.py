@@ -82,6 +82,8 @@ def build_ui(service) -> gr.Blocks:
                 with gr.Accordion("Raw statistics (JSON)", open=False):
                     stats = gr.JSON(label="Run statistics")
 
+        # Gradio copies every returned file into its cache unless it is there already: write videos there.
+        service.keep_outputs_in(demo.GRADIO_CACHE)
         overrides = [dit, t5, clip]
         model.change(h.on_model, [model, preset, *overrides],
                      [task, image, width, height, frames, steps, guidance, shift, size, preset_info], api_name=False)
