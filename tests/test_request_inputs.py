@@ -11,7 +11,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.request import MAX_PROMPT_CHARS, Limits, RequestError, VideoRequest, validate
-from engine.service import outputs_folder, prune_outputs
+from engine.outputs import outputs_folder, prune_outputs
 
 NUMBER_FIELDS = {"height": "height", "width": "width", "num_frames": "frame count", "steps": "steps",
                  "guidance": "guidance", "shift": "shift", "seed": "seed", "fps": "fps", "guidance_2": "guidance 2"}
