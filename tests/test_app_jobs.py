@@ -25,6 +25,7 @@ def app(tmp_path_factory):
     service = VideoService(None, demo=True)  # default outputs: moved into Gradio's cache by build_ui
     held, release, waited = threading.Event(), threading.Event(), threading.Event()
     real_run = service.run
+    outcomes = []
 
     def run(model, req, *, on_step=None, on_wait=None, **kw):
         def step(info):
@@ -38,7 +39,13 @@ def app(tmp_path_factory):
             waited.set()
             if on_wait:
                 on_wait()
-        return real_run(model, req, on_step=step, on_wait=wait, **kw)
+        try:
+            result = real_run(model, req, on_step=step, on_wait=wait, **kw)
+        except Exception as e:
+            outcomes.append((req.prompt, f"{type(e).__name__}: {e}"))
+            raise
+        outcomes.append((req.prompt, "done"))
+        return result
 
     service.run = run
     demo = build_ui(service).queue(default_concurrency_limit=1, max_size=16)
@@ -46,6 +53,7 @@ def app(tmp_path_factory):
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
                 **launch_kwargs(service.out_dir))
     gates = dict(held=held, release=release, waited=waited)
+    service.outcomes, service.demo_blocks = outcomes, demo  # for the assertions
     try:
         yield f"http://127.0.0.1:{port}/", service, gates
     finally:
@@ -109,6 +117,7 @@ def test_a_cancelled_job_lets_the_queued_jobs_run(app):
     url, service, gates = app
     reset(gates)
     before = set(service.out_dir.glob("video-*.mp4"))
+    service.outcomes.clear()
     a, c = client(url), client(url)
     held_job = submit(a, HOLD)
     assert gates["held"].wait(120)
@@ -119,6 +128,44 @@ def test_a_cancelled_job_lets_the_queued_jobs_run(app):
     _video, _table, stats, status, _seed = queued.result(timeout=180)
     assert status.startswith("**Done:**") and len(stats["per_step_s"]) == 3
     assert len(set(service.out_dir.glob("video-*.mp4")) - before) == 1  # only the queued job's video
+    assert service.outcomes == [(HOLD, "Cancelled: stopped after step 1 of 3"), ("a queued boat", "done")]
+
+
+def test_a_closed_tab_stops_its_job_at_the_next_step(app):
+    """The tab's event stream closes (a browser tab closed): Gradio marks its events not alive; the job,
+    held at step 1, ends there instead of running on, and the next job runs."""
+    import http.client
+    import json
+    import time
+    import urllib.request
+
+    url, service, gates = app
+    reset(gates)
+    service.outcomes.clear()
+    config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
+    data = [TINY, "auto", "preset", "preset", "preset", "Text to video", None, HOLD, "", 32, 32, 5, 3, 1.0, "5", 1,
+            False]
+    join = urllib.request.Request(url + "gradio_api/queue/join", json.dumps(
+        {"data": data, "fn_index": fn_index, "session_hash": "closing-tab", "trigger_id": None}).encode(),
+        headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(join, timeout=30).read()
+    host, port = url.split("//")[1].strip("/").split(":")
+    stream = http.client.HTTPConnection(host, int(port), timeout=60)
+    stream.request("GET", "/gradio_api/queue/data?session_hash=closing-tab")
+    answer = stream.getresponse()
+    assert gates["held"].wait(120)
+    answer.close()
+    stream.close()  # the tab is gone
+    queue = service.demo_blocks._queue
+    deadline = time.monotonic() + 60
+    while all(e.alive for job in queue.active_jobs if job for e in job):  # Gradio notices within its 10 s poll
+        assert time.monotonic() < deadline, "Gradio did not notice the closed stream"
+        time.sleep(0.2)
+    gates["release"].set()
+    _video, _table, _stats, status, _seed = submit(client(url), "the next boat").result(timeout=180)
+    assert status.startswith("**Done:**")
+    assert service.outcomes == [(HOLD, "Cancelled: stopped after step 1 of 3"), ("the next boat", "done")]
 
 
 def test_request_bodies_are_bounded(app):
