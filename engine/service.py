@@ -53,6 +53,7 @@ class VideoService:
         self._loaded: tuple[LoadKey, LoadedModel] | None = None
         self._jobs: dict[int, tuple[str | None, threading.Event]] = {}  # id -> (owner, stop), waiting or running
         self._jobs_lock = threading.Lock()  # guards _jobs only; GPU_LOCK is the one job lock
+        self._last_load: tuple[bool, float] = (False, 0.0)  # set by _load: (built now, download seconds)
         self.notices: list[str] = []  # sentences about the last config on this GPU (e.g. emulated formats)
 
     # ---- what the UI shows -----------------------------------------------------------------
@@ -187,9 +188,9 @@ class VideoService:
                     return stop.is_set()
 
                 started = time.perf_counter()
-                loaded, download_s = self._load(model, req.task, name, cfg, on_download, stopped)
-                load_s = None if loaded is None else time.perf_counter() - started - download_s
-                loaded = loaded or self._loaded[1]
+                loaded = self._load(model, req.task, name, cfg, on_download, stopped)
+                built, download_s = self._last_load
+                load_s = time.perf_counter() - started - download_s if built else None
 
                 def step(info: StepInfo) -> None:
                     if on_step:
@@ -240,13 +241,16 @@ class VideoService:
         lines += [f"- note: {note}" for note in self.notices]
         return "\n".join(lines)
 
-    def _load(self, model, task, preset, cfg: QuantConfig, on_download, stopped) -> tuple[LoadedModel | None, float]:
-        """(the newly built model or None when the same one is loaded, seconds spent downloading)."""
+    def _load(self, model, task, preset, cfg: QuantConfig, on_download=None, stopped=None) -> LoadedModel:
+        """The model for this key, built (downloading if needed) unless it is the one loaded. Call it holding
+        GPU_LOCK; `_last_load` then says (whether it was built, seconds spent downloading)."""
         import json
 
+        stopped = stopped or (lambda: False)
         key = LoadKey(model, task, json.dumps(cfg.raw, sort_keys=True))
         if self._loaded and self._loaded[0] == key:
-            return None, 0.0
+            self._last_load = (False, 0.0)
+            return self._loaded[1]
         self._unload()  # one model in memory at a time
         if model == TINY:
             loaded, download_s = build_tiny(task, cfg, preset=preset), 0.0
@@ -263,7 +267,8 @@ class VideoService:
                                     cache_dir=self.cache_dir)
             download_s = (last[0] - started) if last[0] else 0.0
         self._loaded = (key, loaded)
-        return loaded, download_s
+        self._last_load = (True, download_s)
+        return loaded
 
     def _unload(self) -> None:
         if self._loaded is None:

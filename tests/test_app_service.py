@@ -261,3 +261,11 @@ def test_a_none_shift_keeps_the_scheduler_and_a_guidance_pair_is_read():
     req = VideoRequest.from_lightx2v({"sample_guide_scale": [4.0, 3.0], "infer_steps": 40}, prompt="x")
     assert (req.guidance, req.guidance_2) == (4.0, 3.0)
     assert VideoRequest.from_lightx2v({"sample_guide_scale": [4.0, 3.0], "enable_cfg": False}, prompt="x").guidance_2 is None
+
+
+def test_load_time_is_reported_apart_from_the_run(service):
+    first = service.run(TINY, tiny_request(), overrides=dict(dit="int8", t5="bf16"))  # a new model: built
+    again = service.run(TINY, tiny_request(), overrides=dict(dit="int8", t5="bf16"))  # the same: reused
+    assert first.stats.seconds_load > 0 and first.stats.seconds_download == 0.0
+    assert again.stats.seconds_load is None and again.stats.as_dict()["load_s"] is None
+    assert first.stats.as_dict()["load_s"] == round(first.stats.seconds_load, 3)
