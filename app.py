@@ -87,12 +87,19 @@ def build_app(args: argparse.Namespace | None = None):
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    app, service = build_app(args)
+    from engine.errors import EngineError
+
+    try:
+        app, service = build_app(args)
+    except EngineError as e:  # e.g. an outputs folder that is a symlink or someone else's
+        raise SystemExit(f"error: {e}") from None
     host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
     port = args.port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
-    # Only the outputs folder is served; user-supplied paths are never read.
-    app.launch(server_name=host, server_port=port, allowed_paths=[str(service.out_dir)], ssr_mode=False,
-               show_error=True, max_file_size="25mb")  # uploads are input images; bound them
+    from ui.bounds import launch_kwargs
+
+    # Only the outputs folder is served; user-supplied paths are never read; bodies and uploads are bounded.
+    app.launch(server_name=host, server_port=port, ssr_mode=False, show_error=True,
+               **launch_kwargs(service.out_dir))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Run one generation on a loaded model: progress per denoising step, cancellation, mp4 export, stats.
 
-One job at a time per process (a lock): two videos at once would only fight over GPU memory.
+One job at a time per process (GPU_LOCK, the only such lock: the service holds it across load and
+generate, re-entering it here): two videos at once would only fight over GPU memory.
 Cancellation is cooperative: the step callback raises, so the pipeline stops between steps.
 An out-of-memory error frees what it can and suggests a lighter preset.
 """
@@ -26,7 +27,7 @@ from .request import VideoRequest, validate
 from .stats import kernel_table, weight_bytes
 
 log = logging.getLogger("engine.generate")
-GPU_LOCK = threading.Lock()
+GPU_LOCK = threading.RLock()
 
 
 class GenerationError(EngineError):
@@ -55,6 +56,8 @@ class RunStats:
     kernels: dict[str, dict[str, str]]  # component -> layer type -> "format: kernel"
     device: str
     offload: str | None = None
+    seconds_load: float | None = None  # building the model (None: it was already loaded)
+    seconds_download: float | None = None  # fetching files from the Hub (0: all were in the cache)
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -65,6 +68,8 @@ class RunStats:
             "per_step_s": [round(s, 3) for s in per_step],
             "mean_step_s": round(sum(per_step) / len(per_step), 3) if per_step else None,
             "decode_s": round(self.seconds_decode, 3),
+            "load_s": None if self.seconds_load is None else round(self.seconds_load, 3),
+            "download_s": None if self.seconds_download is None else round(self.seconds_download, 3),
             "peak_gpu_mem_GiB": round(self.peak_gpu_bytes / 2**30, 3) if self.peak_gpu_bytes is not None else None,
             "weights_MiB": {k: round(v / 2**20, 2) for k, v in self.weight_bytes.items()},
             "kernels": self.kernels, **self.extra,
@@ -84,7 +89,8 @@ class VideoResult:
 def generate(model: LoadedModel, req: VideoRequest, out_dir: str | Path, *,
              on_step: Callable[[StepInfo], None] | None = None, cancel: threading.Event | None = None,
              wait: bool = True) -> VideoResult:
-    """Validate, run, export. `wait=False` raises GenerationError at once when another job is running."""
+    """Validate, run, export. `wait=False` raises GenerationError at once when another thread's job is
+    running (the thread already holding GPU_LOCK, e.g. VideoService.run, re-enters it)."""
     req = validate(req, model.limits, model.task)
     if not GPU_LOCK.acquire(blocking=wait):
         raise GenerationError("another generation is running; wait for it to finish")
@@ -100,14 +106,22 @@ def _run(model, req, out_dir, on_step, cancel) -> VideoResult:
     cuda = model.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(model.device)
-    marks = {"start": time.perf_counter()}
+    def clock() -> float:
+        # CUDA kernels run asynchronously: without a synchronize, a mark would time the CPU's queueing and
+        # the decode would absorb the steps' real work.
+        if cuda:
+            torch.cuda.synchronize(model.device)
+        return time.perf_counter()
+
+    marks = {"start": clock()}
 
     def first_forward(_module, _args):
-        marks.setdefault("denoise", time.perf_counter())
+        if "denoise" not in marks:
+            marks["denoise"] = clock()
 
     def step_end(_pipe, index, _t, kwargs):
         set_denoising_step(index + 1, req.steps)  # the attention plan's bf16 first/last steps
-        now = time.perf_counter()
+        now = clock()
         last = marks.get("last", marks.get("denoise", now))
         marks.setdefault("steps", []).append(now - last)
         marks["last"] = now
@@ -140,7 +154,7 @@ def _run(model, req, out_dir, on_step, cancel) -> VideoResult:
         hook.remove()
         if cancel is not None:
             cancel.clear()
-    decoded = time.perf_counter()
+    decoded = clock()
     path = out_dir / f"video-{uuid.uuid4().hex[:12]}.mp4"
     export_mp4(frames, path, req.fps)
     steps = marks.get("steps", [])

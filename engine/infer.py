@@ -26,6 +26,7 @@ from .cli import run_command
 from .errors import EngineError
 
 MODEL_CLASSES = {"wan2.1": 1, "wan2.2_moe": 2}  # --model_cls -> number of transformers
+TINY_MARKER = "quantwan_tiny.json"  # written by --save_tiny: the folder holds the tiny model (and its limits)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,22 +48,98 @@ def parse_args(argv=None) -> argparse.Namespace:
 def save_tiny(folder: str | Path, task: str = "t2v", seed: int = 0) -> Path:
     from .tiny import build_tiny_pipeline
 
+    import json
+    from dataclasses import asdict
+
+    from .builder import TINY_LIMITS
+
     folder = Path(folder)
     build_tiny_pipeline(task, seed).save_pretrained(folder)
+    (folder / TINY_MARKER).write_text(json.dumps({"task": task, "limits": asdict(TINY_LIMITS)}, indent=1))
     return folder
+
+
+def folder_limits(model_dir: Path):
+    """The request limits of a model folder, known before loading it: the tiny model's (marker file, or a
+    transformer of the tiny model's size saved before the marker existed) or the general ones."""
+    import json
+
+    from .builder import TINY_LIMITS
+    from .request import Limits
+    from .tiny import TINY_DIM
+
+    if (model_dir / TINY_MARKER).is_file():
+        return TINY_LIMITS
+    try:
+        config = json.loads((model_dir / "transformer" / "config.json").read_text())
+        width = config["num_attention_heads"] * config["attention_head_dim"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return Limits()  # the loader names what is wrong with the folder
+    return TINY_LIMITS if width == TINY_DIM and config.get("num_layers") == 2 else Limits()
+
+
+def _check_before_loading(args, cfg, model_dir: Path):
+    """The request against the folder's limits and the config against the GPU, before any weights load."""
+    from dataclasses import replace
+
+    import json
+
+    from .builder import TINY_LIMITS
+    from .hardware import check_config_for_gpu, detect_gpu
+    from .request import VideoRequest, validate
+
+    try:
+        index = json.loads((model_dir / "model_index.json").read_text())
+        pipeline_class = str(index.get("_class_name", ""))
+    except (OSError, ValueError, AttributeError):
+        raise EngineError(f"{model_dir} is not a diffusers-format model folder (no readable model_index.json); "
+                          "save one with `python -m engine.infer --save_tiny DIR`") from None
+    folder_task = "i2v" if "ImageToVideo" in pipeline_class else "t2v"
+    if folder_task != args.task:
+        raise EngineError(f"{model_dir} is a {folder_task} model but --task {args.task} was given")
+    device = _device(args.device)
+    if device.type == "cuda":
+        gpu = detect_gpu(device.index or 0)
+        if gpu is None:
+            raise EngineError(f"--device {args.device} asks for CUDA but no CUDA GPU is visible; use --device cpu")
+        check_config_for_gpu(cfg, gpu)
+    image = _image(args.image_path) if args.task == "i2v" else None
+    req = VideoRequest.from_lightx2v(cfg.raw, prompt=args.prompt, negative_prompt=args.negative_prompt,
+                                     task=args.task, image=image, seed=args.seed)
+    limits = folder_limits(model_dir)
+    if limits == TINY_LIMITS:
+        limits = replace(limits, name=f"the tiny model in {model_dir} takes at most {limits.max_height}x"
+                                      f"{limits.max_width}, {limits.max_frames} frames and {limits.max_steps} steps: "
+                                      "set target_height, target_width, target_video_length and infer_steps in the "
+                                      "config, as presets/cpu-demo.json does")
+    return validate(req, limits), device
+
+
+def _device(name):
+    import torch
+
+    if not name:
+        from .builder import default_device
+
+        return default_device()
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise EngineError(f"--device {name!r} is not a device; use cuda, cuda:1 or cpu") from None
 
 
 def run(args: argparse.Namespace) -> Path:
     from .builder import build_from_dir
     from .config import load_config
     from .generate import generate
-    from .request import VideoRequest
 
     if not args.model_path or not args.config_json:
         raise EngineError("--model_path and --config_json are required (or --save_tiny DIR)")
     cfg = load_config(args.config_json)
+    req, device = _check_before_loading(args, cfg, Path(args.model_path))
     par = parallel.start(cfg, args.device)  # None unless the config has "parallel" (under torchrun)
-    model = build_from_dir(args.model_path, cfg, device=par.device if par else args.device)
+    model = build_from_dir(args.model_path, cfg, device=par.device if par else device,
+                           limits=folder_limits(Path(args.model_path)))
     if cfg.get("denoising_step_list") is not None:  # LightX2V's distill configs: its 4-step sampler
         from .builder import use_distill_sampler
 
@@ -76,9 +153,6 @@ def run(args: argparse.Namespace) -> Path:
                           f"{have}; use --model_cls {'wan2.2_moe' if have == 2 else 'wan2.1'}")
     if model.task != args.task:
         raise EngineError(f"{args.model_path} is a {model.task} model but --task {args.task} was given")
-    image = _image(args.image_path) if args.task == "i2v" else None
-    req = VideoRequest.from_lightx2v(cfg.raw, prompt=args.prompt, negative_prompt=args.negative_prompt,
-                                     task=args.task, image=image, seed=args.seed)
     out = Path(args.save_result_path)
     if par is not None:
         return parallel.run_rank(par, model, req, out, generate)

@@ -6,6 +6,7 @@ be multiples of 16, and the frame count 4k+1. Bounds keep a request from exhaust
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +29,7 @@ class Limits:
     max_frames: int = 121
     max_steps: int = 100
     min_side: int = 32
+    name: str = ""  # the model these limits belong to, named in range errors
 
 
 @dataclass
@@ -66,28 +68,33 @@ class VideoRequest:
 
 def validate(req: VideoRequest, limits: Limits = Limits(), task: str | None = None) -> VideoRequest:
     """A cleaned copy of the request, or RequestError naming the first bad field."""
-    prompt = (req.prompt or "").strip()
-    if not prompt:
-        raise RequestError("the prompt is empty: describe the video you want")
-    if len(prompt) > MAX_PROMPT_CHARS or len(req.negative_prompt or "") > MAX_PROMPT_CHARS:
+    prompt = _text(req.prompt, "prompt")
+    if not any(unicodedata.category(ch)[0] not in "CZ" for ch in prompt):  # no letter, mark, number, sign
+        raise RequestError("the prompt is empty (or only spaces and control characters): describe the video "
+                           "you want")
+    negative = _text(req.negative_prompt, "negative prompt")
+    if len(prompt) > MAX_PROMPT_CHARS or len(negative) > MAX_PROMPT_CHARS:
         raise RequestError(f"prompts are limited to {MAX_PROMPT_CHARS} characters")
     if req.task not in TASKS:
         raise RequestError(f"task must be one of {', '.join(TASKS)}, got {req.task!r}")
     if task and req.task != task:
         raise RequestError(f"the loaded model does {task}, not {req.task}; load a {req.task} model")
-    height = _int(req.height, "height", limits.min_side, limits.max_height)
-    width = _int(req.width, "width", limits.min_side, limits.max_width)
+    try:
+        height = _int(req.height, "height", limits.min_side, limits.max_height)
+        width = _int(req.width, "width", limits.min_side, limits.max_width)
+        frames = _int(req.num_frames, "frame count", 1, limits.max_frames)
+        steps = _int(req.steps, "steps", 1, limits.max_steps)
+    except RequestError as e:
+        raise RequestError(f"{e} ({limits.name})" if limits.name else str(e)) from None
     for name, value in (("height", height), ("width", width)):
         if value % SIZE_MULTIPLE:
             lower = max(limits.min_side, value // SIZE_MULTIPLE * SIZE_MULTIPLE)
             raise RequestError(f"{name} {value} is not a multiple of {SIZE_MULTIPLE} (the VAE's 8x times the "
                                f"DiT's 2x patches); try {lower} or {lower + SIZE_MULTIPLE}")
-    frames = _int(req.num_frames, "frame count", 1, limits.max_frames)
     if (frames - 1) % 4:
         lower = (frames - 1) // 4 * 4 + 1
         raise RequestError(f"frame count {frames} is not 4k+1 (the VAE packs 4 frames per latent after the "
                            f"first); try {lower} or {lower + 4}")
-    steps = _int(req.steps, "steps", 1, limits.max_steps)
     guidance = _float(req.guidance, "guidance", 0.0, 20.0)
     guidance_2 = None if req.guidance_2 is None else _float(req.guidance_2, "guidance 2", 0.0, 20.0)
     shift = None if req.shift is None else _float(req.shift, "shift", 0.1, 20.0)
@@ -98,12 +105,34 @@ def validate(req: VideoRequest, limits: Limits = Limits(), task: str | None = No
         image = _image(image)
     else:
         image = None
-    return replace(req, prompt=prompt, negative_prompt=(req.negative_prompt or "").strip(), image=image,
+    return replace(req, prompt=prompt, negative_prompt=negative, image=image,
                    height=height, width=width, num_frames=frames, steps=steps, guidance=guidance, shift=shift,
                    seed=seed, fps=fps, guidance_2=guidance_2)
 
 
+def _text(value, name) -> str:
+    """The text without control characters (NUL, escapes, lone surrogates, unassigned code points): a
+    tokenizer would drop or garble them. Line breaks and tabs become spaces. Format characters (zero-width
+    joiners) stay: some scripts need them; the caller's emptiness check ignores them."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RequestError(f"the {name} must be text, got {type(value).__name__}")
+    kept = "".join(" " if ch in "\t\n\r" else ch for ch in value
+                   if ch in "\t\n\r" or unicodedata.category(ch) not in ("Cc", "Cs", "Co", "Cn"))
+    return kept.strip()
+
+
+def _refuse_empty_or_bool(value, name, low, high) -> None:
+    if value is None or (isinstance(value, str) and not value.strip()):  # an emptied field arrives as null
+        raise RequestError(f"{name} is empty: give a number from {low} to {high}")
+    # bool is an int in Python: `true` in a JSON request would otherwise run 1 step / 1 frame
+    if isinstance(value, bool):
+        raise RequestError(f"{name} must be a number, got {str(value).lower()}")
+
+
 def _int(value, name, low, high) -> int:
+    _refuse_empty_or_bool(value, name, low, high)
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
@@ -116,6 +145,7 @@ def _int(value, name, low, high) -> int:
 
 
 def _float(value, name, low, high) -> float:
+    _refuse_empty_or_bool(value, name, low, high)
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):

@@ -1,5 +1,10 @@
 """What the UI talks to: the models on offer, the preset for this GPU, loading (with downloads) and
 running one job at a time, and stopping it. Plain Python, no Gradio: the UI is a thin layer on top.
+
+Everything that can be checked without the weights (the request against the model's limits, the config
+against the GPU) is checked before the lock is taken and before a byte is downloaded. Jobs belong to an
+owner (the UI passes the browser tab's session): Stop ends only the owner's jobs, and a job waits for the
+one GPU lock (generate.GPU_LOCK) instead of being refused while a stopped job finishes its step.
 """
 from __future__ import annotations
 
@@ -7,24 +12,28 @@ import gc
 import logging
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .builder import LoadedModel, build_from_hub, build_tiny
+from .builder import TINY_LIMITS, LoadedModel, build_from_hub, build_tiny
 from .catalog import CATALOG, get_model
 from .config import QuantConfig, load_config
-from .errors import ConfigError
-from .generate import Cancelled, StepInfo, VideoResult, generate
+from .errors import ConfigError, EngineError
+from .generate import GPU_LOCK, Cancelled, StepInfo, VideoResult, generate
 from .hardware import (GpuInfo, PresetChoice, apply_overrides, check_config_for_gpu, choose_preset,
                        format_notices, load_preset)
-from .request import VideoRequest
+from .outputs import outputs_folder, prune_outputs
+from .request import Limits, VideoRequest, validate
 
 log = logging.getLogger("engine.service")
 TINY = "tiny"
 TINY_LABEL = "Tiny built-in Wan (CPU demo, random weights)"
 # What the override menus offer per component; "preset" keeps the preset's choice.
 SCHEME_CHOICES = ("preset", "bf16", "fp8", "int8", "fp8-block128", "mxfp8", "nvfp4")
+COMPONENT_NAMES = {"dit": "DiT", "t5": "T5", "clip": "CLIP"}
+WAIT_POLL_S = 0.25  # how often a waiting job looks at its Stop / liveness while another job runs
 
 
 @dataclass(frozen=True)
@@ -38,12 +47,13 @@ class VideoService:
     def __init__(self, gpu: GpuInfo | None, demo: bool, out_dir: str | Path | None = None,
                  endpoint: str | None = None, cache_dir: str | Path | None = None):
         self.gpu, self.demo = gpu, demo
-        self.out_dir = Path(out_dir or Path(tempfile.gettempdir()) / "quantwan-outputs")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = outputs_folder(out_dir)
+        self.outputs_given = out_dir is not None
         self.endpoint, self.cache_dir = endpoint, cache_dir
         self._loaded: tuple[LoadKey, LoadedModel] | None = None
-        self._cancel = threading.Event()
-        self._lock = threading.Lock()  # one job (load + generate) at a time
+        self._jobs: dict[int, tuple[str | None, threading.Event]] = {}  # id -> (owner, stop), waiting or running
+        self._jobs_lock = threading.Lock()  # guards _jobs only; GPU_LOCK is the one job lock
+        self._last_load: tuple[bool, float] = (False, 0.0)  # set by _load: (built now, download seconds)
         self.notices: list[str] = []  # sentences about the last config on this GPU (e.g. emulated formats)
 
     # ---- what the UI shows -----------------------------------------------------------------
@@ -60,7 +70,9 @@ class VideoService:
 
     def preset_for(self, model: str) -> PresetChoice:
         if model == TINY:
-            return PresetChoice("cpu-demo", load_preset("cpu-demo"), "The built-in model always uses the CPU demo preset.")
+            return PresetChoice("cpu-demo", load_preset("cpu-demo"),
+                                "The built-in model runs on the CPU; auto picks the CPU demo preset (every format "
+                                "runs there on the reference kernels).")
         return choose_preset(self.gpu, self._entry(model))
 
     def config(self, model: str, preset: str | None = None, dit: str | None = None, t5: str | None = None,
@@ -74,6 +86,33 @@ class VideoService:
             for note in self.notices:
                 log.warning("%s", note)
         return name, cfg
+
+    def explain(self, model: str, preset: str | None = None, overrides: dict | None = None) -> str:
+        """Markdown saying what will really run: the preset (chosen or auto, and why), the overrides, the
+        resulting schemes and where they run, and the notices for this GPU (emulated formats), or why this
+        combination cannot run here."""
+        auto = self.preset_for(model)
+        chosen = bool(preset) and preset != "auto"
+        lines = [f"**Preset:** {preset}, chosen by you (auto would pick {auto.name}: {auto.reason})" if chosen
+                 else f"**Preset:** {auto.name} (auto). {auto.reason}"]
+        changed = {k: v for k, v in (overrides or {}).items() if v and v != "preset"}
+        if changed:
+            lines.append("**Overrides:** " + ", ".join(f"{COMPONENT_NAMES.get(k, k)} {v}" for k, v in changed.items()))
+        try:
+            cfg = load_config(apply_overrides(load_preset(preset if chosen else auto.name), **changed))
+            if model == TINY:
+                where = "the CPU (reference kernels; the tiny model always runs there)"
+            else:
+                check_config_for_gpu(cfg, self.gpu)
+                where = self.gpu.name if self.gpu else "the CPU"
+            offload = (f", with CPU offload by {cfg.get('offload_granularity') or 'model'} (parts move to the GPU "
+                       "only while they run)") if cfg.get("cpu_offload") and model != TINY else ""
+            lines.append(f"**Runs:** {cfg.summary()} on {where}{offload}.")
+            if model != TINY:
+                lines += [f"**Note:** {note}" for note in format_notices(cfg, self.gpu)]
+        except EngineError as e:
+            lines.append(f"**Cannot run here:** {e}")
+        return "\n\n".join(lines)
 
     def defaults(self, model: str) -> VideoRequest:
         """Request defaults, sized for the model. Distilled models (and the tiny one) take the preset's
@@ -91,6 +130,38 @@ class VideoService:
                 req.shift = None  # the base repo's scheduler shift, unchanged
         return req
 
+    def limits(self, model: str) -> Limits:
+        """The model's request limits, known without loading it (catalog entry or the tiny model's)."""
+        if model == TINY:
+            return TINY_LIMITS
+        entry = self._entry(model)
+        side = max(entry.max_size)
+        return Limits(max_height=side, max_width=side, name=entry.label)
+
+    def size_presets(self, model: str) -> list[tuple[int, int]]:
+        """(height, width) choices offered for the model, all within its limits."""
+        if model == TINY:
+            return [(32, 32), (32, 48), (48, 32), (64, 64)]
+        entry = self._entry(model)
+        h, w = entry.default_size
+        sizes = [(h, w), (w, h), (min(h, w), min(h, w))]
+        if max(entry.max_size) >= 1280:
+            sizes += [(720, 1280), (1280, 720)] if (h, w) != (720, 1280) else [(480, 832), (832, 480)]
+        return list(dict.fromkeys(sizes))
+
+    def check(self, model: str, req: VideoRequest, *, preset: str | None = None,
+              overrides: dict | None = None) -> tuple[str, QuantConfig, VideoRequest]:
+        """Everything checkable without weights: the request against the model's limits and task, the
+        config against this GPU. Raises the typed error; nothing is downloaded or loaded."""
+        task = self.tasks(model)
+        if req.task not in task:
+            from .request import RequestError
+
+            raise RequestError(f"{self._label(model)} does {' and '.join(task)}, not {req.task}")
+        req = validate(req, self.limits(model))
+        name, cfg = self.config(model, preset, **(overrides or {}))
+        return name, cfg, req
+
     def schedule(self, model: str) -> str:
         """Which sampling schedule the model runs with by default, in one sentence."""
         if model == TINY:
@@ -99,26 +170,65 @@ class VideoService:
 
     # ---- work ----------------------------------------------------------------------------
     def run(self, model: str, req: VideoRequest, *, preset: str | None = None, overrides: dict | None = None,
-            on_download: Callable | None = None, on_step: Callable[[StepInfo], None] | None = None) -> VideoResult:
-        """Load (downloading if needed) and generate; raises Cancelled when stopped."""
-        if not self._lock.acquire(blocking=False):
-            from .generate import GenerationError
-            raise GenerationError("another generation is running; wait for it or press Stop")
+            on_download: Callable | None = None, on_step: Callable[[StepInfo], None] | None = None,
+            owner: str | None = None, alive: Callable[[], bool] | None = None,
+            on_wait: Callable[[], None] | None = None) -> VideoResult:
+        """Check, wait for the GPU, load (downloading if needed) and generate; raises Cancelled when
+        stopped (cancel(owner)) or when `alive()` turns False (the client went away)."""
+        name, cfg, req = self.check(model, req, preset=preset, overrides=overrides)
+        stop = threading.Event()
+        with self._jobs_lock:
+            self._jobs[id(stop)] = (owner, stop)
         try:
-            self._cancel.clear()
-            name, cfg = self.config(model, preset, **(overrides or {}))
-            loaded = self._load(model, req.task, name, cfg, on_download)
-            return generate(loaded, req, self.out_dir, on_step=on_step, cancel=self._cancel)
-        finally:
-            self._cancel.clear()
-            self._lock.release()
+            self._wait_for_gpu(stop, alive, on_wait)
+            try:
+                def stopped() -> bool:
+                    if alive is not None and not alive():
+                        stop.set()
+                    return stop.is_set()
 
-    def cancel(self) -> bool:
-        """Ask the running job to stop at its next step; False when nothing runs."""
-        if not self._lock.locked():
-            return False
-        self._cancel.set()
-        return True
+                started = time.perf_counter()
+                loaded = self._load(model, req.task, name, cfg, on_download, stopped)
+                built, download_s = self._last_load
+                load_s = time.perf_counter() - started - download_s if built else None
+
+                def step(info: StepInfo) -> None:
+                    if on_step:
+                        on_step(info)
+                    stopped()  # generate() raises Cancelled after this step when `stop` is set
+
+                result = generate(loaded, req, self.out_dir, on_step=step, cancel=stop)
+            finally:
+                GPU_LOCK.release()
+            result.stats.seconds_load, result.stats.seconds_download = load_s, download_s
+            prune_outputs(self.out_dir, keep=result.path)
+            return result
+        finally:
+            with self._jobs_lock:
+                self._jobs.pop(id(stop), None)
+
+    def _wait_for_gpu(self, stop: threading.Event, alive, on_wait) -> None:
+        """Take GPU_LOCK, waiting while another job (maybe a stopped one finishing its step) holds it."""
+        told = False
+        while not GPU_LOCK.acquire(timeout=WAIT_POLL_S):
+            if not told and on_wait:
+                on_wait()
+                told = True
+            if stop.is_set() or (alive is not None and not alive()):
+                raise Cancelled("stopped while waiting for the job ahead")
+
+    def cancel(self, owner: str | None = None) -> bool:
+        """Ask `owner`'s jobs (running or waiting) to stop at their next step; None: every job (the command
+        line and tests; the UI always names the session). False when the owner has none."""
+        with self._jobs_lock:
+            mine = [ev for who, ev in self._jobs.values() if owner is None or who == owner]
+        for ev in mine:
+            ev.set()
+        return bool(mine)
+
+    def busy(self) -> bool:
+        with self._jobs_lock:
+            return bool(self._jobs)
 
     def loaded_summary(self) -> str:
         if not self._loaded:
@@ -131,24 +241,33 @@ class VideoService:
         lines += [f"- note: {note}" for note in self.notices]
         return "\n".join(lines)
 
-    def _load(self, model, task, preset, cfg: QuantConfig, on_download) -> LoadedModel:
+    def _load(self, model, task, preset, cfg: QuantConfig, on_download=None, stopped=None) -> LoadedModel:
+        """The model for this key, built (downloading if needed) unless it is the one loaded. Call it holding
+        GPU_LOCK; `_last_load` then says (whether it was built, seconds spent downloading)."""
         import json
 
+        stopped = stopped or (lambda: False)
         key = LoadKey(model, task, json.dumps(cfg.raw, sort_keys=True))
         if self._loaded and self._loaded[0] == key:
+            self._last_load = (False, 0.0)
             return self._loaded[1]
         self._unload()  # one model in memory at a time
         if model == TINY:
-            loaded = build_tiny(task, cfg, preset=preset)
+            loaded, download_s = build_tiny(task, cfg, preset=preset), 0.0
         else:
+            started, last = time.perf_counter(), [None]
+
             def progress(p):
-                if self._cancel.is_set():
+                last[0] = time.perf_counter()  # the last byte's report ends the download phase
+                if stopped():
                     raise Cancelled("download stopped; finished files are kept in the cache")
                 if on_download:
                     on_download(p)
             loaded = build_from_hub(self._entry(model), cfg, progress, preset=preset, endpoint=self.endpoint,
                                     cache_dir=self.cache_dir)
+            download_s = (last[0] - started) if last[0] else 0.0
         self._loaded = (key, loaded)
+        self._last_load = (True, download_s)
         return loaded
 
     def _unload(self) -> None:
@@ -163,6 +282,22 @@ class VideoService:
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+    def keep_outputs_in(self, parent: str | Path) -> Path:
+        """Write videos into a new private folder under `parent` (the UI passes Gradio's cache, which then
+        serves them without a second copy); only when the user gave no outputs folder."""
+        if self.outputs_given:
+            return self.out_dir
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        old, self.out_dir = self.out_dir, Path(tempfile.mkdtemp(prefix="quantwan-outputs-", dir=parent))
+        try:
+            old.rmdir()  # the default folder made at start-up, still empty
+        except OSError:
+            pass
+        return self.out_dir
+
+    def _label(self, model: str) -> str:
+        return "the tiny built-in model" if model == TINY else self._entry(model).label
 
     def _entry(self, model: str):
         if self.demo and model != TINY:

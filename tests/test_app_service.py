@@ -71,24 +71,73 @@ def test_stop_after_first_step_then_run_again(service):
     assert service.run(TINY, tiny_request()).frames == 5
 
 
-def test_one_job_at_a_time(service):
+def test_a_second_job_waits_for_the_first_instead_of_failing(service):
     started, release = threading.Event(), threading.Event()
+    order = []
+
+    def hold(step):
+        order.append(("a", step.step))
+        started.set()
+        release.wait(30)
+
+    first = threading.Thread(target=lambda: order.append(("a done", service.run(TINY, tiny_request(), on_step=hold,
+                                                                                owner="A").frames)))
+    first.start()
+    assert started.wait(60)
+    second = threading.Thread(target=lambda: order.append(("b done", service.run(
+        TINY, tiny_request(), owner="B", on_step=lambda s: order.append(("b", s.step))).frames)))
+    second.start()
+    assert not service.cancel("C")  # a third tab has nothing to stop
+    release.set()
+    first.join(60)
+    second.join(60)
+    # B started only after A ended (one GPU lock) and both ran to the end
+    assert order == [("a", 1), ("a", 2), ("a", 3), ("a done", 5), ("b", 1), ("b", 2), ("b", 3), ("b done", 5)]
+
+
+def test_stop_ends_only_the_owners_job(service):
+    started, release = threading.Event(), threading.Event()
+    outcome = {}
 
     def hold(step):
         started.set()
-        release.wait(10)
+        release.wait(30)
 
-    worker = threading.Thread(target=lambda: service.run(TINY, tiny_request(), on_step=hold))
-    worker.start()
-    assert started.wait(30)
-    with pytest.raises(GenerationError, match="another generation is running"):
-        service.run(TINY, tiny_request())
+    waiting = threading.Event()
+
+    def job(owner):
+        try:
+            outcome[owner] = service.run(TINY, tiny_request(), on_step=hold if owner == "A" else None,
+                                         owner=owner, on_wait=waiting.set).frames
+        except Cancelled as e:
+            outcome[owner] = str(e)
+
+    a = threading.Thread(target=job, args=("A",))
+    a.start()
+    assert started.wait(60)
+    b = threading.Thread(target=job, args=("B",))  # waits for A
+    b.start()
+    assert waiting.wait(60)  # B is queued behind A
+    assert not service.cancel("C")
+    assert service.cancel("B")  # B's waiting job stops; A's keeps running
+    b.join(60)
     release.set()
-    worker.join(30)
+    a.join(60)
+    assert outcome == {"A": 5, "B": "stopped while waiting for the job ahead"}
+
+
+def test_an_abandoned_job_stops_at_its_next_step_and_frees_the_gpu(service):
+    gone = threading.Event()
+    steps = []
+    with pytest.raises(Cancelled, match="after step 1 of 3"):
+        service.run(TINY, tiny_request(), owner="A", alive=lambda: not gone.is_set(),
+                    on_step=lambda s: (steps.append(s.step), gone.set()))
+    assert steps == [1] and service.run(TINY, tiny_request(), owner="B").frames == 5
 
 
 def test_out_of_memory_frees_and_suggests_a_lighter_preset(service, monkeypatch):
-    loaded = service._load(TINY, "t2v", "hopper-fp8", service.config(TINY)[1], None)
+    service.run(TINY, tiny_request())  # the model the next run will reuse
+    loaded = service._loaded[1]
     monkeypatch.setattr(loaded, "preset", "hopper-fp8")
 
     def boom(*a, **k):
@@ -214,3 +263,11 @@ def test_a_none_shift_keeps_the_scheduler_and_a_guidance_pair_is_read():
     req = VideoRequest.from_lightx2v({"sample_guide_scale": [4.0, 3.0], "infer_steps": 40}, prompt="x")
     assert (req.guidance, req.guidance_2) == (4.0, 3.0)
     assert VideoRequest.from_lightx2v({"sample_guide_scale": [4.0, 3.0], "enable_cfg": False}, prompt="x").guidance_2 is None
+
+
+def test_load_time_is_reported_apart_from_the_run(service):
+    first = service.run(TINY, tiny_request(), overrides=dict(dit="int8", t5="bf16"))  # a new model: built
+    again = service.run(TINY, tiny_request(), overrides=dict(dit="int8", t5="bf16"))  # the same: reused
+    assert first.stats.seconds_load > 0 and first.stats.seconds_download == 0.0
+    assert again.stats.seconds_load is None and again.stats.as_dict()["load_s"] is None
+    assert first.stats.as_dict()["load_s"] == round(first.stats.seconds_load, 3)

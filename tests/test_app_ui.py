@@ -67,13 +67,13 @@ def test_generate_through_gradio_client(app_url, tmp_path):
 
     client = Client(app_url, verbose=False)
     common = dict(model="tiny", preset="auto", dit="preset", t5="preset", clip="preset", negative="",
-                  guidance=1.0, shift=5.0, seed=3)
-    video, stats, status = client.predict(**common, task_label="Text to video", image=None, prompt="a red kite",
+                  guidance=1.0, shift="5", seed=3, random_seed=False)
+    video, _table, stats, status, _seed = client.predict(**common, task_label="Text to video", image=None, prompt="a red kite",
                                           width=48, height=32, frames=9, steps=2, api_name="/generate")
     assert read_mp4(video) == (9, (32, 48, 3))
-    assert len(stats["per_step_s"]) == 2 and "transformer" in stats["kernels"] and "Done: 9 frames" in status
+    assert len(stats["per_step_s"]) == 2 and "transformer" in stats["kernels"] and "Done:** 9 frames" in status
     Image.new("RGB", (64, 64), "green").save(tmp_path / "in.png")
-    video, stats, _ = client.predict(**common, task_label="Image to video", image=handle_file(str(tmp_path / "in.png")),
+    video, _table, stats, _status, _seed = client.predict(**common, task_label="Image to video", image=handle_file(str(tmp_path / "in.png")),
                                      prompt="grass waving", width=32, height=32, frames=5, steps=2,
                                      api_name="/generate")
     assert read_mp4(video)[0] == 5 and "image_encoder" in stats["kernels"]
@@ -86,8 +86,8 @@ def test_bad_input_is_a_readable_error(app_url):
     with pytest.raises(Exception, match=r"not 4k\+1"):
         client.predict(model="tiny", preset="auto", dit="preset", t5="preset", clip="preset",
                        task_label="Text to video", image=None, prompt="x", negative="", width=32, height=32,
-                       frames=8, steps=2, guidance=1.0, shift=5.0, seed=1, api_name="/generate")
-    assert client.predict(api_name="/stop") == "Nothing is running."
+                       frames=8, steps=2, guidance=1.0, shift="5", seed=1, random_seed=False, api_name="/generate")
+    assert client.predict(api_name="/stop") == "Nothing of yours is running."
 
 
 def test_a_server_path_in_the_request_is_refused(app_url, tmp_path):
@@ -99,7 +99,8 @@ def test_a_server_path_in_the_request_is_refused(app_url, tmp_path):
 
     Image.new("RGB", (32, 32), "red").save(tmp_path / "private.png")
     image = {"path": str(tmp_path / "private.png"), "meta": {"_type": "gradio.FileData"}}
-    data = ["tiny", "auto", "preset", "preset", "preset", "Image to video", image, "x", "", 32, 32, 5, 1, 1.0, 5.0, 1]
+    data = ["tiny", "auto", "preset", "preset", "preset", "Image to video", image, "x", "", 32, 32, 5, 1, 1.0, "5", 1,
+            False]
     post = urllib.request.Request(app_url + "gradio_api/call/generate", json.dumps({"data": data}).encode(),
                                   headers={"Content-Type": "application/json"})
     event = json.loads(urllib.request.urlopen(post, timeout=30).read())["event_id"]
@@ -108,6 +109,7 @@ def test_a_server_path_in_the_request_is_refused(app_url, tmp_path):
 
 
 def chromium_driver():
+    """Selenium and the browser are looked up first, so a machine without them skips with a reason."""
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not browser or not driver:
         pytest.skip("Debian's chromium and chromium-driver are not installed (tests/run.sh installs them with "
@@ -124,26 +126,69 @@ def chromium_driver():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def test_page_runs_a_generation_in_headless_chromium(app_url):
+def set_field(browser, css, text):
+    from selenium.webdriver.common.keys import Keys
+
+    box = browser.find_element("css selector", css)
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.BACKSPACE)
+    if text:
+        box.send_keys(text)
+    box.send_keys(Keys.TAB)  # Gradio reads the field when it loses focus
+
+
+def status_text(browser):
+    return browser.find_element("id", "status").text
+
+
+def screenshot(browser, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / name
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+
+
+@pytest.mark.slow
+def test_page_in_headless_chromium(app_url):
+    """Errors stay in the status line (20 s later too), an empty Shift box means the scheduler's own shift,
+    an emptied Number field arrives as 0 and is named, and a run shows the statistics table."""
+    browser = chromium_driver()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser = chromium_driver()
     try:
         browser.get(app_url)
         wait = WebDriverWait(browser, 120)
         prompt = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#prompt textarea")))
         assert "no CUDA GPU" in browser.find_element(By.ID, "hardware").text
         prompt.send_keys("a lighthouse in a storm")
+        # An emptied Number field: Gradio 6's page sends null (measured here); the error names the field.
+        set_field(browser, "#steps input", "")
         browser.find_element(By.ID, "generate").click()
+        wait.until(lambda b: "Error" in status_text(b))
+        assert "steps is empty: give a number from 1 to 8" in status_text(browser)
+        set_field(browser, "#steps input", "2")
+        # A bad frame count: the sentence stays in the status line, not only in a fading toast.
+        set_field(browser, "#frames input", "8")
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda b: "not 4k+1" in status_text(b))
+        time.sleep(20)  # Gradio's toast has faded by now
+        assert "Error" not in browser.find_element(By.ID, "video").text  # no bare badge: the sentence is below
+        assert "frame count 8 is not 4k+1" in status_text(browser)
+        screenshot(browser, "app-error-after-20s.png")
+        # Fixed, with the Shift box emptied (= the scheduler's own shift): a video and the statistics table.
+        set_field(browser, "#frames input", "9")
+        set_field(browser, "#shift textarea, #shift input", "")
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda b: "Done:" in status_text(b))
         video = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#video video")))
         assert video.get_attribute("src")
-        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Done:"))
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "app-chromium.png"
-        browser.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
-        print(f"screenshot: {shot}")
+        table_box = browser.find_element(By.ID, "stats-table")
+        browser.execute_script("arguments[0].scrollIntoView()", table_box)
+        table = table_box.text
+        assert "Time per step" in table and "Model load" in table and "int8" in table
+        screenshot(browser, "app-chromium.png")
     finally:
         browser.quit()

@@ -1,10 +1,14 @@
-"""Event handlers: Gradio values in, engine calls, Gradio values out. Engine errors become gr.Error.
+"""Event handlers: Gradio values in, engine calls, Gradio values out.
 
-No model code here: everything goes through engine.service.VideoService.
+No model code here: everything goes through engine.service.VideoService. A failed run raises gr.Error
+(API clients get the error, the page a toast) and keeps its sentence per browser tab, which the page's
+`.failure` listener writes into the status line, where it stays until the next run.
 """
 from __future__ import annotations
 
 import logging
+import secrets
+from collections import OrderedDict
 
 import gradio as gr
 
@@ -12,17 +16,23 @@ from engine.errors import EngineError
 from engine.generate import Cancelled
 from engine.hardware import list_presets
 from engine.request import VideoRequest
-from engine.service import VideoService
+
+from .jobs import event_alive
+from .stats_view import stats_table
 
 log = logging.getLogger("ui")
 TASK_LABELS = {"t2v": "Text to video", "i2v": "Image to video"}
 TASK_OF = {label: task for task, label in TASK_LABELS.items()}
+MAX_SEED = 2**32 - 1
+KEPT_ERRORS = 256  # per-tab error sentences kept for the status line (oldest dropped)
 
 
 class Handlers:
-    def __init__(self, service: VideoService):
+    def __init__(self, service):
         self.service = service
+        self._errors: OrderedDict[str, str] = OrderedDict()
 
+    # ---- texts -------------------------------------------------------------------------------
     def hardware_text(self) -> str:
         gpu = self.service.gpu
         where = gpu.label if gpu else "no CUDA GPU"
@@ -33,81 +43,145 @@ class Handlers:
         return [("auto (best for this GPU)", "auto")] + [(f"{name}: {about}", name) for name, about in
                                                            list_presets().items()]
 
-    def preset_text(self, model: str, preset: str) -> str:
+    def preset_text(self, model: str, preset: str, dit: str = "preset", t5: str = "preset",
+                    clip: str = "preset") -> str:
+        """What will really run, including overrides and this GPU's notices; the memory plan when the
+        service has one (`plan_text(model, request)`)."""
         try:
-            choice = self.service.preset_for(model)
+            text = self.service.explain(model, preset, dict(dit=dit, t5=t5, clip=clip))
+            text += f"\n\n**Schedule:** {self.service.schedule(model)}"
+            plan = getattr(self.service, "plan_text", None)
+            if callable(plan):
+                extra = plan(model, self.service.defaults(model))
+                if extra:
+                    text += f"\n\n**Memory:** {extra}"
         except EngineError as e:
-            raise gr.Error(str(e)) from None
-        schedule = f"\n\n**Schedule:** {self.service.schedule(model)}"
-        if preset and preset != "auto":
-            return (f"**Preset:** {preset} (chosen by you; auto would pick {choice.name}: {choice.reason})"
-                    + schedule)
-        return f"**Preset:** {choice.name}. {choice.reason}" + schedule
+            return f"**Cannot use this model here:** {e}"
+        return text
 
-    def on_model(self, model: str, preset: str):
-        """New model: task choices, image box, size defaults and limits, preset explanation."""
+    # ---- field updates -------------------------------------------------------------------------
+    def on_model(self, model: str, preset: str, dit: str, t5: str, clip: str):
+        """New model: task choices, image box, defaults, ranges, size presets, preset explanation."""
         try:
             tasks = self.service.tasks(model)
             req = self.service.defaults(model)
+            limits = self.service.limits(model)
+            sizes = self.service.size_presets(model)
         except EngineError as e:
             raise gr.Error(str(e)) from None
         labels = [TASK_LABELS[t] for t in tasks]
         return (gr.update(choices=labels, value=labels[0]), gr.update(visible=tasks[0] == "i2v"),
-                req.width, req.height, req.num_frames, req.steps, req.guidance, req.shift,
-                self.preset_text(model, preset))
+                *number_updates(req, limits), gr.update(choices=size_labels(sizes), value=None),
+                self.preset_text(model, preset, dit, t5, clip))
 
     def on_task(self, task_label: str):
         return gr.update(visible=TASK_OF.get(task_label) == "i2v")
 
+    def on_size(self, size: str | None):
+        if not size:
+            return gr.update(), gr.update()
+        width, height = (int(v) for v in size.split(" ")[0].split("x"))
+        return width, height
+
+    # ---- a run -----------------------------------------------------------------------------------
     def generate(self, model, preset, dit, t5, clip, task_label, image, prompt, negative, width, height, frames,
-                 steps, guidance, shift, seed, progress=gr.Progress()):
-        """Returns (video path, stats dict, status markdown)."""
-        task = TASK_OF.get(task_label)
-        if task is None:
-            raise gr.Error(f"unknown task {task_label!r}")
+                 steps, guidance, shift, seed, random_seed=False, request: gr.Request = None,
+                 progress=gr.Progress()):
+        """Returns (video path, stats table, stats dict, status markdown, seed used)."""
+        owner = getattr(request, "session_hash", None)
+        self._errors.pop(owner, None)
         try:
-            default = self.service.defaults(model)
-        except EngineError as e:
-            raise gr.Error(str(e)) from None
-        guidance = _num(guidance)
-        # Wan2.2 A14B's low-noise expert has its own default guidance; a guidance the user changed
-        # applies to both experts. An empty shift keeps the model's own (base models).
-        guidance_2 = default.guidance_2 if guidance == default.guidance else None
-        req = VideoRequest(prompt=prompt or "", task=task, negative_prompt=negative or "", image=image,
-                           height=_num(height), width=_num(width), num_frames=_num(frames), steps=_num(steps),
-                           guidance=guidance, shift=_num(shift), seed=_num(seed), fps=default.fps,
-                           guidance_2=guidance_2)
+            req = self._request(model, task_label, image, prompt, negative, width, height, frames, steps,
+                                guidance, shift, seed, random_seed)
 
-        def downloading(p):
-            progress(p.fraction, desc=f"downloading {p.filename or 'done'} "
-                                      f"({p.done_bytes / 2**30:.2f} / {p.total_bytes / 2**30:.2f} GB)")
+            def downloading(p):
+                progress(p.fraction, desc=f"downloading {p.filename or 'done'} "
+                                          f"({p.done_bytes / 2**30:.2f} / {p.total_bytes / 2**30:.2f} GB)")
 
-        def stepped(s):
-            progress((s.step, s.total), desc=f"denoising step {s.step}/{s.total} ({s.seconds:.2f} s)", unit="steps")
+            def stepped(s):
+                progress((s.step, s.total), desc=f"denoising step {s.step}/{s.total} ({s.seconds:.2f} s)",
+                         unit="steps")
 
-        progress(0, desc="loading the model")
-        try:
+            progress(0, desc="loading the model")
             result = self.service.run(model, req, preset=preset, overrides=dict(dit=dit, t5=t5, clip=clip),
-                                      on_download=downloading, on_step=stepped)
+                                      on_download=downloading, on_step=stepped, owner=owner, alive=event_alive(),
+                                      on_wait=lambda: progress(0, desc="waiting for the job ahead to finish"))
         except Cancelled as e:
-            gr.Warning(f"Stopped: {e}")
-            return None, None, f"Stopped: {e}"
+            return None, "", None, f"**Stopped:** {e}", gr.update()
         except EngineError as e:
-            raise gr.Error(str(e)) from None
+            raise self._fail(owner, str(e)) from None
         except Exception as e:  # an unforeseen failure (driver, CUDA, library): a sentence, not a traceback
             log.exception("generation failed")
-            raise gr.Error(f"Generation failed: {type(e).__name__}: {e}. The server log has the details; "
-                           "a lighter preset, fewer frames or a smaller size may help.") from None
+            raise self._fail(owner, f"Generation failed: {type(e).__name__}: {e}. The server log has the details; "
+                                    "a lighter preset, fewer frames or a smaller size may help.") from None
         stats = result.stats.as_dict()
-        status = (f"Done: {result.frames} frames at {result.width}x{result.height} in {stats['total_s']} s "
-                  f"({stats['mean_step_s']} s per step).\n\n{self.service.loaded_summary()}")
-        return str(result.path), stats, status
+        status = (f"**Done:** {result.frames} frames at {result.width}x{result.height}, seed {req.seed}, in "
+                  f"{stats['total_s']} s ({stats['mean_step_s']} s per step).\n\n{self.service.loaded_summary()}")
+        return str(result.path), stats_table(stats), stats, status, req.seed
 
-    def stop(self):
-        if self.service.cancel():
-            gr.Info("Stopping after the current step…")
-            return "Stopping after the current step…"
-        return "Nothing is running."
+    def _request(self, model, task_label, image, prompt, negative, width, height, frames, steps, guidance, shift,
+                 seed, random_seed) -> VideoRequest:
+        task = TASK_OF.get(task_label)
+        if task is None:
+            raise EngineError(f"unknown task {task_label!r}; choose {' or '.join(TASK_OF)}")
+        default = self.service.defaults(model)
+        guidance = _num(guidance)
+        # Wan2.2 A14B's low-noise expert has its own default guidance; a guidance the user changed
+        # applies to both experts.
+        guidance_2 = default.guidance_2 if guidance == default.guidance else None
+        return VideoRequest(prompt=prompt or "", task=task, negative_prompt=negative or "", image=image,
+                            height=_num(height), width=_num(width), num_frames=_num(frames), steps=_num(steps),
+                            guidance=guidance, shift=_shift(shift),
+                            seed=secrets.randbelow(MAX_SEED + 1) if random_seed else _num(seed),
+                            fps=default.fps, guidance_2=guidance_2)
+
+    def _fail(self, owner, message: str) -> gr.Error:
+        if owner:
+            self._errors[owner] = message
+            while len(self._errors) > KEPT_ERRORS:
+                self._errors.popitem(last=False)
+        return gr.Error(message)
+
+    def last_error(self, request: gr.Request = None):
+        """(status line, video) after a failed run: this tab's sentence, kept until its next run; the
+        video box is emptied, which also clears Gradio's bare "Error" badge on it."""
+        message = self._errors.get(getattr(request, "session_hash", None))
+        if message is None:  # failed before our handler ran (e.g. an upload Gradio refused)
+            return "**Error:** the run did not start; the message at the top right says why.", None
+        return "**Error:** " + _plain(message), None
+
+    def stop(self, request: gr.Request = None):
+        """Stops this tab's job only (its session), running or waiting."""
+        if self.service.cancel(getattr(request, "session_hash", None) or "-"):
+            return "**Stopping** after the current step…"
+        return "Nothing of yours is running."
+
+
+def number_updates(req: VideoRequest, limits) -> list:
+    """Width, height, frames, steps, guidance, shift, with the model's ranges in their labels."""
+    return [
+        gr.update(value=req.width, label=f"Width ({limits.min_side}–{limits.max_width}, multiple of 16)"),
+        gr.update(value=req.height, label=f"Height ({limits.min_side}–{limits.max_height}, multiple of 16)"),
+        gr.update(value=req.num_frames, label=f"Frames (1–{limits.max_frames}, 4k+1)"),
+        gr.update(value=req.steps, label=f"Steps (1–{limits.max_steps})"),
+        gr.update(value=req.guidance),
+        gr.update(value=shift_text(req.shift)),
+    ]
+
+
+def size_labels(sizes) -> list[str]:
+    return [f"{w}x{h}" + (" (portrait)" if h > w else " (square)" if h == w else "") for h, w in sizes]
+
+
+def shift_text(shift) -> str:
+    return "" if shift is None else f"{shift:g}"
+
+
+def _shift(value):
+    """The Shift box is text so that it can be empty (the scheduler's own shift); validation names a bad one."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return value.strip() if isinstance(value, str) else value
 
 
 def _num(value):
@@ -115,3 +189,10 @@ def _num(value):
     if value is None or value == "":
         return None
     return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _plain(text: str) -> str:
+    """Markdown-neutral: an error quoting a file name with underscores must not turn italic."""
+    for ch in "\\`*_[]<>#|":
+        text = text.replace(ch, "\\" + ch)
+    return text

@@ -1,36 +1,51 @@
 """The page: model and preset, per-component overrides, task inputs, run/stop, video and stats."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import gradio as gr
 
-from engine.service import SCHEME_CHOICES, VideoService
+from engine.service import SCHEME_CHOICES
 
-from .handlers import TASK_LABELS, Handlers
+from .handlers import MAX_SEED, TASK_LABELS, Handlers, number_updates, size_labels
 from .zerogpu import on_gpu
 
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+CACHE_BOUNDS = (3600, 24 * 3600)  # Gradio's copies of videos and uploads: checked hourly, kept a day
 INTRO = ("Video generation with Wan models whose linear layers run quantized (FP8, INT8, NVFP4, MXFP8), "
          "using LightX2V's pre-quantized weights from the Hugging Face Hub. 4-step distilled models default to "
          "LightX2V's schedule (4 steps, guidance off, shift 5); models without a distilled file use their base "
-         "model's steps, guidance and scheduler shift (an empty Shift keeps the scheduler's).")
+         "model's steps and guidance, and an empty Shift keeps their scheduler's own shift.")
 
 
-def build_ui(service: VideoService) -> gr.Blocks:
+def examples() -> tuple[list[list[str]], list[list[str]]]:
+    """([prompt], [image path, prompt]) rows from assets/examples.json."""
+    data = json.loads((ASSETS / "examples.json").read_text())
+    prompts = [[p] for p in data.get("prompts", [])]
+    images = [[str(ASSETS / item["file"]), item["prompt"]] for item in data.get("images", [])]
+    return prompts, images
+
+
+def build_ui(service) -> gr.Blocks:
     h = Handlers(service)
     model0 = service.default_model()
     d = service.defaults(model0)
     tasks0 = [TASK_LABELS[t] for t in service.tasks(model0)]
-    with gr.Blocks(title="Quantized Wan video") as demo:
+    fields0 = number_updates(d, service.limits(model0))
+    with gr.Blocks(title="Quantized Wan video", delete_cache=CACHE_BOUNDS,
+                   analytics_enabled=False) as demo:
         gr.Markdown(f"# Quantized Wan video\n{INTRO}")
         gr.Markdown(h.hardware_text(), elem_id="hardware")
         with gr.Row():
             model = gr.Dropdown(service.models(), value=model0, label="Model", elem_id="model")
             preset = gr.Dropdown(h.preset_choices(), value="auto", label="Preset", elem_id="preset")
-        preset_info = gr.Markdown(h.preset_text(model0, "auto"), elem_id="preset-info")
         with gr.Accordion("Override a component's scheme", open=False):
             with gr.Row():
                 dit = gr.Dropdown(list(SCHEME_CHOICES), value="preset", label="DiT (transformer)")
                 t5 = gr.Dropdown(list(SCHEME_CHOICES), value="preset", label="T5 text encoder")
                 clip = gr.Dropdown(list(SCHEME_CHOICES), value="preset", label="CLIP image encoder")
+        preset_info = gr.Markdown(h.preset_text(model0, "auto"), elem_id="preset-info")
         with gr.Row():
             with gr.Column():
                 task = gr.Radio(tasks0, value=tasks0[0], label="Task", elem_id="task")
@@ -38,31 +53,53 @@ def build_ui(service: VideoService) -> gr.Blocks:
                 prompt = gr.Textbox(label="Prompt", lines=3, max_length=2000, elem_id="prompt",
                                     placeholder="A corgi running on a beach at sunset, cinematic")
                 negative = gr.Textbox(label="Negative prompt", max_length=2000, elem_id="negative")
+                size = gr.Dropdown(size_labels(service.size_presets(model0)), value=None, label="Size preset",
+                                   elem_id="size")
                 with gr.Row():
-                    width = gr.Number(d.width, label="Width (multiple of 16)", precision=0, step=16)
-                    height = gr.Number(d.height, label="Height (multiple of 16)", precision=0, step=16)
-                    frames = gr.Number(d.num_frames, label="Frames (4k+1)", precision=0, step=4)
+                    width = gr.Number(precision=0, step=16, elem_id="width", **_initial(fields0[0]))
+                    height = gr.Number(precision=0, step=16, elem_id="height", **_initial(fields0[1]))
+                    frames = gr.Number(precision=0, step=4, elem_id="frames", **_initial(fields0[2]))
                 with gr.Row():
-                    steps = gr.Number(d.steps, label="Steps", precision=0)
-                    guidance = gr.Number(d.guidance, label="Guidance (1 = off)")
-                    shift = gr.Number(d.shift, label="Shift (empty = the model's own)")
-                    seed = gr.Number(42, label="Seed", precision=0)
+                    steps = gr.Number(precision=0, elem_id="steps", **_initial(fields0[3]))
+                    guidance = gr.Number(d.guidance, label="Guidance (1 = off)", elem_id="guidance")
+                    # Text, not Number: an empty Number is drawn and sent as 0, and "empty" must mean the
+                    # scheduler's own shift (base models).
+                    shift = gr.Textbox(fields0[5]["value"], label="Shift (empty = the scheduler's own)",
+                                       elem_id="shift")
+                with gr.Row():
+                    seed = gr.Number(42, label=f"Seed (0–{MAX_SEED})", precision=0, elem_id="seed")
+                    random_seed = gr.Checkbox(False, label="Random seed", elem_id="random-seed")
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                prompts, images = examples()
+                gr.Examples(prompts, [prompt], label="Example prompts")
+                gr.Examples(images, [image, prompt], label="Example image (for image to video)")
             with gr.Column():
                 video = gr.Video(label="Video", format="mp4", elem_id="video", autoplay=False)
                 status = gr.Markdown("", elem_id="status")
-                stats = gr.JSON(label="Run statistics (time per step, memory, kernel per layer type)")
+                table = gr.Markdown("", elem_id="stats-table")
+                with gr.Accordion("Raw statistics (JSON)", open=False):
+                    stats = gr.JSON(label="Run statistics")
 
-        model.change(h.on_model, [model, preset],
-                     [task, image, width, height, frames, steps, guidance, shift, preset_info], api_name=False)
-        preset.change(h.preset_text, [model, preset], preset_info, api_name=False)
+        # Gradio copies every returned file into its cache unless it is there already: write videos there.
+        service.keep_outputs_in(demo.GRADIO_CACHE)
+        overrides = [dit, t5, clip]
+        model.change(h.on_model, [model, preset, *overrides],
+                     [task, image, width, height, frames, steps, guidance, shift, size, preset_info], api_name=False)
+        for box in (preset, *overrides):
+            box.change(h.preset_text, [model, preset, *overrides], preset_info, api_name=False)
         task.change(h.on_task, task, image, api_name=False)
+        size.change(h.on_size, size, [width, height], api_name=False)
         job = run.click(on_gpu(h.generate), [model, preset, dit, t5, clip, task, image, prompt, negative, width,
-                                             height, frames, steps, guidance, shift, seed],
-                        [video, stats, status], api_name="generate", concurrency_limit=1)
-        # Stop runs beside the job (its own concurrency group) and asks it to end after the current step.
-        stop.click(h.stop, None, status, api_name="stop", concurrency_limit=None)
-        del job
+                                             height, frames, steps, guidance, shift, seed, random_seed],
+                        [video, table, stats, status, seed], api_name="generate", concurrency_limit=1,
+                        show_progress_on=[video])
+        job.failure(h.last_error, None, [status, video], api_name=False, show_progress="hidden")
+        # Stop runs beside the job (its own concurrency group) and ends only this tab's job.
+        stop.click(h.stop, None, status, api_name="stop", concurrency_limit=None, show_progress="hidden")
     return demo
+
+
+def _initial(update: dict) -> dict:
+    return {"value": update["value"], "label": update["label"]}
