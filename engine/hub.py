@@ -23,7 +23,7 @@ DISK_MARGIN = 512 * 2**20  # leave this much free after a download: a full disk 
 
 @dataclass
 class RepoFiles:
-    role: str  # base | dit | t5 | clip
+    role: str  # base | dit | t5 | clip | decoder
     repo: str
     patterns: list[str]  # fnmatch patterns (exact file names are patterns too)
 
@@ -89,6 +89,11 @@ def plan_downloads(entry: ModelEntry, cfg: QuantConfig, loadable: frozenset[str]
         else:
             base.append(f"{folder}/*")
     plan.parts.insert(0, RepoFiles("base", entry.base_repo, base))
+    from .vae.choice import plan_entry  # the light/tiny decoder file, when the config chooses one
+
+    decoder = plan_entry(cfg)
+    if decoder:
+        plan.parts.append(RepoFiles("decoder", decoder[0], [decoder[1]]))
     return plan
 
 

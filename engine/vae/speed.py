@@ -1,0 +1,115 @@
+"""Speed settings for the full Wan VAE decode (and LightVAE, the same network).
+
+Config keys:
+- `vae_dtype` (LightX2V's key and spellings: "fp32" | "bf16", also "FP32", "torch.bfloat16", ...) plus
+  our "bf16-mixed": fp32 weights, the decoder run under bf16 autocast with its first and last
+  convolutions (post_quant_conv, conv_in, conv_out) kept in fp32.
+- `vae_channels_last` (bool): 3D convolution weights and the latents in channels-last-3d layout.
+- `vae_cudnn_benchmark` (bool): cuDNN autotuning during the decode only (restored after).
+- `vae_compile` (bool): torch.compile of each decoder block (regional: mid block and up blocks).
+
+Default: fp32, nothing else, as the project ships today. bench/bench_vae.py measures each option's
+decode time and PSNR against fp32; once the GPU numbers give PSNR >= 45 dB, switching the default is
+the one line DEFAULT_VAE_DTYPE below (and DEFAULT_CHANNELS_LAST / DEFAULT_CUDNN_BENCHMARK).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+
+DEFAULT_VAE_DTYPE = "fp32"  # the one-line switch, e.g. to "bf16-mixed", once the GPU PSNR confirms it
+DEFAULT_CHANNELS_LAST = False
+DEFAULT_CUDNN_BENCHMARK = False
+_SPELLINGS = {"fp32": "fp32", "float32": "fp32", "torch.float32": "fp32",
+              "bf16": "bf16", "bfloat16": "bf16", "torch.bfloat16": "bf16",
+              "bf16-mixed": "bf16-mixed", "bf16_mixed": "bf16-mixed"}
+FP32_ISLANDS = ("post_quant_conv", "decoder.conv_in", "decoder.conv_out")
+
+
+@dataclass(frozen=True)
+class VaeSpeed:
+    dtype: str = DEFAULT_VAE_DTYPE  # fp32 | bf16 | bf16-mixed
+    channels_last: bool = DEFAULT_CHANNELS_LAST
+    cudnn_benchmark: bool = DEFAULT_CUDNN_BENCHMARK
+    compile: bool = False
+
+    def describe(self) -> str:
+        extra = [name for name, on in (("channels-last-3d", self.channels_last),
+                                       ("cuDNN benchmark", self.cudnn_benchmark),
+                                       ("compiled blocks", self.compile)) if on]
+        return f"VAE decode in {self.dtype}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def speed_settings(cfg) -> VaeSpeed:
+    raw = cfg.get("vae_dtype", DEFAULT_VAE_DTYPE)
+    mode = _SPELLINGS.get(str(raw).strip().lower() if isinstance(raw, str) else raw)
+    if mode is None:
+        raise ConfigError(f"vae_dtype must be one of fp32, bf16, bf16-mixed, got {raw!r}")
+    flags = {}
+    for key, default in (("vae_channels_last", DEFAULT_CHANNELS_LAST),
+                         ("vae_cudnn_benchmark", DEFAULT_CUDNN_BENCHMARK), ("vae_compile", False)):
+        value = cfg.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        flags[key] = value
+    return VaeSpeed(mode, flags["vae_channels_last"], flags["vae_cudnn_benchmark"], flags["vae_compile"])
+
+
+def apply_speed(vae, speed: VaeSpeed) -> str:
+    """Configure an AutoencoderKLWan in place for `speed`; returns a line for the load report.
+    Only the decode path changes; `vae.dtype` stays what the pipeline should hand the latents in."""
+    if speed == VaeSpeed("fp32", False, False, False):
+        return ""
+    if speed.dtype == "bf16":
+        vae.to(torch.bfloat16)
+    elif speed.dtype == "bf16-mixed":
+        vae.to(torch.float32)
+        for name in FP32_ISLANDS:
+            _run_in_fp32(vae.get_submodule(name))
+    if speed.channels_last:
+        vae.to(memory_format=torch.channels_last_3d)
+    if speed.compile:
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        vae.decoder.mid_block.compile()
+        for block in vae.decoder.up_blocks:
+            block.compile()
+    if "_decode" in vae.__dict__:  # configured before: wrap the original, not our wrapper
+        vae._decode = vae.__dict__["_decode"].__wrapped__
+    vae._decode = _decode_with(vae._decode, speed)
+    return speed.describe()
+
+
+def _decode_with(decode, speed: VaeSpeed):
+    @functools.wraps(decode)
+    def run(z, *args, **kwargs):
+        if speed.channels_last and z.dim() == 5:
+            z = z.contiguous(memory_format=torch.channels_last_3d)
+        saved = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = speed.cudnn_benchmark or saved
+        try:
+            if speed.dtype == "bf16-mixed" and z.is_cuda:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return decode(z, *args, **kwargs)
+            return decode(z, *args, **kwargs)
+        finally:
+            torch.backends.cudnn.benchmark = saved
+
+    return run
+
+
+def _run_in_fp32(module) -> None:
+    """This module runs in fp32 inside the bf16 autocast region: the latents' first projection and the
+    last convolution before the clamp to [-1, 1], where bf16's 8-bit mantissa shows in the pixels."""
+    forward = module.forward
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        with torch.autocast("cuda", enabled=False):
+            args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+            return forward(*args, **kwargs)
+
+    module.forward = run
