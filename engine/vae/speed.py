@@ -70,8 +70,10 @@ def apply_speed(vae, speed: VaeSpeed) -> str:
         vae.to(torch.float32)
         for name in FP32_ISLANDS:
             _run_in_fp32(vae.get_submodule(name))
-    if speed.channels_last:
-        vae.to(memory_format=torch.channels_last_3d)
+    if speed.channels_last:  # 3D convolution weights only (Module.to(memory_format) fails on 4D ones)
+        for module in vae.modules():
+            if isinstance(module, torch.nn.Conv3d):
+                module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
     if speed.compile:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         vae.decoder.mid_block.compile()
