@@ -147,3 +147,21 @@ def test_speed_modes_decode_close_to_fp32(mode):
         assert (got - want).abs().mean() < 0.02
     else:  # on CPU the mixed mode runs fp32 (its autocast region is CUDA-only)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_live_preview_after_each_step_matches_the_final_frames(files):
+    from engine.vae.preview import preview_callback
+    from engine.vae.tae import load_tiny_decoder
+
+    pipe = build_tiny_pipeline("t2v")
+    with pytest.raises(ConfigError, match="tiny decoder"):
+        preview_callback(pipe, lambda step, frames: None)
+    shown = []
+    tiny = load_tiny_decoder(files["tiny"])
+    cb = preview_callback(pipe, lambda step, frames: shown.append((step, frames)), tiny=tiny)
+    configure_decoder(pipe, load_config({"use_tae": True, "tae_path": files["tiny"]}), None, {})
+    final = run(pipe, callback_on_step_end=cb)
+    assert [s for s, _ in shown] == [0, 1]
+    assert all(f.shape == (9, 32, 48, 3) and f.dtype == np.uint8 for _, f in shown)
+    # the last preview is the video itself (same tiny decoder, same latents), up to 8-bit rounding
+    assert np.abs(shown[-1][1] / 255.0 - final).max() <= 1 / 255 + 1e-6
