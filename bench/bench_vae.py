@@ -104,7 +104,7 @@ def main() -> int:
             vae = copy.deepcopy(full)
             apply_speed(vae, speed)
             out, row = _measure(lambda: vae.decode(z.to(vae.dtype)).sample, reps, dev,
-                                None if limit is None else min(limit, left()))
+                                None if limit is None else min(limit, left()), _decoder_part(vae))
             if ref is None:
                 ref = out.float()
                 row["saturated"] = float((ref.abs() >= 0.999).float().mean())
@@ -130,7 +130,7 @@ def main() -> int:
             try:
                 vae = copy.deepcopy(light)
                 apply_speed(vae, speed)
-                out, row = _measure(lambda: vae.decode(zz.to(vae.dtype)).sample, reps, dev)
+                out, row = _measure(lambda: vae.decode(zz.to(vae.dtype)).sample, reps, dev, None, _decoder_part(vae))
                 light_ref = out.float() if light_ref is None else light_ref
                 row["psnr_db"] = _psnr(out, light_ref)
                 emit(dict(decoder="light", variant=label, size=size, **row))
@@ -158,7 +158,7 @@ def main() -> int:
                 emit(dict(decoder="tiny", variant=label, size=size, error="skipped: over the time budget"))
                 continue
             try:
-                out, row = _measure(lambda: decode_tiny(tiny, zz, cfg, True, chunk), reps, dev)
+                out, row = _measure(lambda: decode_tiny(tiny, zz, cfg, True, chunk), reps, dev, None, tiny)
                 emit(dict(decoder="tiny", variant=label, size=size, frames=out.shape[2], **row))
                 del out
             except Exception as e:
@@ -198,8 +198,11 @@ def _latents(vae, shape, dev):
     return x * std + mean
 
 
-def _measure(fn, reps, dev, limit=None):
+def _measure(fn, reps, dev, limit=None, module=None):
+    """Median time of `reps` runs after one warm-up; peak = the decoder's weights plus the most memory
+    the decode allocated above what was resident before it (other models, the reference frames)."""
     cuda = dev.type == "cuda"
+    weights = sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
     with torch.no_grad():
         t0 = time.perf_counter()
         if limit:
@@ -221,15 +224,21 @@ def _measure(fn, reps, dev, limit=None):
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
             t0 = time.perf_counter()
             out = fn()
             if cuda:
                 torch.cuda.synchronize()
-                peak = max(peak, torch.cuda.max_memory_allocated())
+                peak = max(peak, torch.cuda.max_memory_allocated() - before + weights)
             times.append(time.perf_counter() - t0)
             if _ < reps - 1:
                 del out
     return out, dict(seconds=statistics.median(times), warmup_s=warm, peak_gb=peak / 2**30 if cuda else None)
+
+
+def _decoder_part(vae):
+    """The modules a decode uses (the encoder's weights are not counted)."""
+    return torch.nn.ModuleList([vae.post_quant_conv, vae.decoder])
 
 
 def _psnr(out, ref) -> float:
@@ -269,6 +278,7 @@ def _table(rows, elapsed):
             note.append(f"{r['frames']} frames")
         print(f"{r['decoder']:7}{r['size']:6}{r['variant']:49}{r['seconds']:8.3f}s{speed:>8}{peak:>9}{psnr:>9}  "
               f"{'; '.join(note)}")
+    print("peak GB: the decoder's weights + the most the decode allocated above what was resident before it.")
     print("PSNR: full rows against the fp32 full decode; light rows against the light fp32 decode.")
 
 

@@ -75,10 +75,15 @@ def apply_speed(vae, speed: VaeSpeed) -> str:
             if isinstance(module, torch.nn.Conv3d):
                 module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
     if speed.compile:
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        vae.decoder.mid_block.compile()
+        # one graph per block and frame kind (first frame, second, the rest): more than the default 8
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, name, max(getattr(config, name), 64))
+        # static shapes: the blocks share one code object, and the automatic dynamic-shape graph that
+        # the varying widths would trigger fails to lower in inductor (seen with torch 2.13 on CPU)
+        vae.decoder.mid_block.compile(dynamic=False)
         for block in vae.decoder.up_blocks:
-            block.compile()
+            block.compile(dynamic=False)
     if "_decode" in vae.__dict__:  # configured before: wrap the original, not our wrapper
         vae._decode = vae.__dict__["_decode"].__wrapped__
     vae._decode = _decode_with(vae._decode, speed)
