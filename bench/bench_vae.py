@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.vae.choice import decode_tiny  # noqa: E402
+from engine.vae.wrapper import decode_tiny  # noqa: E402
 from engine.vae.speed import VaeSpeed, apply_speed  # noqa: E402
 from engine.vae.tae import TinyDecoder, load_tiny_decoder  # noqa: E402
 

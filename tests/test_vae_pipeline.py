@@ -10,7 +10,8 @@ from engine.catalog import get_model
 from engine.config import load_config
 from engine.errors import ConfigError
 from engine.tiny import build_tiny_pipeline
-from engine.vae.choice import TinyDecodeVAE, decoder_choice
+from engine.vae.choice import decoder_choice
+from engine.vae.wrapper import TinyDecodeVAE
 from engine.vae.speed import VaeSpeed, apply_speed, speed_settings
 from vae_writer import light_tensors, tiny_tensors, write
 
@@ -36,6 +37,9 @@ def test_tiny_decoder_in_the_pipeline_gives_frames_of_the_right_count_and_size(f
     reports = {}
     configure_decoder(pipe, load_config({"use_tae": True, "tae_path": files["tiny"]}), None, reports)
     assert isinstance(pipe.vae, TinyDecodeVAE) and "lighttaew2_1" in reports["vae"]
+    pipe.vae.enable_tiling()  # engine.memory switches tiling on the pipeline's vae: it reaches the encoder
+    assert pipe.vae.full.use_tiling
+    pipe.vae.disable_tiling()
     kw = {}
     if task == "i2v":  # the full VAE still encodes the image
         from PIL import Image

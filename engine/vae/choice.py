@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..catalog import AUTOENCODERS, LIGHT_VAE_FILE, tiny_vae_file
 from ..errors import ConfigError
@@ -77,58 +76,6 @@ def plan_entry(cfg, z_dim: int = 16):
     return (AUTOENCODERS, name) if name else None
 
 
-class TinyDecodeVAE(nn.Module):
-    """Stands in for the pipeline's AutoencoderKLWan: encodes with the full VAE (image-to-video needs
-    it), decodes with the tiny decoder. It exposes what diffusers' Wan pipelines read from `vae`:
-    `config` (z_dim, latents_mean/std, scale factors), `dtype`, `encode`, `decode(z, return_dict)`."""
-
-    def __init__(self, full, tiny, need_scaled: bool, chunk: int = 4):
-        super().__init__()
-        self.full, self.tiny, self.need_scaled, self.chunk = full, tiny, need_scaled, chunk
-        if tiny.latent_channels != full.config.z_dim:
-            raise ConfigError(f"the tiny decoder takes {tiny.latent_channels}-channel latents but this model's "
-                              f"are {full.config.z_dim}-channel; use lighttaew2_1 for Wan2.1 / Wan2.2 A14B "
-                              "models and lighttaew2_2 for Wan2.2 TI2V-5B")
-        if tiny.spatial_scale != full.config.scale_factor_spatial:
-            raise ConfigError(f"the tiny decoder upscales {tiny.spatial_scale}x but this model's VAE "
-                              f"{full.config.scale_factor_spatial}x; use the decoder made for this model")
-
-    @property
-    def config(self):
-        return self.full.config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.full.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.full.device
-
-    def encode(self, x, return_dict: bool = True):
-        return self.full.encode(x, return_dict=return_dict)
-
-    def enable_tiling(self, *args, **kwargs):  # the tiny decoder's peak is small; tiling is for the encoder
-        self.full.enable_tiling(*args, **kwargs)
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor, return_dict: bool = True):
-        from diffusers.models.autoencoders.vae import DecoderOutput
-
-        video = decode_tiny(self.tiny, z, self.config, self.need_scaled, self.chunk).to(z.dtype)
-        return DecoderOutput(sample=video) if return_dict else (video,)
-
-
-def decode_tiny(tiny, z, vae_config, need_scaled: bool, chunk: int | None = None) -> torch.Tensor:
-    """Un-normalised latents (what diffusers hands `vae.decode`) -> video in [-1, 1]."""
-    dtype = next(tiny.parameters()).dtype
-    if not need_scaled:  # this file was trained on the normalised latents the DiT works in
-        mean = torch.tensor(vae_config.latents_mean, device=z.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        std = torch.tensor(vae_config.latents_std, device=z.device, dtype=torch.float32).view(1, -1, 1, 1, 1)
-        z = (z.float() - mean) / std
-    return tiny(z.to(dtype), chunk=chunk or None).mul(2).sub(1)
-
-
 def use_decoder(pipe, choice: DecoderChoice, path: str | Path | None = None, dtype=None) -> str:
     """Install the chosen decoder on a diffusers Wan pipeline; returns one line for the load report.
     `path`: the local file (the choice's own, or the one the Hub plan fetched)."""
@@ -146,6 +93,7 @@ def use_decoder(pipe, choice: DecoderChoice, path: str | Path | None = None, dty
         pipe.vae = load_light_vae(path, like=pipe.vae, dtype=pipe.vae.dtype)
         return f"LightVAE decoder from {Path(path).name} (encodes too, as LightX2V does)"
     from .tae import load_tiny_decoder
+    from .wrapper import TinyDecodeVAE
 
     need_scaled = choice.need_scaled if choice.need_scaled is not None else "lighttae" in Path(path).name
     pipe.vae = TinyDecodeVAE(pipe.vae, load_tiny_decoder(path, dtype), need_scaled, choice.chunk)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .choice import TinyDecodeVAE, decode_tiny
+from .wrapper import TinyDecodeVAE, decode_tiny
 
 
 def preview_frames(pipe, latents: torch.Tensor, tiny=None, need_scaled: bool | None = None) -> np.ndarray:
