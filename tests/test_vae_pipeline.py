@@ -12,7 +12,7 @@ from engine.errors import ConfigError
 from engine.tiny import build_tiny_pipeline
 from engine.vae.choice import decoder_choice
 from engine.vae.wrapper import TinyDecodeVAE
-from engine.vae.speed import VaeSpeed, apply_speed, speed_settings
+from engine.vae.speed import DEFAULT_SPEED, VaeSpeed, apply_speed, speed_settings
 from vae_writer import light_tensors, tiny_tensors, write
 
 CALL = dict(height=32, width=48, num_frames=9, num_inference_steps=2, guidance_scale=1.0,
@@ -128,7 +128,7 @@ def test_wrong_latent_width_is_a_clear_error(tmp_path):
 
 
 def test_speed_settings_keys():
-    assert speed_settings(load_config({})) == VaeSpeed()
+    assert speed_settings(load_config({})) == DEFAULT_SPEED
     s = speed_settings(load_config({"vae_dtype": "BF16", "vae_channels_last": True}))
     assert s.dtype == "bf16" and s.channels_last
     assert speed_settings(load_config({"vae_dtype": "torch.float32"})).dtype == "fp32"
