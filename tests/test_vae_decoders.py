@@ -88,12 +88,13 @@ def test_light_vae_loads_every_tensor_of_the_wan_layout(tmp_path):
     assert vae.config.base_dim == 4 and vae.config.z_dim == 16
     params = dict(vae.state_dict())
     # a few of the published names and where they live in diffusers' AutoencoderKLWan
-    for file_key, model_key in [("decoder.conv1.weight", "decoder.conv_in.weight"),
-                                ("decoder.head.2.weight", "decoder.conv_out.weight"),
-                                ("decoder.middle.1.to_qkv.weight", "decoder.mid_block.attentions.0.to_qkv.weight"),
-                                ("decoder.upsamples.3.time_conv.weight", "decoder.up_blocks.0.upsamplers.0.time_conv.weight"),
-                                ("decoder.upsamples.4.shortcut.weight", "decoder.up_blocks.1.resnets.0.conv_shortcut.weight"),
-                                ("conv2.weight", "post_quant_conv.weight"), ("conv1.bias", "quant_conv.bias")]:
+    for file_key, model_key in [
+            ("decoder.conv1.weight", "decoder.conv_in.weight"),
+            ("decoder.head.2.weight", "decoder.conv_out.weight"),
+            ("decoder.middle.1.to_qkv.weight", "decoder.mid_block.attentions.0.to_qkv.weight"),
+            ("decoder.upsamples.3.time_conv.weight", "decoder.up_blocks.0.upsamplers.0.time_conv.weight"),
+            ("decoder.upsamples.4.shortcut.weight", "decoder.up_blocks.1.resnets.0.conv_shortcut.weight"),
+            ("conv2.weight", "post_quant_conv.weight"), ("conv1.bias", "quant_conv.bias")]:
         assert torch.equal(params[model_key], t[file_key]), file_key
     # every weight of the model is exactly one of the file's (random values: no accidental matches)
     assert len(params) == len(t)

@@ -169,3 +169,19 @@ def test_live_preview_after_each_step_matches_the_final_frames(files):
     assert all(f.shape == (9, 32, 48, 3) and f.dtype == np.uint8 for _, f in shown)
     # the last preview is the video itself (same tiny decoder, same latents), up to 8-bit rounding
     assert np.abs(shown[-1][1] / 255.0 - final).max() <= 1 / 255 + 1e-6
+
+
+def test_build_from_dir_installs_the_configured_decoder(files, tmp_path):
+    from engine.builder import build_from_dir
+    from engine.infer import save_tiny
+
+    folder = save_tiny(tmp_path / "tiny")
+    cfg = load_config({"use_tae": True, "tae_path": files["tiny"]})
+    model = build_from_dir(folder, cfg, device="cpu")
+    assert isinstance(model.pipe.vae, TinyDecodeVAE) and "tiny decoder" in model.reports["vae"]
+    assert run(model.pipe).shape == (9, 32, 48, 3)
+    # the Hub path hands the downloaded file in; the speed settings reach the full VAE
+    model = build_from_dir(folder, load_config({"decoder": "light", "vae_dtype": "bf16"}), device="cpu",
+                           decoder_ckpt=files["light"])
+    assert model.pipe.vae.config.base_dim == 4 and model.pipe.vae.dtype == torch.bfloat16
+    assert "LightVAE" in model.reports["vae"] and "bf16" in model.reports["vae"]

@@ -55,7 +55,8 @@ def speed_settings(cfg) -> VaeSpeed:
         raise ConfigError(f"vae_dtype must be one of fp32, bf16, bf16-mixed, got {raw!r}")
     flags = {}
     for key, default in (("vae_channels_last", DEFAULT_SPEED.channels_last),
-                         ("vae_cudnn_benchmark", DEFAULT_SPEED.cudnn_benchmark), ("vae_compile", DEFAULT_SPEED.compile)):
+                         ("vae_cudnn_benchmark", DEFAULT_SPEED.cudnn_benchmark),
+                         ("vae_compile", DEFAULT_SPEED.compile)):
         value = cfg.get(key, default)
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
