@@ -206,10 +206,12 @@ def _measure(fn, reps, dev, limit=None, module=None):
     with torch.no_grad():
         t0 = time.perf_counter()
         if limit:
+            seconds = max(1, int(limit))
+
             def stop(*_):
-                raise Budget(f"warm-up (compile) took longer than {limit:.0f} s")
+                raise Budget(f"warm-up (compile) took longer than {seconds} s; rerun with a larger --compile-limit")
             signal.signal(signal.SIGALRM, stop)
-            signal.alarm(int(limit))
+            signal.alarm(seconds)
         try:
             out = fn()
         finally:

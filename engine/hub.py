@@ -23,7 +23,7 @@ DISK_MARGIN = 512 * 2**20  # leave this much free after a download: a full disk 
 
 @dataclass
 class RepoFiles:
-    role: str  # base | dit | t5 | clip | decoder
+    role: str  # base | dit | t5 | clip
     repo: str
     patterns: list[str]  # fnmatch patterns (exact file names are patterns too)
 
