@@ -152,8 +152,9 @@ def main() -> int:
     tiny = load_tiny_decoder(path, dtype).to(dev)
     cfg = AutoencoderKLWan(base_dim=1).config  # Wan2.1 latent mean/std
     for size, zz in latents.items():
-        for label, chunk in (("bf16, 4 latent frames per pass" if cuda else "fp32, 4 per pass", 4),
-                             ("bf16, all frames at once" if cuda else "fp32, all at once", 0)):
+        kind = "bf16" if cuda else "fp32"
+        for label, chunk in ((f"{kind}, 1 latent frame per pass", 1), (f"{kind}, 4 latent frames per pass", 4),
+                             (f"{kind}, all frames at once", 0)):
             if left() < 0:
                 emit(dict(decoder="tiny", variant=label, size=size, error="skipped: over the time budget"))
                 continue

@@ -7,8 +7,8 @@ Config keys (LightX2V's own, plus one engine-level choice):
   the tiny decoder, from `tae_path` or the Hub.
 - `need_scaled` (LightX2V): whether the tiny decoder takes the un-normalised latent. LightX2V sets it
   for files whose name holds "lighttae"; madebyollin's taew2_* files take the normalised latent.
-- `tae_chunk`: latent frames per tiny-decoder pass (default 4: about 0.4 GB peak at 480p in bf16);
-  0 decodes all at once (fastest, several GB).
+- `tae_chunk`: latent frames per tiny-decoder pass (default 4); 0 decodes all at once. The result is
+  the same; the peak grows with the chunk (bench/bench_vae.py measures 1, 4 and all).
 """
 from __future__ import annotations
 

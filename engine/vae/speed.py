@@ -72,7 +72,8 @@ def apply_speed(vae, speed: VaeSpeed) -> str:
     if speed.dtype == "bf16":
         vae.to(torch.bfloat16)
     elif speed.dtype == "bf16-mixed":
-        vae.to(torch.float32)
+        if vae.dtype != torch.float32:
+            vae.to(torch.float32)
         for name in FP32_ISLANDS:
             _run_in_fp32(vae.get_submodule(name))
     if speed.channels_last:  # 3D convolution weights only (Module.to(memory_format) fails on 4D ones)
@@ -103,8 +104,8 @@ def _decode_with(decode, speed: VaeSpeed):
         saved = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = speed.cudnn_benchmark or saved
         try:
-            if speed.dtype == "bf16-mixed" and z.is_cuda:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+            if speed.dtype == "bf16-mixed":  # CUDA on the GPU; CPU autocast runs the same code in tests
+                with torch.autocast(z.device.type, dtype=torch.bfloat16):
                     return decode(z, *args, **kwargs)
             return decode(z, *args, **kwargs)
         finally:
@@ -120,7 +121,7 @@ def _run_in_fp32(module) -> None:
 
     @functools.wraps(forward)
     def run(*args, **kwargs):
-        with torch.autocast("cuda", enabled=False):
+        with torch.autocast(args[0].device.type, enabled=False):
             args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
             return forward(*args, **kwargs)
 
