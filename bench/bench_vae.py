@@ -1,8 +1,8 @@
 """Video decode speed: the full Wan VAE under each speed setting, LightVAE and the tiny decoder.
 
 Full Wan VAE (AutoencoderKLWan default config = Wan2.1's, random weights, the same for every variant)
-at 480x832x81 (latents 16x21x60x104): fp32 (today), bf16, bf16-mixed, channels-last-3d, cuDNN
-benchmark, regional torch.compile: decode time, peak GPU memory, PSNR of the frames against the fp32
+at 480x832x81 (latents 16x21x60x104): fp32 (today), bf16, fp16, bf16/fp16-mixed, channels-last-3d,
+cuDNN benchmark, regional torch.compile: decode time, peak GPU memory, PSNR of the frames against the fp32
 decode of the same latents. LightVAE (the same network at base width 24) and the tiny decoder
 (TAEHV layout, widths 256/128/64/64) at 480p and 720p x 81: time and peak. The settings are applied
 by engine/vae/speed.py, the engine's own code, so the numbers are the engine's.
@@ -38,11 +38,14 @@ from engine.vae.tae import TinyDecoder, load_tiny_decoder  # noqa: E402
 FULL_VARIANTS = [  # (label, VaeSpeed); the first is the reference
     ("fp32 (today)", VaeSpeed("fp32")),
     ("fp32 + cudnn.benchmark", VaeSpeed("fp32", cudnn_benchmark=True)),
+    ("fp32 + channels-last + cudnn.benchmark", VaeSpeed("fp32", True, True)),
     ("bf16", VaeSpeed("bf16")),
     ("bf16-mixed", VaeSpeed("bf16-mixed")),
     ("bf16 + channels-last", VaeSpeed("bf16", channels_last=True)),
     ("bf16 + channels-last + cudnn.benchmark", VaeSpeed("bf16", True, True)),
     ("bf16-mixed + channels-last + cudnn.benchmark", VaeSpeed("bf16-mixed", True, True)),
+    ("fp16 + channels-last + cudnn.benchmark", VaeSpeed("fp16", True, True)),  # 3 more mantissa bits than bf16
+    ("fp16-mixed + channels-last + cudnn.benchmark", VaeSpeed("fp16-mixed", True, True)),
 ]
 COMPILE_VARIANT = ("bf16 + channels-last + cudnn.benchmark + compile", VaeSpeed("bf16", True, True, True))
 

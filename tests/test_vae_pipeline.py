@@ -132,13 +132,14 @@ def test_speed_settings_keys():
     s = speed_settings(load_config({"vae_dtype": "BF16", "vae_channels_last": True}))
     assert s.dtype == "bf16" and s.channels_last
     assert speed_settings(load_config({"vae_dtype": "torch.float32"})).dtype == "fp32"
+    assert speed_settings(load_config({"vae_dtype": "FP16"})).dtype == "fp16"
     with pytest.raises(ConfigError, match="vae_dtype"):
         speed_settings(load_config({"vae_dtype": "int4"}))
     with pytest.raises(ConfigError, match="vae_compile"):
         speed_settings(load_config({"vae_compile": "yes"}))
 
 
-@pytest.mark.parametrize("mode", ["bf16", "bf16-mixed"])
+@pytest.mark.parametrize("mode", ["bf16", "bf16-mixed", "fp16-mixed"])
 def test_speed_modes_decode_close_to_fp32(mode):
     pipe = build_tiny_pipeline("t2v")
     z = torch.randn(1, 16, 3, 4, 6, generator=torch.Generator().manual_seed(1))

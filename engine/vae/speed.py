@@ -1,9 +1,9 @@
 """Speed settings for the full Wan VAE decode (and LightVAE, the same network).
 
 Config keys:
-- `vae_dtype` (LightX2V's key and spellings: "fp32" | "bf16", also "FP32", "torch.bfloat16", ...) plus
-  our "bf16-mixed": fp32 weights, the decoder run under bf16 autocast with its first and last
-  convolutions (post_quant_conv, conv_in, conv_out) kept in fp32.
+- `vae_dtype` (LightX2V's key and spellings: "fp32" | "bf16" | "fp16", also "FP32", "torch.bfloat16",
+  ...) plus our "bf16-mixed" / "fp16-mixed": fp32 weights, the decoder run under autocast with its
+  first and last convolutions (post_quant_conv, conv_in, conv_out) kept in fp32.
 - `vae_channels_last` (bool): 3D convolution weights and the latents in channels-last-3d layout.
 - `vae_cudnn_benchmark` (bool): cuDNN autotuning during the decode only (restored after).
 - `vae_compile` (bool): torch.compile of each decoder block (regional: mid block and up blocks).
@@ -24,13 +24,16 @@ from ..errors import ConfigError
 
 _SPELLINGS = {"fp32": "fp32", "float32": "fp32", "torch.float32": "fp32",
               "bf16": "bf16", "bfloat16": "bf16", "torch.bfloat16": "bf16",
-              "bf16-mixed": "bf16-mixed", "bf16_mixed": "bf16-mixed"}
+              "fp16": "fp16", "float16": "fp16", "torch.float16": "fp16",
+              "bf16-mixed": "bf16-mixed", "bf16_mixed": "bf16-mixed",
+              "fp16-mixed": "fp16-mixed", "fp16_mixed": "fp16-mixed"}
+_TORCH = {"bf16": torch.bfloat16, "fp16": torch.float16}
 FP32_ISLANDS = ("post_quant_conv", "decoder.conv_in", "decoder.conv_out")
 
 
 @dataclass(frozen=True)
 class VaeSpeed:
-    dtype: str = "fp32"  # fp32 | bf16 | bf16-mixed
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 | bf16-mixed | fp16-mixed
     channels_last: bool = False
     cudnn_benchmark: bool = False
     compile: bool = False
@@ -52,7 +55,7 @@ def speed_settings(cfg) -> VaeSpeed:
     raw = cfg.get("vae_dtype", DEFAULT_SPEED.dtype)
     mode = _SPELLINGS.get(str(raw).strip().lower() if isinstance(raw, str) else raw)
     if mode is None:
-        raise ConfigError(f"vae_dtype must be one of fp32, bf16, bf16-mixed, got {raw!r}")
+        raise ConfigError(f"vae_dtype must be one of fp32, bf16, fp16, bf16-mixed, fp16-mixed, got {raw!r}")
     flags = {}
     for key, default in (("vae_channels_last", DEFAULT_SPEED.channels_last),
                          ("vae_cudnn_benchmark", DEFAULT_SPEED.cudnn_benchmark),
@@ -69,9 +72,9 @@ def apply_speed(vae, speed: VaeSpeed) -> str:
     Only the decode path changes; `vae.dtype` stays what the pipeline should hand the latents in."""
     if speed == VaeSpeed():
         return ""
-    if speed.dtype == "bf16":
-        vae.to(torch.bfloat16)
-    elif speed.dtype == "bf16-mixed":
+    if speed.dtype in _TORCH:
+        vae.to(_TORCH[speed.dtype])
+    elif speed.dtype.endswith("-mixed"):
         if vae.dtype != torch.float32:
             vae.to(torch.float32)
         for name in FP32_ISLANDS:
@@ -104,8 +107,8 @@ def _decode_with(decode, speed: VaeSpeed):
         saved = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = speed.cudnn_benchmark or saved
         try:
-            if speed.dtype == "bf16-mixed":  # CUDA on the GPU; CPU autocast runs the same code in tests
-                with torch.autocast(z.device.type, dtype=torch.bfloat16):
+            if speed.dtype.endswith("-mixed"):  # CUDA on the GPU; CPU autocast runs the same code in tests
+                with torch.autocast(z.device.type, dtype=_TORCH[speed.dtype.split("-")[0]]):
                     return decode(z, *args, **kwargs)
             return decode(z, *args, **kwargs)
         finally:
