@@ -62,6 +62,8 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=225.0, help="seconds; rows that would start later are skipped")
     ap.add_argument("--compile-limit", type=float, default=100.0, help="seconds allowed for the compile row")
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--vae-dir", help="a diffusers Wan model folder: use its real VAE weights for the full rows "
+                                      "(fp16 overflow and bf16 error show only with real weights)")
     args = ap.parse_args()
     start = time.perf_counter()
     cuda = torch.cuda.is_available() and not args.tiny
@@ -75,6 +77,7 @@ def main() -> int:
             return 2
         sizes = {"480p": (21, 60, 104), "720p": (21, 90, 160)}
         full_dim, light_dim, reps = 96, 24, args.reps
+    print(f"full VAE weights: {args.vae_dir or 'random (scaled so the frames are not saturated)'}")
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; torch {torch.__version__}; "
           f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32} (fp32 convolutions use TF32 when True)")
     rows: list[dict] = []
@@ -92,7 +95,11 @@ def main() -> int:
     diffusers_logging.set_verbosity_error()  # .to(bf16) warns on every copy; the table says what ran
 
     torch.manual_seed(0)
-    full = _calibrated(AutoencoderKLWan(base_dim=full_dim).eval().requires_grad_(False), dev)
+    if args.vae_dir:
+        full = AutoencoderKLWan.from_pretrained(args.vae_dir, subfolder="vae", torch_dtype=torch.float32)
+        full = full.eval().requires_grad_(False).to(dev)
+    else:
+        full = _calibrated(AutoencoderKLWan(base_dim=full_dim).eval().requires_grad_(False), dev)
     latents = {name: _latents(full, shape, dev) for name, shape in sizes.items()}
     z = latents["480p"]
     # reference: the fp32 decode, today's path
