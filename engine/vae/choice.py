@@ -3,8 +3,8 @@
 Config keys (LightX2V's own, plus one engine-level choice):
 - `decoder`: "full" | "light" | "tiny" (engine key; the UI's choice).
 - `use_lightvae` + `vae_path` (LightX2V): LightVAE, from `vae_path` or the Hub.
-- `use_tae` + `tae_path` (LightX2V; `use_tiny_vae` / `tiny_vae_path` are accepted as older names):
-  the tiny decoder, from `tae_path` or the Hub.
+- `use_tae` + `tae_path` (LightX2V's names since its commit dbac70d1, Oct 2025; the earlier
+  `use_tiny_vae` / `tiny_vae_path` are accepted too): the tiny decoder, from `tae_path` or the Hub.
 - `need_scaled` (LightX2V): whether the tiny decoder takes the un-normalised latent. LightX2V sets it
   for files whose name holds "lighttae"; madebyollin's taew2_* files take the normalised latent.
 - `tae_chunk`: latent frames per tiny-decoder pass (default 4); 0 decodes all at once. The result is
