@@ -74,7 +74,8 @@ def build_tiny(task: str, cfg: QuantConfig, seed: int = 0, preset: str | None = 
 
 
 def build_from_dir(model_dir: str | Path, cfg: QuantConfig, *, dit_ckpts: list[str] | None = None,
-                   t5_ckpt: str | None = None, clip_ckpt: str | None = None, device=None, dtype=None,
+                   t5_ckpt: str | None = None, clip_ckpt: str | None = None, decoder_ckpt: str | None = None,
+                   device=None, dtype=None,
                    label: str | None = None, preset: str | None = None, limits: Limits = Limits()) -> LoadedModel:
     import diffusers
     from diffusers import AutoencoderKLWan
@@ -122,8 +123,24 @@ def build_from_dir(model_dir: str | Path, cfg: QuantConfig, *, dit_ckpts: list[s
             reports[attr] = (f"{loaded_from}\n  - quantized on load: {report.summary()}" if loaded_from
                              else report.summary())
     pipe.set_progress_bar_config(disable=True)
+    configure_decoder(pipe, cfg, decoder_ckpt, reports)  # before placement: offload hooks must see the decoder
     offload = place_pipeline(pipe, cfg, device, reports)
     return LoadedModel(pipe, task, label or model_dir.name, cfg, device, limits, reports, preset, offload=offload)
+
+
+def configure_decoder(pipe, cfg: QuantConfig, decoder_ckpt: str | None, reports: dict) -> None:
+    """The decoder choice (full / light / tiny, engine/vae/choice.py) and the full VAE's speed settings
+    (engine/vae/speed.py), both read from the config. `decoder_ckpt`: the file the Hub plan fetched."""
+    from .vae.choice import decoder_choice, use_decoder
+    from .vae.speed import apply_speed, speed_settings
+
+    choice, speed = decoder_choice(cfg), speed_settings(cfg)
+    notes = [use_decoder(pipe, choice, decoder_ckpt)]
+    if choice.kind != "tiny":  # the tiny decoder has its own dtype; the full VAE only encodes then
+        notes.append(apply_speed(pipe.vae, speed))
+    note = "; ".join(n for n in notes if n)
+    if note:
+        reports["vae"] = note
 
 
 def _fuse(pipe, reports: dict) -> None:
@@ -156,7 +173,8 @@ def build_from_hub(entry: ModelEntry, cfg: QuantConfig, progress=None, *, preset
         dit = [str(folder / name) for name in plan.distilled_dit]
     size = entry.max_size
     loaded = build_from_dir(paths["base"], cfg, dit_ckpts=dit, t5_ckpt=_path(paths.get("t5")),
-                            clip_ckpt=_path(paths.get("clip")), label=entry.label, preset=preset,
+                            clip_ckpt=_path(paths.get("clip")), decoder_ckpt=_path(paths.get("decoder")),
+                            label=entry.label, preset=preset,
                             limits=Limits(max_height=max(size), max_width=max(size)))
     if dit:
         use_distill_sampler(loaded.pipe, cfg.get("sample_shift", 5.0), cfg.get("denoising_step_list"))

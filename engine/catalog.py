@@ -13,6 +13,11 @@ from .errors import ConfigError
 DISTILL_21 = "lightx2v/Wan2.1-Distill-Models"
 DISTILL_22 = "lightx2v/Wan2.2-Distill-Models"
 ENCODERS = "lightx2v/Encoders-Lightx2v"
+# Light decoders (engine/vae): LightVAE for the Wan2.1 VAE's latents (also used by Wan2.2 A14B), and
+# LightTAE files per latent width: 16 channels (Wan2.1 VAE) or 48 (Wan2.2 TI2V-5B VAE).
+AUTOENCODERS = "lightx2v/Autoencoders"
+LIGHT_VAE_FILE = "lightvaew2_1.safetensors"
+TINY_VAE_FILES = {16: "lighttaew2_1.safetensors", 48: "lighttaew2_2.safetensors"}
 
 # LightX2V's file-name infix per DiT format; for formats without a published file the bf16 distilled
 # file (empty infix) is downloaded and quantized on load: never the base repo's non-distilled weights.
@@ -122,6 +127,13 @@ def encoder_file(component: str, fmt: str) -> str | None:
     if fmt not in ENCODER_FORMATS:
         return None
     return (T5_FILE if component == "t5" else CLIP_FILE).format(fmt=fmt)
+
+
+def tiny_vae_file(z_dim: int = 16) -> str:
+    if z_dim not in TINY_VAE_FILES:
+        raise ConfigError(f"no LightTAE file for {z_dim}-channel latents (there are files for "
+                          f"{', '.join(map(str, TINY_VAE_FILES))})")
+    return TINY_VAE_FILES[z_dim]
 
 
 def weight_gb(entry: ModelEntry, dit_bits: int, t5_bits: int = 16) -> float:

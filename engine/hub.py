@@ -103,6 +103,11 @@ def plan_downloads(entry: ModelEntry, cfg: QuantConfig, loadable: frozenset[str]
         else:
             base.append(f"{folder}/*")
     plan.parts.insert(0, RepoFiles("base", entry.base_repo, base))
+    from .vae.choice import plan_entry  # the light/tiny decoder file, when the config chooses one
+
+    decoder = plan_entry(cfg)
+    if decoder:
+        plan.parts.append(RepoFiles("decoder", decoder[0], [decoder[1]]))
     return plan
 
 
