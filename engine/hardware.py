@@ -133,9 +133,11 @@ def plan_for(model: ModelEntry | None, config: dict, size: tuple[int, int, int],
                            budget=budget)
 
 
-def check_fits(gpu: GpuInfo | None, model: ModelEntry | None, config: dict, size: tuple[int, int, int]) -> str:
+def check_fits(gpu: GpuInfo | None, model: ModelEntry | None, config: dict, size: tuple[int, int, int],
+               strict: bool = False) -> str:
     """For the UI before a run: one sentence on what is offloaded or tiled and why, or HardwareError
-    naming the limit when the size cannot fit even on the lightest tier."""
+    naming the limit when the size cannot fit even on the lightest tier (`strict`: also when it does
+    not fit with this config, naming the preset that would)."""
     if gpu is None:
         return "The tiny built-in model runs on the CPU."
     budget = gpu.free_bytes
@@ -146,18 +148,36 @@ def check_fits(gpu: GpuInfo | None, model: ModelEntry | None, config: dict, size
     light = plan_for(model, load_preset(lightest), size, budget)
     if light.need > budget:
         raise HardwareError(memory.refusal(*size, light, budget, lightest))
-    return (f"{memory.describe(est, budget)} That is more than this GPU has: the preset {lightest} needs "
+    text = (f"{memory.describe(est, budget)} That is more than this GPU has: the preset {lightest} needs "
             f"about {light.need / GB:.1f} GiB.")
+    if strict:
+        raise HardwareError(f"{text} Choose {lightest} (or auto), or a smaller size or fewer frames.")
+    return text
 
 
 def _choice(name: str, reason: str) -> PresetChoice:
     return PresetChoice(name, load_preset(name), reason)
 
 
+# Run options the UI offers beside the schemes, as LightX2V config keys ("preset" keeps the config's).
+RUN_OPTIONS = {
+    "attention": {"bf16": {"self_attn_1_type": "torch_sdpa"}, "8-bit": {"self_attn_1_type": "sage_attn2"}},
+    "decoder": {"full": {"decoder": "full"}, "light": {"decoder": "light"}, "tiny": {"decoder": "tiny"}},
+}
+
+
 def apply_overrides(config: dict, **schemes: str | None) -> dict:
     """A copy of `config` with per-component schemes replaced: dit=, t5=, clip= a scheme name,
-    "bf16" (no quantization) or None/"preset" (keep the config's)."""
+    "bf16" (no quantization) or None/"preset" (keep the config's); attention= and decoder= one of
+    RUN_OPTIONS."""
     out = dict(config)
+    for option, choices in RUN_OPTIONS.items():
+        name = schemes.pop(option, None)
+        if name in (None, "", "preset"):
+            continue
+        if name not in choices:
+            raise ConfigError(f"{option} {name!r} is not one of {', '.join(['preset', *choices])}")
+        out.update(choices[name])
     for comp, name in schemes.items():
         if comp not in COMPONENTS:
             raise ConfigError(f"unknown component {comp!r}; use one of {', '.join(COMPONENTS)}")

@@ -22,7 +22,7 @@ from .catalog import CATALOG, get_model
 from .config import QuantConfig, load_config
 from .errors import ConfigError, EngineError
 from .generate import GPU_LOCK, Cancelled, StepInfo, VideoResult, generate
-from .hardware import (GpuInfo, PresetChoice, apply_overrides, check_config_for_gpu, choose_preset,
+from .hardware import (GpuInfo, PresetChoice, apply_overrides, check_config_for_gpu, check_fits, choose_preset,
                        format_notices, load_preset)
 from .outputs import outputs_folder, prune_outputs
 from .request import Limits, VideoRequest, validate
@@ -32,7 +32,8 @@ TINY = "tiny"
 TINY_LABEL = "Tiny built-in Wan (CPU demo, random weights)"
 # What the override menus offer per component; "preset" keeps the preset's choice.
 SCHEME_CHOICES = ("preset", "bf16", "fp8", "int8", "fp8-block128", "mxfp8", "nvfp4")
-COMPONENT_NAMES = {"dit": "DiT", "t5": "T5", "clip": "CLIP"}
+COMPONENT_NAMES = {"dit": "DiT", "t5": "T5", "clip": "CLIP", "attention": "self-attention",
+                   "decoder": "decoder"}
 WAIT_POLL_S = 0.25  # how often a waiting job looks at its Stop / liveness while another job runs
 
 
@@ -76,10 +77,12 @@ class VideoService:
         return choose_preset(self.gpu, self._entry(model))
 
     def config(self, model: str, preset: str | None = None, dit: str | None = None, t5: str | None = None,
-               clip: str | None = None) -> tuple[str, QuantConfig]:
-        """(preset name, config) after per-component overrides, checked against this GPU."""
+               clip: str | None = None, attention: str | None = None,
+               decoder: str | None = None) -> tuple[str, QuantConfig]:
+        """(preset name, config) after per-component overrides and run options, checked against this GPU."""
         name = preset if preset and preset != "auto" else self.preset_for(model).name
-        cfg = load_config(apply_overrides(load_preset(name), dit=dit, t5=t5, clip=clip))
+        cfg = load_config(apply_overrides(load_preset(name), dit=dit, t5=t5, clip=clip, attention=attention,
+                                          decoder=decoder))
         if model != TINY:
             check_config_for_gpu(cfg, self.gpu)
             self.notices = format_notices(cfg, self.gpu)
@@ -160,7 +163,19 @@ class VideoService:
             raise RequestError(f"{self._label(model)} does {' and '.join(task)}, not {req.task}")
         req = validate(req, self.limits(model))
         name, cfg = self.config(model, preset, **(overrides or {}))
+        if model != TINY:  # engine.memory's estimate: refuse what cannot fit, before any download
+            check_fits(self.gpu, self._entry(model), cfg.raw, (req.height, req.width, req.num_frames), strict=True)
         return name, cfg, req
+
+    def plan_text(self, model: str, req: VideoRequest) -> str:
+        """One sentence on what the auto preset offloads or tiles for `req` on this GPU, and why."""
+        if model == TINY:
+            return ""
+        try:
+            return check_fits(self.gpu, self._entry(model), self.preset_for(model).config,
+                              (req.height, req.width, req.num_frames))
+        except EngineError as e:
+            return str(e)
 
     def schedule(self, model: str) -> str:
         """Which sampling schedule the model runs with by default, in one sentence."""

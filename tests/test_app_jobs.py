@@ -145,7 +145,7 @@ def test_a_closed_tab_stops_its_job_at_the_next_step(app):
     config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
     fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
     data = [TINY, "auto", "preset", "preset", "preset", "Text to video", None, HOLD, "", 32, 32, 5, 3, 1.0, "5", 1,
-            False]
+            False, "preset", "preset"]  # ..., random seed, self-attention, decoder
     join = urllib.request.Request(url + "gradio_api/queue/join", json.dumps(
         {"data": data, "fn_index": fn_index, "session_hash": "closing-tab", "trigger_id": None}).encode(),
         headers={"Content-Type": "application/json"})

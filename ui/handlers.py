@@ -44,11 +44,12 @@ class Handlers:
                                                            list_presets().items()]
 
     def preset_text(self, model: str, preset: str, dit: str = "preset", t5: str = "preset",
-                    clip: str = "preset") -> str:
+                    clip: str = "preset", attention: str = "preset", decoder: str = "preset") -> str:
         """What will really run, including overrides and this GPU's notices; the memory plan when the
         service has one (`plan_text(model, request)`)."""
         try:
-            text = self.service.explain(model, preset, dict(dit=dit, t5=t5, clip=clip))
+            text = self.service.explain(model, preset, dict(dit=dit, t5=t5, clip=clip, attention=attention,
+                                                              decoder=decoder))
             text += f"\n\n**Schedule:** {self.service.schedule(model)}"
             plan = getattr(self.service, "plan_text", None)
             if callable(plan):
@@ -60,7 +61,8 @@ class Handlers:
         return text
 
     # ---- field updates -------------------------------------------------------------------------
-    def on_model(self, model: str, preset: str, dit: str, t5: str, clip: str):
+    def on_model(self, model: str, preset: str, dit: str, t5: str, clip: str, attention: str = "preset",
+                 decoder: str = "preset"):
         """New model: task choices, image box, defaults, ranges, size presets, preset explanation."""
         try:
             tasks = self.service.tasks(model)
@@ -72,7 +74,7 @@ class Handlers:
         labels = [TASK_LABELS[t] for t in tasks]
         return (gr.update(choices=labels, value=labels[0]), gr.update(visible=tasks[0] == "i2v"),
                 *number_updates(req, limits), gr.update(choices=size_labels(sizes), value=None),
-                self.preset_text(model, preset, dit, t5, clip))
+                self.preset_text(model, preset, dit, t5, clip, attention, decoder))
 
     def on_task(self, task_label: str):
         return gr.update(visible=TASK_OF.get(task_label) == "i2v")
@@ -85,7 +87,8 @@ class Handlers:
 
     # ---- a run -----------------------------------------------------------------------------------
     def generate(self, model, preset, dit, t5, clip, task_label, image, prompt, negative, width, height, frames,
-                 steps, guidance, shift, seed, random_seed=False, request: gr.Request = None,
+                 steps, guidance, shift, seed, random_seed=False, attention="preset", decoder="preset",
+                 request: gr.Request = None,
                  progress=gr.Progress()):
         """Returns (video path, stats table, stats dict, status markdown, seed used)."""
         owner = getattr(request, "session_hash", None)
@@ -103,7 +106,8 @@ class Handlers:
                          unit="steps")
 
             progress(0, desc="loading the model")
-            result = self.service.run(model, req, preset=preset, overrides=dict(dit=dit, t5=t5, clip=clip),
+            result = self.service.run(model, req, preset=preset, overrides=dict(dit=dit, t5=t5, clip=clip, attention=attention,
+                                                                          decoder=decoder),
                                       on_download=downloading, on_step=stepped, owner=owner, alive=event_alive(),
                                       on_wait=lambda: progress(0, desc="waiting for the job ahead to finish"))
         except Cancelled as e:
