@@ -108,3 +108,30 @@ def test_each_loaded_layer_dequantizes_to_the_reference(tmp_path, fmt):
         want = reference_dequant(fmt, m.get_submodule(diff).weight.detach(), "weight")
         err = float((got - want).norm() / want.norm())
         assert err < 1e-6, f"{diff}: {err}"
+
+
+@pytest.mark.parametrize("form", ["input_global_scale", "alpha", "input_absmax", "calib.pt"])
+def test_nvfp4_static_activation_scale_in_every_form(tmp_path, form):
+    """LightX2V gives NVFP4's calibrated activation scale as input_global_scale, as alpha =
+    1/(input_gs * weight_gs), as an input absmax, or in calib.pt beside the file: every form must
+    give each layer its own input_gs = 6*448/absmax (absmax differs per layer)."""
+    m = tiny_model()
+    table = diffusers_to_wan_table(num_layers=len(m.blocks))
+    sd = quantize_state_dict({table[k]: v.detach().clone() for k, v in m.state_dict().items()}, "nvfp4",
+                             wan_dit_selected)
+    absmax = {wan: 1.0 + i / 4 for i, (_, wan) in enumerate(quantized_layers(m))}
+    for wan, a in absmax.items():
+        igs = torch.tensor([6 * 448 / a])
+        if form == "input_global_scale":
+            sd[f"{wan}.input_global_scale"] = igs
+        elif form == "alpha":
+            sd[f"{wan}.alpha"] = 1.0 / (igs * sd[f"{wan}.weight_global_scale"])
+        elif form == "input_absmax":
+            sd[f"{wan}.input_absmax"] = torch.tensor(a)
+    if form == "calib.pt":
+        torch.save({"absmax": {f"{wan}.weight": torch.tensor(a) for wan, a in absmax.items()}}, tmp_path / "calib.pt")
+    write_safetensors(tmp_path / "nvfp4.safetensors", sd)
+    loaded, _ = load_dit(tmp_path / "nvfp4.safetensors", m.config)
+    for diff, wan in quantized_layers(m):
+        got = float(loaded.get_submodule(diff).input_global_scale)
+        assert got == pytest.approx(6 * 448 / absmax[wan], rel=1e-6), diff
