@@ -120,16 +120,20 @@ def test_config_scheme_must_match_the_file(tmp_path, model_and_ref):
         load_dit(path, m.config, scheme="fp8")
 
 
-@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp8"])
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp8", "fp8_block128"])
 def test_swizzled_scales_of_real_sized_layers(fmt):
     """Rows % 128 == 0 and blocks % 4 == 0 (every real Wan layer): the swizzled scale has the plain
-    shape, and must still be unswizzled. 256x512 spans several tiles both ways."""
+    shape, and must still be unswizzled. 256x512 spans several tiles both ways (and a 2x4 grid of
+    128-blocks for fp8_block128, whose scale must not be read transposed)."""
     from engine.checkpoint_formats import decode_layer
     from engine.formats import Quantized, get_format
-    from tests.lightx2v_writer import WRITERS
+    from tests.lightx2v_writer import PLAIN_WRITERS, WRITERS
 
     w = torch.randn(256, 512, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.1, 3, 256)[:, None]
+    w[:, 128:256] *= 4  # 128-blocks of different scales along K too
     buffers = decode_layer(fmt, WRITERS[fmt](w), 256, 512, "mem")
+    plain = PLAIN_WRITERS[fmt](w)["weight_scale"]
+    assert torch.equal(buffers["weight_scale"].contiguous().view(torch.uint8), plain.contiguous().view(torch.uint8))
     f = get_format(fmt)
     back = f.dequantize_weight(Quantized(buffers["weight"], buffers["weight_scale"],
                                          buffers.get("weight_global_scale"), cols=512))

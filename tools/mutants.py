@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-CHECKPOINT = ["tests/test_checkpoint_exact.py", "tests/test_checkpoint.py", "tests/test_keymaps.py",
+CHECKPOINT = ["tests/test_checkpoint_exact.py", "tests/test_checkpoint.py", "tests/test_keymaps.py", "tests/test_convert_exact.py",
               "tests/test_calibrate.py", "tests/test_checkpoint_comfy.py", "tests/test_convert.py",
               "tests/test_infer.py", "tests/test_checkpoint_faults.py", "tests/test_encoders_load.py"]
 FORMATS = ["tests/test_formats.py", "tests/test_linear.py", "tests/test_checkpoint_exact.py",
@@ -109,6 +109,13 @@ MUTANTS = [
       [('        out["weight_scale"] = scale.reshape(f.weight_scale_shape(rows, cols))\n',
         '        out["weight_scale"] = scale.reshape(f.weight_scale_shape(rows, cols)[::-1]).t().contiguous()\n')],
       CHECKPOINT, "fp8 block-128 scale grid read transposed"),
+    M("save_unswizzled", "engine/checkpoint_formats.py",
+      [('        out["weight_scale"] = swizzle(scale)\n', '        out["weight_scale"] = scale\n')],
+      CHECKPOINT, "the converter writes MX/NV scales unswizzled (its own loader reads them back fine)"),
+    M("save_gs_inverted", "engine/checkpoint_formats.py",
+      [('out["weight_global_scale"] = buffers["weight_global_scale"].to(torch.float32).reshape(1)',
+        'out["weight_global_scale"] = 1.0 / buffers["weight_global_scale"].to(torch.float32).reshape(1)')],
+      CHECKPOINT, "the converter writes NVFP4's weight global scale inverted"),
     # ---- number formats ---------------------------------------------------------------------
     M("e8m0_floor", "engine/formats/base.py",
       [("exp = torch.ceil(torch.log2(amax.clamp(min=2.0 ** -127) / self.elem_max))",
