@@ -43,7 +43,8 @@ PIPELINE = ["tests/test_tiny_pipeline.py", "tests/test_checkpoint.py", "tests/te
 class Mutant:
     name: str
     file: str
-    edits: list[tuple[str, str]]  # (exact old text, new text); each old text must occur exactly once
+    edits: list  # [(exact old text, new text), ...], each old text found exactly once; or a list of such
+    # lists: alternatives for code that is being rewritten, the first that applies is used
     tests: list[str]
     why: str
 
@@ -164,12 +165,16 @@ MUTANTS = [
       CALIB, "calibration runs only the first prompt"),
     # ---- hub progress -----------------------------------------------------------------------
     M("hub_kib", "engine/hub.py",
-      [("progress(Progress(done + n, total, name, i, len(missing)))",
-        "progress(Progress((done + n) // 1024, total, name, i, len(missing)))")],
+      [[("progress(Progress(done + n, total, name, i, len(missing)))",
+         "progress(Progress((done + n) // 1024, total, name, i, len(missing)))")],
+       [("report(Progress(done + sink.written, total, name, i, len(missing)))",
+         "report(Progress((done + sink.written) // 1024, total, name, i, len(missing)))")]],
       HUB, "download progress reported in KiB against a total in bytes"),
     M("hub_restart_per_file", "engine/hub.py",
-      [("progress(Progress(done + n, total, name, i, len(missing)))",
-        "progress(Progress(n, total, name, i, len(missing)))")],
+      [[("progress(Progress(done + n, total, name, i, len(missing)))",
+         "progress(Progress(n, total, name, i, len(missing)))")],
+       [("report(Progress(done + sink.written, total, name, i, len(missing)))",
+         "report(Progress(sink.written, total, name, i, len(missing)))")]],
       HUB, "download progress restarts at 0 for every file"),
 ]
 
@@ -216,14 +221,15 @@ def main(argv=None) -> int:
         copy_tree(args.root, tree)
         for m in chosen:
             path = os.path.join(tree, m.file)
-            original = open(path).read()
+            original = open(path).read() if os.path.exists(path) else ""
             text = original
-            stale = [old for old, _ in m.edits if text.count(old) != 1]
-            if stale:
-                results.append((m, "STALE", f"text not found once: {stale[0][:60]!r}", 0.0))
+            choices = m.edits if isinstance(m.edits[0], list) else [m.edits]
+            edits = next((e for e in choices if all(text.count(old) == 1 for old, _ in e)), None)
+            if edits is None:
+                results.append((m, "STALE", f"text not found once in {m.file}", 0.0))
                 print(f"{m.name:24} STALE", flush=True)
                 continue
-            for old, new in m.edits:
+            for old, new in edits:
                 text = text.replace(old, new)
             start = time.perf_counter()
             try:
