@@ -1,8 +1,8 @@
 """Shared by the DiT checkpoint tests: a tiny i2v transformer, its Wan-named weights, a forward."""
 import torch
 
-from engine.keymaps import diffusers_to_wan
 from engine.tiny import tiny_transformer
+from tests.wan_names import diffusers_to_wan_table
 
 
 def tiny_model(seed=0):
@@ -11,7 +11,9 @@ def tiny_model(seed=0):
 
 
 def wan_state_dict(model):
-    return {diffusers_to_wan(k): v.detach().clone() for k, v in model.state_dict().items()}
+    """Wan (LightX2V) names from the hand-written table in tests/wan_names.py, not from the engine."""
+    table = diffusers_to_wan_table(num_layers=len(model.blocks), i2v=True)
+    return {table[k]: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def inputs(seed=1):

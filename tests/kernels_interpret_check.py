@@ -1,12 +1,54 @@
 """Run by tests/test_kernels_triton_interpret.py in a subprocess with TRITON_INTERPRET=1 (set before
 triton is imported): our Triton kernels on the CPU, small shapes, against engine/formats."""
 import sys
+import types
+from collections import Counter
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from engine.formats import get_format
 from engine.kernels import triton_gemm, triton_mx, triton_quant, triton_wan
+
+
+def gpu_branch():
+    """Make the interpreter take the branch a GPU takes (triton_quant.HW_FP8_CAST true).
+
+    That branch uses three hardware primitives the interpreter cannot run as they are: libdevice's
+    rint, exp2 and fast_dividef (extern calls: triton 3.9's interpreter returns None for them) and the
+    float32 -> e4m3 cast (the interpreter rounds the mantissa half-up and can drop its carry; the GPU's
+    cvt.rn.satfinite rounds to nearest even). Here they get their documented semantics from numpy and
+    torch (fast_dividef as an exact division), so what is checked is the branch's own logic, with the
+    primitives taken as specified; the primitives themselves are checked only on a GPU (tests/gpu)."""
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    used = Counter()
+
+    def elementwise(fn):  # a libdevice call on interpreter tensors, computed by numpy
+        def call(*args):
+            used[fn.__name__] += 1
+            x = args[0]
+            data = fn(*[a.handle.data if hasattr(a, "handle") else a for a in args])
+            handle = interpreter.TensorHandle(np.asarray(data, dtype=x.handle.data.dtype), x.handle.dtype)
+            return tl.core.tensor(handle, x.type)
+        return call
+
+    convert = interpreter._convert_float
+
+    def convert_float(values, src, dst, rounding):
+        if dst == tl.float8e4nv and src == tl.float32:  # round to nearest even, saturating (satfinite)
+            used["e4m3 cast"] += 1
+            f = torch.from_numpy(np.array(values, dtype=np.float32)).clamp(-448, 448)
+            return f.to(torch.float8_e4m3fn).view(torch.uint8).numpy()
+        return convert(values, src, dst, rounding)
+
+    interpreter._convert_float = convert_float
+    triton_quant.libdevice = types.SimpleNamespace(rint=elementwise(np.rint), exp2=elementwise(np.exp2),
+                                                   fast_dividef=elementwise(np.divide))
+    triton_quant.HW_FP8_CAST = tl.constexpr(True)
+    return used
 
 
 def rel(a, b):
@@ -196,8 +238,12 @@ def check_quantize_heads(gen):
 
 if __name__ == "__main__":
     gen = torch.Generator().manual_seed(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    used = gpu_branch() if sys.argv[2:] == ["gpu-branch"] else None
     for check in (check_quantize_rows, check_gelu_and_norm, check_gemm, check_mx, check_wan_elementwise,
                   check_quantize_heads, check_quantize_mx, check_torch_mx_operands):
         check(gen)
         print("ok", check.__name__, flush=True)
+    if used is not None:  # the branch really ran: every emulated primitive was reached
+        assert set(used) == {"rint", "exp2", "divide", "e4m3 cast"}, used
+        print("gpu branch primitives", dict(used))
 

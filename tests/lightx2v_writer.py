@@ -48,16 +48,28 @@ def swizzle_128x4(s):
 
 
 def mxfp8(w):
+    plain = mxfp8_plain(w)
+    return {"weight": plain["weight"], "weight_scale": swizzle_128x4(plain["weight_scale"])}
+
+
+def mxfp8_plain(w):
+    """MXFP8 with its e8m0 scale bytes as a plain [N, K/32] matrix (the file swizzles it)."""
     n, k = w.shape
     blocks = w.reshape(n, k // 32, 32)
     amax = blocks.abs().amax(-1)
     exp = torch.ceil(torch.log2(amax.clamp(min=2.0 ** -127) / 448.0)).clamp(-127, 127)
     q = (blocks / torch.exp2(exp)[..., None]).clamp(-448, 448).to(torch.float8_e4m3fn).reshape(n, k)
     e8m0 = (exp + 127).to(torch.uint8)  # e8m0 bits are the biased exponent
-    return {"weight": q.view(torch.uint8), "weight_scale": swizzle_128x4(e8m0)}
+    return {"weight": q.view(torch.uint8), "weight_scale": e8m0}
 
 
 def nvfp4(w):
+    plain = nvfp4_plain(w)
+    return dict(plain, weight_scale=swizzle_128x4(plain["weight_scale"]))
+
+
+def nvfp4_plain(w):
+    """NVFP4 with its e4m3 block scales as a plain [N, K/16] matrix (the file swizzles it)."""
     n, k = w.shape
     gs = 6.0 * 448.0 / w.abs().max()
     blocks = w.reshape(n, k // 16, 16)
@@ -67,11 +79,12 @@ def nvfp4(w):
     idx = (x.abs()[..., None] - E2M1).abs().argmin(-1)  # nearest magnitude (ties: lower, fine for a test)
     code = (idx | ((x < 0) & (idx > 0)).long() << 3).reshape(n, k)
     packed = (code[:, 0::2] | (code[:, 1::2] << 4)).to(torch.uint8)
-    return {"weight": packed, "weight_scale": swizzle_128x4(scale),
-            "weight_global_scale": gs.reshape(1).float()}
+    return {"weight": packed, "weight_scale": scale, "weight_global_scale": gs.reshape(1).float()}
 
 
 WRITERS = {"int8": int8_channel, "fp8": fp8_channel, "fp8_block128": fp8_block128, "mxfp8": mxfp8, "nvfp4": nvfp4}
+# The same layers with MX/NV scales unswizzled: what a loader's QuantLinear buffers must hold, bit for bit.
+PLAIN_WRITERS = dict(WRITERS, mxfp8=mxfp8_plain, nvfp4=nvfp4_plain)
 
 
 def quantize_state_dict(sd, fmt, select):

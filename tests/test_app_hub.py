@@ -6,7 +6,7 @@ from engine.hardware import GB, GpuInfo
 from engine.request import VideoRequest
 from engine.service import VideoService
 from tests.fakehub import FakeHub
-from tests.test_infer import lightx2v_int8_dit, read_mp4
+from tests.test_infer import read_mp4
 
 BASE = "Wan-AI/Wan2.1-T2V-14B-Diffusers"
 DISTILL = "lightx2v/Wan2.1-Distill-Models"
@@ -32,15 +32,29 @@ def fake_hub(tmp_path, monkeypatch):
         yield hub
 
 
+def lightx2v_int8_dit(transformer, path):
+    """LightX2V's int8 layout, by the independent writer under the hand-written Wan names."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.lightx2v_writer import quantize_state_dict, wan_dit_selected
+    from tests.wan_names import diffusers_to_wan_table
+
+    table = diffusers_to_wan_table(num_layers=len(transformer.blocks), i2v=True)
+    wan = {table[k]: v.detach().float() for k, v in transformer.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in quantize_state_dict(wan, "int8", wan_dit_selected).items()}, str(path))
+    return path
+
+
 def lightx2v_bf16_dit(transformer, path):
     """LightX2V's bf16 distilled layout: Wan key names, every tensor bf16, nothing quantized."""
     import torch
     from safetensors.torch import save_file
 
-    from engine.keymaps import diffusers_to_wan
+    from tests.wan_names import diffusers_to_wan_table  # hand-written names, not the engine's key map
 
-    save_file({diffusers_to_wan(k): v.to(torch.bfloat16).contiguous() for k, v in transformer.state_dict().items()},
-              str(path))
+    table = diffusers_to_wan_table(num_layers=len(transformer.blocks), i2v=True)
+    save_file({table[k]: v.to(torch.bfloat16).contiguous() for k, v in transformer.state_dict().items()}, str(path))
     return path
 
 

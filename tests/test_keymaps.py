@@ -60,3 +60,20 @@ def test_swizzle_round_trip_and_matches_reference_layout(rows, cols):
         assert torch.equal(z, swizzle_128x4(s))
     e4m3 = torch.randn(rows, cols).to(torch.float8_e4m3fn)
     assert torch.equal(unswizzle(swizzle(e4m3), rows, cols).view(torch.uint8), e4m3.view(torch.uint8))
+
+
+@pytest.mark.parametrize("i2v", [False, True])
+def test_dit_map_matches_the_hand_written_table(i2v):
+    """Every key of the tiny models against tests/wan_names.py, written from LightX2V's naming."""
+    from tests.wan_names import diffusers_to_wan_table
+    keys = list(tiny_transformer(i2v=i2v).state_dict())
+    table = diffusers_to_wan_table(i2v=i2v)
+    assert sorted(keys) == sorted(table)  # the table covers the model exactly
+    wrong = {k: (diffusers_to_wan(k), table[k]) for k in keys if diffusers_to_wan(k) != table[k]}
+    assert not wrong, f"diffusers -> Wan (got, want): {wrong}"
+    wrong = {w: (wan_to_diffusers(w), d) for d, w in table.items() if wan_to_diffusers(w) != d}
+    assert not wrong, f"Wan -> diffusers (got, want): {wrong}"
+    for d, w in table.items():  # module names (no .weight) map the same way: the loader renames prefixes
+        prefix_d, prefix_w = d.rpartition(".")[0], w.rpartition(".")[0]
+        if prefix_d and d.rpartition(".")[2] == w.rpartition(".")[2]:
+            assert diffusers_to_wan(prefix_d) == prefix_w and wan_to_diffusers(prefix_w) == prefix_d
