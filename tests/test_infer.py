@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from engine import infer
-from engine.formats import get_format
 from tests.conftest import ROOT
 
 
@@ -48,24 +47,16 @@ def test_command_line_t2v_quantized_on_load(tiny_dirs, tmp_path):
 
 
 def lightx2v_int8_dit(transformer, path):
-    """A LightX2V-format file (Wan key names, int8 weights with [N,1] fp32 scales) of a diffusers DiT."""
+    """A LightX2V-format file (Wan key names, int8 weights with [N,1] fp32 scales) of a diffusers DiT,
+    named from the hand-written table and quantized by the tests' own writer: no engine code."""
     from safetensors.torch import save_file
 
-    from engine.apply import WAN_DIT_RULES
-    from engine.keymaps import diffusers_to_wan
-    import re
+    from tests.lightx2v_writer import quantize_state_dict, wan_dit_selected
+    from tests.wan_names import diffusers_to_wan_table
 
-    fmt = get_format("int8")
-    tensors = {}
-    for key, value in transformer.state_dict().items():
-        layer = key.rsplit(".", 1)[0]
-        if key.endswith(".weight") and any(re.fullmatch(r, layer) for r in WAN_DIT_RULES):
-            q = fmt.quantize_weight(value.float())
-            tensors[diffusers_to_wan(key)] = q.data.contiguous()
-            tensors[diffusers_to_wan(layer + ".weight_scale")] = q.scale.float().contiguous()
-        else:
-            tensors[diffusers_to_wan(key)] = value.to(torch.bfloat16).contiguous()
-    save_file(tensors, str(path))
+    names = diffusers_to_wan_table(len(transformer.blocks), i2v=transformer.config.image_dim is not None)
+    wan = {names[k]: v.float() for k, v in transformer.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in quantize_state_dict(wan, "int8", wan_dit_selected).items()}, str(path))
     return path
 
 
