@@ -69,6 +69,9 @@ def build_tiny(task: str, cfg: QuantConfig, seed: int = 0, preset: str | None = 
     pipe = build_tiny_pipeline(task, seed)
     pipe.set_progress_bar_config(disable=True)  # progress goes to our callback, not a terminal bar
     reports = {k: r.summary() for k, r in quantize_pipeline(pipe, cfg).items()}
+    from .attention import install_for_pipeline
+
+    install_for_pipeline(pipe, cfg)  # on the CPU the 8-bit choice runs the reference that defines its numerics
     return LoadedModel(pipe, task, f"tiny built-in Wan ({task}, random weights)", cfg, torch.device("cpu"),
                        TINY_LIMITS, reports, preset, max_sequence_length=64)
 
@@ -275,13 +278,14 @@ def place_pipeline(pipe, cfg: QuantConfig, device: torch.device, reports: dict) 
         _fuse(pipe, reports)  # before any offload hook; streamed blocks plan their kernels at first use
     for module in transformers:
         if place.dit != "gpu":
-            stream_module(module, device, "block_level" if place.dit == "block" else "leaf_level")
+            stream_module(module, device, "block_level" if place.dit == "block" else "leaf_level",
+                          use_stream=cfg.get("offload_use_stream", True))
     for attr in ("text_encoder", "image_encoder"):
         module = getattr(pipe, attr, None)
         if module is None:
             continue
         if place.text == "stream":
-            stream_module(module, device, "leaf_level")
+            stream_module(module, device, "leaf_level", use_stream=cfg.get("offload_use_stream", True))
         else:
             module.to(device)
     if getattr(pipe, "vae", None) is not None:

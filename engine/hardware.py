@@ -205,6 +205,13 @@ def check_config_for_gpu(cfg: QuantConfig, gpu: GpuInfo | None) -> None:
             why = format_problem(quant.scheme.format, gpu)
             if why:
                 problems.append(f"{comp.upper() if comp != 'dit' else 'DiT'} scheme {quant.scheme.name}: {why}")
+    from .attention import plan_from_config
+    from .attention.paths import gpu_problem
+
+    family = plan_from_config(cfg).self_attn
+    why = gpu_problem(family, gpu.capability, gpu.name) if family != "sdpa" else None
+    if why:
+        problems.append(f"self-attention: {why}")
     if problems:
         raise HardwareError("\n".join(problems))
 

@@ -136,8 +136,8 @@ def run(args: argparse.Namespace) -> Path:
     if not args.model_path or not args.config_json:
         raise EngineError("--model_path and --config_json are required (or --save_tiny DIR)")
     cfg = load_config(args.config_json)
-    req, device = _check_before_loading(args, cfg, Path(args.model_path))
     par = parallel.start(cfg, args.device)  # None unless the config has "parallel" (under torchrun)
+    req, device = _check_before_loading(args, cfg, Path(args.model_path))
     model = build_from_dir(args.model_path, cfg, device=par.device if par else device,
                            limits=folder_limits(Path(args.model_path)))
     if cfg.get("denoising_step_list") is not None:  # LightX2V's distill configs: its 4-step sampler

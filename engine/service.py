@@ -69,20 +69,23 @@ class VideoService:
     def tasks(self, model: str) -> tuple[str, ...]:
         return ("t2v", "i2v") if model == TINY else (self._entry(model).task,)
 
-    def preset_for(self, model: str) -> PresetChoice:
+    def preset_for(self, model: str, size: tuple[int, int, int] | None = None) -> PresetChoice:
+        """The preset auto picks for `model` at `size` (height, width, frames; default: the model's own)."""
         if model == TINY:
             return PresetChoice("cpu-demo", load_preset("cpu-demo"),
                                 "The built-in model runs on the CPU; auto picks the CPU demo preset (every format "
                                 "runs there on the reference kernels).")
-        return choose_preset(self.gpu, self._entry(model))
+        return choose_preset(self.gpu, self._entry(model), size)
 
     def config(self, model: str, preset: str | None = None, dit: str | None = None, t5: str | None = None,
                clip: str | None = None, attention: str | None = None,
-               decoder: str | None = None) -> tuple[str, QuantConfig]:
-        """(preset name, config) after per-component overrides and run options, checked against this GPU."""
-        name = preset if preset and preset != "auto" else self.preset_for(model).name
+               decoder: str | None = None, size: tuple[int, int, int] | None = None) -> tuple[str, QuantConfig]:
+        """(preset name, config) after per-component overrides and run options, checked against this GPU;
+        auto picks its preset for `size` (height, width, frames)."""
+        name = preset if preset and preset != "auto" else self.preset_for(model, size).name
         cfg = load_config(apply_overrides(load_preset(name), dit=dit, t5=t5, clip=clip, attention=attention,
                                           decoder=decoder))
+        _tiny_takes_no_decoder(model, cfg)
         if model != TINY:
             check_config_for_gpu(cfg, self.gpu)
             self.notices = format_notices(cfg, self.gpu)
@@ -103,6 +106,7 @@ class VideoService:
             lines.append("**Overrides:** " + ", ".join(f"{COMPONENT_NAMES.get(k, k)} {v}" for k, v in changed.items()))
         try:
             cfg = load_config(apply_overrides(load_preset(preset if chosen else auto.name), **changed))
+            _tiny_takes_no_decoder(model, cfg)
             if model == TINY:
                 where = "the CPU (reference kernels; the tiny model always runs there)"
             else:
@@ -162,9 +166,10 @@ class VideoService:
 
             raise RequestError(f"{self._label(model)} does {' and '.join(task)}, not {req.task}")
         req = validate(req, self.limits(model))
-        name, cfg = self.config(model, preset, **(overrides or {}))
+        size = (req.height, req.width, req.num_frames)
+        name, cfg = self.config(model, preset, **(overrides or {}), size=size)
         if model != TINY:  # engine.memory's estimate: refuse what cannot fit, before any download
-            check_fits(self.gpu, self._entry(model), cfg.raw, (req.height, req.width, req.num_frames), strict=True)
+            check_fits(self.gpu, self._entry(model), cfg.raw, size, strict=True)
         return name, cfg, req
 
     def plan_text(self, model: str, req: VideoRequest) -> str:
@@ -323,9 +328,15 @@ class VideoService:
         """Download and load `model` with its preset now, without generating. On a ZeroGPU Space the
         app calls it at start-up: the `spaces.GPU` call runs in a forked process, so loading there
         would repeat on every job."""
-        with self._lock:
+        with GPU_LOCK:
             name, cfg = self.config(model)
             self._load(model, self.tasks(model)[0], name, cfg, on_download)
+
+
+def _tiny_takes_no_decoder(model: str, cfg: QuantConfig) -> None:
+    if model == TINY and cfg.get("decoder", "full") != "full":
+        raise ConfigError("the built-in tiny model decodes with its own tiny VAE; the light and tiny decoders "
+                          "need a real Wan model (choose decoder: preset or full)")
 
 
 __all__ = ["VideoService", "SCHEME_CHOICES", "TINY", "Cancelled"]

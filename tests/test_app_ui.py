@@ -100,7 +100,7 @@ def test_a_server_path_in_the_request_is_refused(app_url, tmp_path):
     Image.new("RGB", (32, 32), "red").save(tmp_path / "private.png")
     image = {"path": str(tmp_path / "private.png"), "meta": {"_type": "gradio.FileData"}}
     data = ["tiny", "auto", "preset", "preset", "preset", "Image to video", image, "x", "", 32, 32, 5, 1, 1.0, "5", 1,
-            False]
+            False, "preset", "preset"]  # ..., random seed, self-attention, decoder
     post = urllib.request.Request(app_url + "gradio_api/call/generate", json.dumps({"data": data}).encode(),
                                   headers={"Content-Type": "application/json"})
     event = json.loads(urllib.request.urlopen(post, timeout=30).read())["event_id"]

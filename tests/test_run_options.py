@@ -44,3 +44,51 @@ def test_plan_text_says_what_is_streamed_and_a_size_no_tier_holds_is_refused(tmp
     assert service.plan_text("wan2.1-t2v-14b", VideoRequest("a cat", height=480, width=832, num_frames=81))
     with pytest.raises(HardwareError, match=r"GiB"):
         service.check("wan2.1-t2v-14b", req)
+
+
+def test_auto_picks_its_tier_for_the_requested_size_not_the_default_one(tmp_path):
+    from engine.catalog import get_model
+    from engine.hardware import choose_preset
+
+    service = VideoService(RTX_4090, demo=False, out_dir=tmp_path / "out")
+    name, _, _ = service.check("wan2.1-t2v-14b", VideoRequest("a cat", height=720, width=1280, num_frames=81))
+    assert name == choose_preset(RTX_4090, get_model("wan2.1-t2v-14b"), (720, 1280, 81)).name
+
+
+def test_8bit_attention_on_a_gpu_without_fp8_is_refused_before_download(tmp_path):
+    a100 = VideoService(GpuInfo("NVIDIA A100", (8, 0), 80 * GB, 80 * GB), demo=False, out_dir=tmp_path / "out")
+    req = VideoRequest("a cat", height=480, width=832, num_frames=81)
+    a100.check("wan2.1-t2v-14b", req)
+    with pytest.raises(HardwareError, match=r"self-attention: .*8\.0.*8\.9\+.*torch_sdpa"):
+        a100.check("wan2.1-t2v-14b", req, overrides={"attention": "8-bit"})
+
+
+@pytest.mark.parametrize("key", ["use_tae", "need_scaled", "use_lightvae"])
+def test_a_string_false_is_not_taken_for_true(key):
+    from engine.vae.choice import decoder_choice
+
+    with pytest.raises(ConfigError, match=key):
+        load_config({key: "false"})
+    with pytest.raises(ConfigError, match=key):
+        decoder_choice({key: "false"})
+
+
+def test_every_key_the_run_options_write_is_known(caplog):
+    raw = apply_overrides(load_preset("ada-fp8"), attention="8-bit", decoder="light")
+    with caplog.at_level("WARNING", logger="engine.config"):
+        load_config(dict(raw, tae_chunk=2, vae_dtype="bf16", vae_channels_last=True, vae_compile=False))
+    assert not [r for r in caplog.records if "unknown" in r.getMessage().lower()]
+
+
+def test_the_tiny_model_runs_the_8bit_choice_on_its_cpu_reference_and_refuses_other_decoders(tmp_path):
+    from engine.attention.install import self_attention_choice
+    from engine.builder import build_tiny
+    from engine.service import TINY
+
+    service = VideoService(None, demo=True, out_dir=tmp_path / "out")
+    name, cfg = service.config(TINY, attention="8-bit")
+    loaded = build_tiny("t2v", cfg)
+    choice = self_attention_choice(loaded.pipe.transformer.blocks[0].attn1)
+    assert choice is not None and choice.wants_8bit()
+    with pytest.raises(ConfigError, match="tiny model"):
+        service.config(TINY, decoder="tiny")

@@ -30,6 +30,7 @@ class AttentionPath:
     name = "?"
     family = "?"
     describe = ""
+    min_capability: tuple[int, int] | None = None  # CUDA paths: the oldest GPU generation that runs it
 
     def unavailable(self, device: torch.device, head_dim: int, dtype: torch.dtype) -> str | None:
         """Why this path cannot run on `device` for this head size and dtype (None: it can)."""
@@ -51,6 +52,7 @@ class SdpaPath(AttentionPath):
 class Sage8TritonPath(AttentionPath):
     name, family = "sage8_triton", "sage8"
     describe = "8-bit attention, our Triton kernel (INT8 Q·Kᵀ with smoothed K, FP8 P·V)"
+    min_capability = (8, 9)  # FP8 tensor-core instructions: Ada, Hopper, Blackwell
 
     def unavailable(self, device, head_dim, dtype):
         if triton_sage is None:
@@ -60,7 +62,7 @@ class Sage8TritonPath(AttentionPath):
         cap = cuda_capability(device)
         if cap is None:
             return "no CUDA GPU is visible to torch"
-        if cap < (8, 9):
+        if cap < self.min_capability:
             return (f"{device_label(device)} has no FP8 matrix instructions (compute capability 8.9+: Ada, "
                     "Hopper, Blackwell); on Ampere use torch_sdpa")
         if head_dim & (head_dim - 1) or not 16 <= head_dim <= 256:
@@ -103,6 +105,16 @@ def explain(family: str, device, head_dim: int, dtype) -> list[tuple[str, str | 
     """Every path of `family`, in preference order, with why it cannot run here (None: it can)."""
     device = torch.device(device)
     return [(p.name, p.unavailable(device, head_dim, dtype)) for p in PATHS.values() if p.family == family]
+
+
+def gpu_problem(family: str, capability: tuple[int, int], gpu_name: str) -> str | None:
+    """Before anything is loaded: why no CUDA path of `family` runs on a GPU of this compute capability."""
+    cuda = [p for p in PATHS.values() if p.family == family and p.min_capability is not None]
+    if not cuda or any(capability >= p.min_capability for p in cuda):
+        return None
+    need = min(p.min_capability for p in cuda)
+    return (f"{gpu_name} is compute capability {capability[0]}.{capability[1]}; the {family} attention paths need "
+            f"{need[0]}.{need[1]}+ (Ada, Hopper, Blackwell). Set self_attn_1_type to torch_sdpa.")
 
 
 def select_path(family: str, device, head_dim: int, dtype) -> AttentionPath:

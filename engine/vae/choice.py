@@ -44,9 +44,16 @@ class DecoderChoice:
         return LIGHT_VAE_FILE if self.kind == "light" else tiny_vae_file(z_dim)
 
 
+def _flag(cfg, key: str) -> bool:
+    value = cfg.get(key)
+    if value is not None and not isinstance(value, bool):  # "false" is a string, and bool("false") is True
+        raise ConfigError(f"`{key}` must be true or false, got {value!r}")
+    return bool(value)
+
+
 def decoder_choice(cfg) -> DecoderChoice:
-    use_tae = bool(cfg.get("use_tae", cfg.get("use_tiny_vae", False)))
-    use_light = bool(cfg.get("use_lightvae", False))
+    use_tae = _flag(cfg, "use_tae") if cfg.get("use_tae") is not None else _flag(cfg, "use_tiny_vae")
+    use_light = _flag(cfg, "use_lightvae")
     if use_tae and use_light:
         raise ConfigError("the config sets both use_tae (tiny decoder) and use_lightvae; choose one")
     implied = "tiny" if use_tae else "light" if use_light else None
@@ -62,7 +69,7 @@ def decoder_choice(cfg) -> DecoderChoice:
         path = cfg.get("tae_path") or cfg.get("tiny_vae_path")
     elif kind == "light":
         path = cfg.get("vae_path")
-    need_scaled = cfg.get("need_scaled")
+    need_scaled = _flag(cfg, "need_scaled") if cfg.get("need_scaled") is not None else None
     chunk = cfg.get("tae_chunk", 4)
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
         raise ConfigError(f"tae_chunk must be a whole number >= 0 (0: all frames at once), got {chunk!r}")
