@@ -29,6 +29,12 @@ def enable_sequence_parallel(model, plan, mesh) -> None:
     config = ContextParallelConfig(ring_degree=ring, ulysses_degree=plan.seq // ring, mesh=mesh)
     with _cpu_counts_as_one_device():
         model.enable_parallelism(config=config)
+    eightbit = sum(1 for m in model.modules() if m.__dict__.get("_eightbit") is not None
+                   and m.__dict__["_eightbit"].plan.self_attn != "sdpa")
+    if eightbit:
+        # the 8-bit kernel is not a diffusers attention backend, so it cannot sit inside the exchange
+        log.warning("context parallelism: self-attention runs bf16 through diffusers' exchange, not 8-bit "
+                    "(self_attn_1_type is ignored on %d blocks while seq_p_size > 1)", eightbit)
     fused = sum(1 for m in model.modules() if m.__dict__.get("_fused_plan"))
     if fused:
         # engine/fused.py calls dispatch_attention_fn itself; it passes the processor's _parallel_config
