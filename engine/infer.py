@@ -175,9 +175,15 @@ def _image(path):
 
     if not path:
         raise EngineError("--task i2v needs --image_path")
+    from .request import MAX_IMAGE_SIDE
+
     try:
-        return Image.open(path).convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
+        with Image.open(path) as image:  # lazy: the size is known before the pixels are decoded
+            if max(image.size) > MAX_IMAGE_SIDE:
+                raise EngineError(f"the image {path} is {image.size[0]}x{image.size[1]}; sides up to "
+                                  f"{MAX_IMAGE_SIDE} pixels are accepted: scale it down first")
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as e:
         raise EngineError(f"cannot read the image {path}: {e}") from None
 
 
