@@ -163,15 +163,15 @@ def test_a_rank_that_dies_or_hangs_stops_the_other_with_a_message(mode):
 
 
 @pytest.mark.slow
-def test_fused_block_attention_takes_part_in_context_parallelism():
+def test_fused_block_attention_takes_part_in_context_parallelism(tmp_path):
     """engine/fused.py calls dispatch_attention_fn itself; with the processor's parallel config it must give
     each rank its tokens' rows of attention over all tokens (without it, only over its own half)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "-m", "tests.parallel_worker", "fused"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=90,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PARALLEL_WORKER_OUT": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    rows = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert sorted(r["rank"] for r in rows) == [0, 1]
     for r in rows:
         assert r["cp_err"] < 1e-5 and r["local_err"] > 0.1, r

@@ -164,10 +164,14 @@ class Parallel:
             if self.plan.cfg > 1:
                 enable_cfg_parallel(model, self.mesh["cfg"].get_group(), self.mesh["cfg"].get_local_rank())
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if finished:
+                # every rank reaches this before any tears its group down: a rank that left first made gloo
+                # abort the other at exit ("terminate called without an active exception", seen on CPU)
+                dist.barrier()
             dist.destroy_process_group()
 
 
@@ -199,8 +203,10 @@ def guarded(par: Parallel):
     """Turn a failed or timed-out collective into ParallelError, and leave the process group."""
     import torch.distributed as dist
 
+    finished = False
     try:
         yield
+        finished = True
     except (dist.DistError, RuntimeError) as e:
         # NCCL reports a timeout or a lost peer as DistBackendError; gloo as a plain RuntimeError whose
         # text names its own source (third_party/gloo/...). Any other RuntimeError is not ours to reword.
@@ -211,7 +217,7 @@ def guarded(par: Parallel):
                             f"timeout ({par.plan.timeout_s:g} s, `parallel.timeout_s`); another rank probably "
                             f"stopped (see its output above): {first}") from None
     finally:
-        par.close()
+        par.close(finished)
 
 
 def video_tokens(pipe, req) -> int:
