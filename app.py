@@ -11,6 +11,7 @@ loaded at start-up, outside the `spaces.GPU` call.
 from __future__ import annotations
 
 import os
+import socket
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: it reads it then
 
@@ -98,8 +99,22 @@ def main(argv=None) -> None:
     from ui.bounds import launch_kwargs
 
     # Only the outputs folder is served; user-supplied paths are never read; bodies and uploads are bounded.
+    if _port_taken(host, port):
+        raise SystemExit(f"error: port {port} on {host} is already in use (another app, or this one running twice); "
+                         "stop it or choose another with --port N")
     app.launch(server_name=host, server_port=port, ssr_mode=False, show_error=True,
                **launch_kwargs(service.out_dir))
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Gradio answers a taken port with an OSError and a traceback; ask first so it is one sentence."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 if __name__ == "__main__":
