@@ -8,6 +8,7 @@ The format of a layer is inferred from dtypes and shapes against the (rows, cols
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -17,6 +18,8 @@ from .formats import get_format
 from .formats.swizzle import swizzle, swizzled_shape, unswizzle
 
 NVFP4_GS_NUMERATOR = 6.0 * 448.0  # a global scale maps amax onto e2m1 max times e4m3 max
+log = logging.getLogger("engine.checkpoint")
+_REPORTED: set[tuple[str, tuple[str, ...]]] = set()
 QUANT_SUFFIXES = ("weight_scale", "weight_global_scale", "input_global_scale", "alpha", "input_absmax",
                   "scale_weight", "input_scale")
 FP8 = torch.float8_e4m3fn
@@ -71,6 +74,7 @@ def _numel(shape) -> int:
 def decode_layer(fmt: str, t: dict[str, torch.Tensor], rows: int, cols: int, where: str) -> dict[str, torch.Tensor]:
     """File tensors of one layer -> QuantLinear buffers. Large tensors stay views of the file."""
     f = get_format(fmt)
+    _report_unused(fmt, t, where)
     out = {"weight": t["weight"]}
     scale = t.get("weight_scale", t.get("scale_weight"))
     if fmt in ("int8", "fp8", "fp8_tensor", "fp8_block128"):
@@ -102,6 +106,19 @@ def decode_layer(fmt: str, t: dict[str, torch.Tensor], rows: int, cols: int, whe
         if igs is not None:
             out["input_global_scale"] = igs
     return out
+
+
+def _report_unused(fmt: str, t: dict, where: str) -> None:
+    """Static activation scales beside a format that quantizes activations per token (or per block) at run
+    time are not used: say so once per format and set of keys, never drop them silently."""
+    used = {"nvfp4": ("weight_global_scale", "input_global_scale", "alpha", "input_absmax")}.get(fmt, ())
+    extra = tuple(sorted(k for k in t if k in QUANT_SUFFIXES and k not in used
+                         and k not in ("weight_scale", "scale_weight")))
+    if extra and (fmt, extra) not in _REPORTED:
+        _REPORTED.add((fmt, extra))
+        log.warning("%s: %s not used: %s activations are quantized dynamically at run time, which is finer than "
+                    "a static scale (other %s layers with them are not reported again)", where, ", ".join(extra),
+                    fmt, fmt)
 
 
 def _one(t: torch.Tensor, where: str) -> torch.Tensor:

@@ -229,3 +229,16 @@ def test_config_and_model_index_that_are_not_regular_files(tmp_path):
     d.mkdir()
     os.mkfifo(d / "model_index.json")
     expect_error("6-cause", lambda: _index(d), "model_index.json", "FIFO", kind=ConfigError)
+
+
+def test_a_static_activation_scale_beside_an_int8_layer_is_reported_not_dropped_silently(caplog):
+    import torch
+
+    from engine.checkpoint_formats import decode_layer
+
+    t = {"weight": torch.ones(4, 8, dtype=torch.int8), "weight_scale": torch.ones(4, 1),
+         "input_global_scale": torch.ones(1), "alpha": torch.ones(1)}
+    with caplog.at_level("WARNING", logger="engine.checkpoint"):
+        out = decode_layer("int8", t, 4, 8, "f.safetensors: blocks.0.ffn.0")
+    assert set(out) == {"weight", "weight_scale"}
+    assert any("alpha, input_global_scale not used" in r.getMessage() for r in caplog.records)

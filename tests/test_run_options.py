@@ -92,3 +92,4 @@ def test_the_tiny_model_runs_the_8bit_choice_on_its_cpu_reference_and_refuses_ot
     assert choice is not None and choice.wants_8bit()
     with pytest.raises(ConfigError, match="tiny model"):
         service.config(TINY, decoder="tiny")
+
