@@ -242,3 +242,21 @@ def test_a_static_activation_scale_beside_an_int8_layer_is_reported_not_dropped_
         out = decode_layer("int8", t, 4, 8, "f.safetensors: blocks.0.ffn.0")
     assert set(out) == {"weight", "weight_scale"}
     assert any("alpha, input_global_scale not used" in r.getMessage() for r in caplog.records)
+
+
+def test_decoder_files_go_through_the_hardened_readers(tmp_path):
+    import os
+
+    import torch
+
+    from engine.errors import CheckpointError
+    from engine.vae.files import read_tensors
+
+    torch.save({"decoder.0.weight": [1, 2, 3]}, tmp_path / "list.pth")
+    os.mkfifo(tmp_path / "fifo.safetensors")
+    (tmp_path / "lfs.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
+    (tmp_path / "dir.safetensors").mkdir()
+    for name, words in [("list.pth", "not a map of names to tensors"), ("fifo.safetensors", "FIFO"),
+                        ("lfs.safetensors", "LFS"), ("dir.safetensors", "folder"), ("none.pth", "does not exist")]:
+        with pytest.raises(CheckpointError, match=words):
+            read_tensors(tmp_path / name)

@@ -14,22 +14,27 @@ from ..errors import CheckpointError
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a .safetensors or .pth file (LightX2V accepts both for its decoders)."""
+    """All tensors of a .safetensors or .pth file (LightX2V accepts both for its decoders), through the
+    checkpoint readers: regular files only, LFS pointers and corrupt headers named, weights_only pickles."""
+    from ..checkpoint_files import regular_file
+    from ..checkpoint_io import SafeTensorsFile, load_pth
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise CheckpointError(f"decoder file {path} does not exist; download it from the Hub repo "
                               "lightx2v/Autoencoders or fix the path in the config")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device="cpu")
-        if path.suffix in (".pth", ".pt"):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            return data.get("state_dict", data) if isinstance(data, dict) else data
-    except Exception as e:  # a corrupt or truncated file: say which one
-        raise CheckpointError(f"cannot read decoder file {path}: {e}") from None
-    raise CheckpointError(f"decoder file {path}: unsupported extension {path.suffix!r} (use .safetensors or .pth)")
+    regular_file(path, "decoder file")
+    if path.suffix == ".safetensors":
+        f = SafeTensorsFile(path)
+        return {key: f.get(key) for key in f.keys()}
+    if path.suffix not in (".pth", ".pt"):
+        raise CheckpointError(f"decoder file {path}: unsupported extension {path.suffix!r} (use .safetensors or .pth)")
+    data = load_pth(path, raw=True)
+    data = data.get("state_dict", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                             for k, v in data.items()):
+        raise CheckpointError(f"decoder file {path} is not a map of names to tensors (a state dict)")
+    return data
 
 
 def need(tensors: dict, key: str, path, what: str) -> torch.Tensor:
