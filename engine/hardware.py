@@ -208,7 +208,7 @@ def check_config_for_gpu(cfg: QuantConfig, gpu: GpuInfo | None) -> None:
     from .attention import plan_from_config
     from .attention.paths import gpu_problem
 
-    family = plan_from_config(cfg).self_attn
+    family = plan_from_config(cfg, announce=False).self_attn
     why = gpu_problem(family, gpu.capability, gpu.name) if family != "sdpa" else None
     if why:
         problems.append(f"self-attention: {why}")

@@ -67,8 +67,9 @@ def _count(cfg, key, source) -> int:
     return value
 
 
-def plan_from_config(cfg, source: str | None = None) -> AttentionPlan:
-    """Read the attention keys from a QuantConfig (or dict); logs one line saying what runs."""
+def plan_from_config(cfg, source: str | None = None, announce: bool = True) -> AttentionPlan:
+    """Read the attention keys from a QuantConfig (or dict); logs one line saying what runs (`announce`:
+    off for checks that only read the plan, e.g. before a download, so the line appears once per install)."""
     source = source or getattr(cfg, "source", "<config>")
     self_type = _name(cfg, "self_attn_1_type", source)
     cross = [(k, _name(cfg, k, source)) for k in ("cross_attn_1_type", "cross_attn_2_type")]
@@ -79,6 +80,8 @@ def plan_from_config(cfg, source: str | None = None) -> AttentionPlan:
                           f"got {blocks!r}")
     plan = AttentionPlan(ATTN_TYPES[self_type], _count(cfg, "attn_bf16_first_steps", source),
                          _count(cfg, "attn_bf16_last_steps", source), frozenset(blocks), source)
+    if not announce:
+        return plan
     what = "8-bit (INT8 Q·Kᵀ, FP8 P·V)" if plan.self_attn == "sage8" else "bf16 SDPA"
     extra = ""
     if plan.self_attn == "sage8" and (plan.bf16_first_steps or plan.bf16_last_steps or plan.bf16_blocks):
