@@ -126,18 +126,19 @@ def build_from_dir(model_dir: str | Path, cfg: QuantConfig, *, dit_ckpts: list[s
             reports[attr] = (f"{loaded_from}\n  - quantized on load: {report.summary()}" if loaded_from
                              else report.summary())
     pipe.set_progress_bar_config(disable=True)
-    configure_decoder(pipe, cfg, decoder_ckpt, reports)  # before placement: offload hooks must see the decoder
+    configure_decoder(pipe, cfg, decoder_ckpt, reports, device.type)  # before placement: offload hooks must see the decoder
     offload = place_pipeline(pipe, cfg, device, reports)
     return LoadedModel(pipe, task, label or model_dir.name, cfg, device, limits, reports, preset, offload=offload)
 
 
-def configure_decoder(pipe, cfg: QuantConfig, decoder_ckpt: str | None, reports: dict) -> None:
+def configure_decoder(pipe, cfg: QuantConfig, decoder_ckpt: str | None, reports: dict,
+                      device_type: str = "cpu") -> None:
     """The decoder choice (full / light / tiny, engine/vae/choice.py) and the full VAE's speed settings
     (engine/vae/speed.py), both read from the config. `decoder_ckpt`: the file the Hub plan fetched."""
     from .vae.choice import decoder_choice, use_decoder
     from .vae.speed import apply_speed, speed_settings
 
-    choice, speed = decoder_choice(cfg), speed_settings(cfg)
+    choice, speed = decoder_choice(cfg), speed_settings(cfg, device_type)
     notes = [use_decoder(pipe, choice, decoder_ckpt)]
     if choice.kind != "tiny":  # the tiny decoder has its own dtype; the full VAE only encodes then
         notes.append(apply_speed(pipe.vae, speed))
