@@ -1,8 +1,8 @@
 """Build a ready-to-run Wan pipeline from a config: the tiny built-in model, a diffusers-format folder
 (with LightX2V pre-quantized DiT/T5/CLIP files where given), or a catalog model from the Hub.
 
-Pre-quantized files go through the checkpoint loaders (engine.checkpoint.load_dit,
-engine.encoders.load_t5/load_clip): the model is built on the meta device and never exists in
+Pre-quantized files go through the checkpoint loaders (engine.checkpoint.dit.load_dit,
+engine.checkpoint.encoders.load_t5/load_clip): the model is built on the meta device and never exists in
 bf16. Components without such a file are loaded from the base folder and quantized on load.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .catalog import ModelEntry
-from .checkpoint_files import regular_file
+from .checkpoint.files import regular_file
 from .config import QuantConfig
 from .errors import CheckpointError, ConfigError
 from .pipeline import quantize_pipeline
@@ -26,8 +26,8 @@ from .request import Limits
 log = logging.getLogger("engine.builder")
 
 # component -> (module, function) of the loader for LightX2V-format files
-LOADERS = {"dit": ("engine.checkpoint", "load_dit"), "t5": ("engine.encoders", "load_t5"),
-           "clip": ("engine.encoders", "load_clip")}
+LOADERS = {"dit": ("engine.checkpoint.dit", "load_dit"), "t5": ("engine.checkpoint.encoders", "load_t5"),
+           "clip": ("engine.checkpoint.encoders", "load_clip")}
 TINY_LIMITS = Limits(max_height=64, max_width=64, max_frames=17, max_steps=8)
 
 

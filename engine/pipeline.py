@@ -18,7 +18,7 @@ def quantize_pipeline(pipe, cfg: QuantConfig, work_device=None) -> dict[str, Qua
             continue
         reports[attr] = quantize_model(module, quant.scheme, work_device=work_device)
         if attr == "text_encoder":
-            from .encoders import fix_t5_wo_cast
+            from .checkpoint.encoders import fix_t5_wo_cast
 
             fix_t5_wo_cast(module)  # transformers would cast T5's FFN input to an fp8 `wo.weight` dtype
     return reports
