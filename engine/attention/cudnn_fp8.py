@@ -114,14 +114,12 @@ def _constants(device: torch.device) -> torch.Tensor:
     return c
 
 
-def build_graph(cudnn, device: torch.device, b: int, h: int, s: int, d: int, out_dtype: torch.dtype,
-                scale: float) -> Fp8Graph:
-    """Build (uncached) the sdpa_fp8 graph for contiguous [B, S, H, D] e4m3 q/k/v and a `out_dtype` O.
-    Raises cudnn's errors (cudnnGraphNotSupportedError and others) unchanged."""
+def declare_graph(cudnn, b: int, h: int, s: int, d: int, out_dtype: torch.dtype, scale: float, handle=None):
+    """The sdpa_fp8 graph for contiguous [B, S, H, D] e4m3 q/k/v and an `out_dtype` O, declared and
+    validated (no GPU needed up to here): (graph, {name: uid})."""
     dt = cudnn.data_type
     fp8, f32 = dt.FP8_E4M3, dt.FLOAT
     out = {torch.bfloat16: dt.BFLOAT16, torch.float16: dt.HALF}[out_dtype]
-    handle = _handle(cudnn, device)
     g = cudnn.pygraph(io_data_type=fp8, intermediate_data_type=f32, compute_data_type=f32, handle=handle)
     dim, stride = (b, h, s, d), (s * h * d, d, h * d, 1)  # [B, H, S, D] view of [B, S, H, D] memory
     q, k, v = (g.tensor(name=n, dim=dim, stride=stride, data_type=fp8) for n in ("q", "k", "v"))
@@ -131,8 +129,16 @@ def build_graph(cudnn, device: torch.device, b: int, h: int, s: int, d: int, out
                                             name="attn")
     o.set_output(True).set_dim(dim).set_stride(stride).set_data_type(out)
     amax_o.set_output(True).set_dim((1, 1, 1, 1)).set_stride((1, 1, 1, 1)).set_data_type(f32)
+    g.validate()
+    uids = {n: t.uid for n, t in (("q", q), ("k", k), ("v", v), ("o", o), ("amax_o", amax_o), *scalars.items())}
+    return g, uids
+
+
+def build_graph(cudnn, device: torch.device, b: int, h: int, s: int, d: int, out_dtype: torch.dtype,
+                scale: float) -> Fp8Graph:
+    """Declare and build (uncached) the graph on `device`. Raises cudnn's errors unchanged."""
     with torch.cuda.device(device):
-        g.validate()
+        g, uids = declare_graph(cudnn, b, h, s, d, out_dtype, scale, _handle(cudnn, device))
         g.build_operation_graph()
         g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
         g.check_support()
@@ -143,7 +149,6 @@ def build_graph(cudnn, device: torch.device, b: int, h: int, s: int, d: int, out
         plan = g.get_plan_name_at_index(0)
     except Exception:  # naming is informational only
         plan = "?"
-    uids = {n: t.uid for n, t in (("q", q), ("k", k), ("v", v), ("o", o), ("amax_o", amax_o), *scalars.items())}
     return Fp8Graph(g, uids, workspace, amax_buf, plan)
 
 

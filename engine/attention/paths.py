@@ -101,9 +101,6 @@ class CudnnFp8Path(AttentionPath):
     def unavailable(self, device, head_dim, dtype):
         if fp8_qkv.triton is None:
             return "triton is not installed (the quantize launch is a Triton kernel)"
-        cudnn, why = cudnn_fp8.load_frontend()
-        if cudnn is None:
-            return why
         if device.type != "cuda":
             return "runs on CUDA GPUs only"
         cap = cuda_capability(device)
@@ -116,6 +113,11 @@ class CudnnFp8Path(AttentionPath):
             return f"head dim {head_dim} is not a power of two in 16..256 (the quantize kernel's tiles)"
         if dtype not in (torch.bfloat16, torch.float16):
             return f"inputs are {dtype}; the path takes bf16 or fp16"
+        cudnn, why = cudnn_fp8.load_frontend()
+        if cudnn is None:
+            return why
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         key = (device.index, head_dim, dtype)
         if key not in self._probed:
             try:
