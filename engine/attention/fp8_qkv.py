@@ -41,7 +41,7 @@ class Fp8Tensors:
 
 if triton is not None:
     @triton.jit
-    def _stats_kernel(Q, K, V, STATS, seq, H, sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
+    def _fp8qkv_stats_kernel(Q, K, V, STATS, seq, H, sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
                       CHUNK: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr):
         """STATS[bh, chunk] = [K sum, K max, K min, |Q| max, |V| max], each [D] float32."""
         bh, c = tl.program_id(0), tl.program_id(1)
@@ -76,7 +76,7 @@ if triton is not None:
         return y.to(tl.float8e4nv)
 
     @triton.jit
-    def _quant_kernel(Q, K, V, KMEAN, SCALES, Q8, K8, V8, seq, H,
+    def _fp8qkv_quant_kernel(Q, K, V, KMEAN, SCALES, Q8, K8, V8, seq, H,
                       sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
                       TOKENS: tl.constexpr, D: tl.constexpr):
         blk, bh = tl.program_id(0), tl.program_id(1)
@@ -102,7 +102,7 @@ def fp8_stats(q, k, v):
     b, seq, h, d = q.shape
     chunks = math.ceil(seq / CHUNK)
     stats = torch.empty(b * h, chunks, 5, d, device=q.device, dtype=torch.float32)
-    _stats_kernel[(b * h, chunks)](q, k, v, stats, seq, h, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+    _fp8qkv_stats_kernel[(b * h, chunks)](q, k, v, stats, seq, h, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
                                    CHUNK=CHUNK, ROWS=32, D=d, num_warps=4)
     k_mean = stats[:, :, 0].sum(dim=1) / seq
     k_amax = torch.maximum(stats[:, :, 1].amax(dim=1) - k_mean, k_mean - stats[:, :, 2].amin(dim=1)).amax()
@@ -120,7 +120,7 @@ def quantize_fp8(q, k, v) -> Fp8Tensors:
     scales = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax)).contiguous()
     q8 = torch.empty(b, seq, h, d, device=q.device, dtype=torch.float8_e4m3fn)
     k8, v8 = torch.empty_like(q8), torch.empty_like(q8)
-    _quant_kernel[(math.ceil(seq / TOKENS), b * h)](
+    _fp8qkv_quant_kernel[(math.ceil(seq / TOKENS), b * h)](
         q, k, v, k_mean, scales, q8, k8, v8, seq, h, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         TOKENS=TOKENS, D=d, num_warps=4)
     return Fp8Tensors(q8, k8, v8, scales, k_mean)
