@@ -127,8 +127,10 @@ def test_registry_reason_when_cudnn_declines_the_graph(monkeypatch):
     path = paths.CudnnFp8Path()  # a fresh one: the registered path caches its probes
     why = path.unavailable(torch.device("cuda", 3), 64, torch.bfloat16)
     assert "cuDNN 9.99.0" in why and "head dim 64" in why and "CUDNN_STATUS_NOT_SUPPORTED" in why
-    assert "more detail" not in why and built == [(1, 1, cudnn_fp8.PROBE_TOKENS, 64, torch.bfloat16)]
-    assert path.unavailable(torch.device("cuda", 3), 64, torch.bfloat16) == why and len(built) == 1  # cached
+    # a bf16 O first, then fp16 (cast after), each with cuDNN's first line
+    assert "more detail" not in why and "bfloat16 output" in why and "float16 output" in why
+    assert built == [(1, 1, cudnn_fp8.PROBE_TOKENS, 64, torch.bfloat16), (1, 1, cudnn_fp8.PROBE_TOKENS, 64, torch.float16)]
+    assert path.unavailable(torch.device("cuda", 3), 64, torch.bfloat16) == why and len(built) == 2  # cached
     with pytest.raises(KernelError) as e:  # at run time: the shape, cuDNN's words, what to set instead
         cudnn_fp8.graph_for(frontend, torch.device("cuda", 3), 1, 40, 32760, 128, torch.bfloat16, 0.088)
     assert all(w in str(e.value) for w in ("H=40", "S=32760", "D=128", "NOT_SUPPORTED", "sage_attn2"))
@@ -166,3 +168,19 @@ def test_processor_on_diffusers_wan_takes_the_reference(monkeypatch):
     assert 0 < R.rel_error(out, base) < 0.15
     install_attention(model, AttentionPlan())
     assert torch.equal(run(model), base)
+
+
+def test_graph_falls_back_to_an_fp16_output_and_says_so(monkeypatch, caplog):
+    def build(cudnn, device, b, h, s, d, out_dtype, scale):
+        if out_dtype == torch.bfloat16:
+            raise RuntimeError("CUDNN_STATUS_NOT_SUPPORTED: bf16 O")
+        return cudnn_fp8.Fp8Graph(None, {}, None, None, "engine7", out_dtype)
+
+    monkeypatch.setattr(cudnn_fp8, "build_graph", build)
+    monkeypatch.setattr(cudnn_fp8, "_GRAPHS", {})
+    with caplog.at_level(logging.INFO, logger="engine.attention"):
+        g = cudnn_fp8.graph_for(object(), torch.device("cuda", 0), 1, 12, 1000, 128, torch.bfloat16, 0.088)
+        assert cudnn_fp8.graph_for(object(), torch.device("cuda", 0), 1, 12, 1000, 128, torch.bfloat16, 0.088) is g
+    assert g.out_dtype == torch.float16
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "engine7" in lines[0] and "cast to torch.bfloat16" in lines[0]

@@ -8,7 +8,7 @@ Facts from the frontend (1.32, its docstrings and its tests/python/sdpa/fp8.py):
 Q/K/V [B, H, S, D] descriptors with any strides (we declare [B, S, H, D] memory), six float32
 [1,1,1,1] device scalars (descale q/k/v, descale_s, scale_s, scale_o), `generate_stats=False` for
 inference; it returns O, Stats, Amax_S, Amax_O. With P ≤ 1, scale_s = 448 and descale_s = 1/448;
-O is declared bf16 (scale_o = 1). Amax_S stays virtual (its docstring: an output would restrict
+O is declared bf16 (scale_o = 1), or fp16 and cast where cuDNN declines bf16 (see graph_for). Amax_S stays virtual (its docstring: an output would restrict
 the engines); Amax_O is an output (the frontend's own tests always bind it). `sdpa_mxfp8` (one
 E8M0 scale per 32) is documented as Blackwell-only, so it is not offered here.
 
@@ -86,8 +86,9 @@ class Fp8Graph:
     graph: object
     uids: dict  # name -> uid
     workspace: torch.Tensor
-    amax_o: torch.Tensor  # cuDNN writes O's amax here (unused: O is bf16)
+    amax_o: torch.Tensor  # cuDNN writes O's amax here (unused: O is not FP8)
     plan: str  # the engine cuDNN chose, for logs and the bench
+    out_dtype: torch.dtype  # O as cuDNN writes it (fp16 where it declines bf16; cast after)
 
 
 _GRAPHS: dict = {}
@@ -149,37 +150,55 @@ def build_graph(cudnn, device: torch.device, b: int, h: int, s: int, d: int, out
         plan = g.get_plan_name_at_index(0)
     except Exception:  # naming is informational only
         plan = "?"
-    return Fp8Graph(g, uids, workspace, amax_buf, plan)
+    return Fp8Graph(g, uids, workspace, amax_buf, plan, out_dtype)
+
+
+def _build_first(cudnn, device, b, h, s, d, out_dtype, scale):
+    """(graph, "") for the first O dtype cuDNN builds, or (None, every dtype's reason)."""
+    tries = [out_dtype] + ([torch.float16] if out_dtype == torch.bfloat16 else [])
+    errors = []
+    for dtype in tries:
+        try:
+            return build_graph(cudnn, device, b, h, s, d, dtype, scale), ""
+        except Exception as e:
+            errors.append(f"{str(dtype).replace('torch.', '')} output: {type(e).__name__}: {_first_line(e)}")
+            log.debug("cuDNN sdpa_fp8 graph with a %s output declined: %s", dtype, e)
+    return None, "; ".join(errors)
 
 
 def graph_for(cudnn, device, b, h, s, d, out_dtype, scale) -> Fp8Graph:
-    """The cached graph for this shape; raises KernelError naming the shape and cuDNN's reason."""
+    """The cached graph for this shape; raises KernelError naming the shape and cuDNN's reason.
+
+    O is declared `out_dtype`; where cuDNN declines a bf16 O (the frontend's own tests of sdpa_fp8
+    bind fp16 and FP8 outputs only), an fp16 O is built instead and `execute` casts it to bf16,
+    which the log line says."""
     key = (device.index, b, h, s, d, out_dtype, float(scale))
     g = _GRAPHS.get(key)
     if g is None:
         with _LOCK:
             g = _GRAPHS.get(key)
             if g is None:
-                try:
-                    g = build_graph(cudnn, device, b, h, s, d, out_dtype, scale)
-                except Exception as e:
+                g, why = _build_first(cudnn, device, b, h, s, d, out_dtype, scale)
+                if g is None:
                     raise KernelError(
                         f"cuDNN {_version_or_unknown(cudnn)} cannot build its FP8 attention graph for B={b} H={h} "
-                        f"S={s} D={d}, {out_dtype} output ({type(e).__name__}: {_first_line(e)}). Set "
-                        "self_attn_1_type to sage_attn2 (our 8-bit kernel) or torch_sdpa.") from e
+                        f"S={s} D={d} ({why}). Set self_attn_1_type to sage_attn2 (our 8-bit kernel) or torch_sdpa.")
                 _GRAPHS[key] = g
-                log.info("attention: cuDNN sdpa_fp8 graph for B=%d H=%d S=%d D=%d built (%s)", b, h, s, d, g.plan)
+                log.info("attention: cuDNN sdpa_fp8 graph for B=%d H=%d S=%d D=%d built (%s)%s", b, h, s, d, g.plan,
+                         "" if g.out_dtype == out_dtype else f"; O in {g.out_dtype}, cast to {out_dtype}")
     return g
 
 
 def probe(cudnn, device: torch.device, d: int, dtype: torch.dtype) -> str | None:
     """Whether cuDNN serves FP8 attention at head dim `d` with a `dtype` output here (None: it does)."""
-    try:
-        graph_for(cudnn, device, 1, 1, PROBE_TOKENS, d, dtype, d ** -0.5)
-    except KernelError as e:
-        cause = e.__cause__ or e
-        return (f"cuDNN {_version_or_unknown(cudnn)} declines its FP8 attention graph at head dim {d} with {dtype} "
-                f"output ({type(cause).__name__}: {_first_line(cause)})")
+    key = (device.index, 1, 1, PROBE_TOKENS, d, dtype, d ** -0.5)
+    if key in _GRAPHS:
+        return None
+    with _LOCK:
+        g, why = _build_first(cudnn, device, 1, 1, PROBE_TOKENS, d, dtype, d ** -0.5)
+        if g is None:
+            return f"cuDNN {_version_or_unknown(cudnn)} declines its FP8 attention graph at head dim {d} ({why})"
+        _GRAPHS[key] = g
     return None
 
 
@@ -203,10 +222,13 @@ def execute(cudnn, x, scale: float, out: torch.Tensor) -> torch.Tensor:
     cudnn.set_stream(handle, torch.cuda.current_stream(x.q8.device).cuda_stream)
     c = _constants(x.q8.device)
     u = g.uids
-    pack = {u["q"]: x.q8, u["k"]: x.k8, u["v"]: x.v8, u["o"]: out, u["amax_o"]: g.amax_o[:1],
+    o = out if g.out_dtype == out.dtype else torch.empty(out.shape, device=out.device, dtype=g.out_dtype)
+    pack = {u["q"]: x.q8, u["k"]: x.k8, u["v"]: x.v8, u["o"]: o, u["amax_o"]: g.amax_o[:1],
             u["descale_q"]: x.scales[0, :1], u["descale_k"]: x.scales[1, :1], u["descale_v"]: x.scales[2, :1],
             u["descale_s"]: c[0, :1], u["scale_s"]: c[1, :1], u["scale_o"]: c[2, :1]}
     g.graph.execute(pack, g.workspace, handle=handle)
+    if o is not out:
+        out.copy_(o)
     return out
 
 
