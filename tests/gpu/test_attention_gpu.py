@@ -107,7 +107,13 @@ def test_cudnn_fp8_against_float64_poisoned(shape):
     from engine.attention import cudnn_fp8
     from engine.attention.fp8_qkv import quantize_fp8
 
+    from engine.attention.paths import PATHS
+
     cudnn = _frontend()
+    why = PATHS["cudnn_fp8"].unavailable(torch.device("cuda", torch.cuda.current_device()), shape[-1], torch.bfloat16)
+    if shape[-1] != 128 and why:
+        pytest.skip(why)  # a head dim Wan does not use; Wan's 128 must be served
+    assert why is None, why
     seed = int(torch.randint(0, 2**31 - 1, (1,)))
     q, k, v = R.wan_like_qkv(*shape, seed=seed, device="cuda")
     out = torch.full_like(q, float("nan"))
