@@ -39,8 +39,10 @@ def kernel_group(name: str) -> str:
     n = name.lower()
     # the attention quantize launches (engine/attention/triton_qkv.py, fp8_qkv.py); the linears'
     # own activation quantize kernels (engine/kernels) count as "other"
-    if any(s in n for s in ("_qkv_stats_kernel", "_qkv_quant_kernel", "_fp8qkv_stats_kernel", "_fp8qkv_quant_kernel")):
-        return "quantize"
+    if "_qkv_stats_kernel" in n or "_fp8qkv_stats_kernel" in n:
+        return "quantize: statistics"
+    if "_qkv_quant_kernel" in n or "_fp8qkv_quant_kernel" in n:
+        return "quantize: write 8-bit"
     if "rmsnorm_rope" in n:
         return "rmsnorm+rope"
     if any(s in n for s in ("_attn_kernel", "sdpa", "fmha", "flash", "attention")):
@@ -152,6 +154,10 @@ def section(name, res, base, fp8, layers, rounds, cudnn_why, do_profile, log):
     return list(rows.values())
 
 
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "—"
+
+
 def tables(rows):
     out = ["| model | res | variant | ms / forward (median) | x bf16 eager | x fp8 fused | rel. err vs bf16 | "
            "first call s | rounds ms |", "|---|---|---|---|---|---|---|---|---|"]
@@ -164,18 +170,19 @@ def tables(rows):
             continue
         bf16, fp8 = ref.get((*key, "bf16 eager")), ref.get((*key, "fp8 fused"))
         out.append(f"| {r['model']} x{r['blocks']} | {r['res']} | {r['variant']} | {r['ms']:.1f} | "
-                   f"{bf16 / r['ms']:.2f}x | {(fp8 / r['ms']) if fp8 else float('nan'):.2f}x | "
+                   f"{_ratio(bf16, r['ms'])} | {_ratio(fp8, r['ms'])} | "
                    f"{r['rel_err_vs_bf16']:.4f} | {r['first_call_s']:.1f} | "
                    + " ".join(f"{t:.0f}" for t in r["rounds_ms"]) + " |")
     prof = [r for r in rows if "profile_ms" in r]
     if prof:
         out += ["", "GPU kernel time of one profiled forward (ms per forward / per block):", "",
-                "| model | res | variant | attention | quantize q/k/v to 8-bit | rmsnorm+rope (q, k) | gemm | other |",
-                "|---|---|---|---|---|---|---|---|"]
+                "| model | res | variant | attention | quantize: statistics (K mean, amax) | quantize: write 8-bit q/k/v "
+                "| rmsnorm+rope (q, k) | gemm | other |", "|---|---|---|---|---|---|---|---|---|"]
         for r in prof:
             p, n = r["profile_ms"], r["blocks"]
             cells = " | ".join(f"{p.get(g, 0.0):.1f} / {p.get(g, 0.0) / n:.2f}"
-                               for g in ("attention", "quantize", "rmsnorm+rope", "gemm", "other"))
+                               for g in ("attention", "quantize: statistics", "quantize: write 8-bit", "rmsnorm+rope",
+                                         "gemm", "other"))
             out.append(f"| {r['model']} x{n} | {r['res']} | {r['variant']} | {cells} |")
     return "\n".join(out)
 

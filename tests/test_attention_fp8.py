@@ -184,3 +184,35 @@ def test_graph_falls_back_to_an_fp16_output_and_says_so(monkeypatch, caplog):
     assert g.out_dtype == torch.float16
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "engine7" in lines[0] and "cast to torch.bfloat16" in lines[0]
+
+
+def test_bench_helpers(tmp_path, monkeypatch):
+    """bench/bench_forward.py's kernel grouping (the attention quantize launches apart from the linears'
+    own quantize kernels) and table, and bench/cudnn_frontend.py's --wheel-dir handling."""
+    from bench import bench_forward as bf
+    from bench.cudnn_frontend import use_wheel_dir
+
+    groups = {n: bf.kernel_group(n) for n in ("_qkv_stats_kernel", "_fp8qkv_stats_kernel", "_qkv_quant_kernel",
+                                              "_fp8qkv_quant_kernel", "_quant_kernel", "_norm_quant_kernel",
+                                              "_attn_kernel", "_rmsnorm_rope_kernel",
+                                              "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16")}
+    assert groups == {"_qkv_stats_kernel": "quantize: statistics", "_fp8qkv_stats_kernel": "quantize: statistics",
+                      "_qkv_quant_kernel": "quantize: write 8-bit", "_fp8qkv_quant_kernel": "quantize: write 8-bit",
+                      "_quant_kernel": "other", "_norm_quant_kernel": "other", "_attn_kernel": "attention",
+                      "_rmsnorm_rope_kernel": "rmsnorm+rope",
+                      "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16": "attention"}
+    rows = [dict(model="14B", res="480p", blocks=40, variant="bf16 eager", ms=3000.0, rel_err_vs_bf16=0.0,
+                 first_call_s=9.0, rounds_ms=[3000.0]),
+            dict(model="14B", res="480p", blocks=40, variant="fp8 fused", ms=2000.0, rel_err_vs_bf16=0.01,
+                 first_call_s=9.0, rounds_ms=[2000.0], profile_ms={"attention": 1600.0, "quantize: statistics": 8.0}),
+            dict(model="14B", res="480p", blocks=40, variant="fp8 fused + cudnn fp8", skipped="not importable")]
+    table = bf.tables(rows)
+    assert "| 2000.0 | 1.50x | 1.00x |" in table and "not run: not importable" in table
+    assert "1600.0 / 40.00" in table and "8.0 / 0.20" in table
+    (tmp_path / "pkg" / "cudnn").mkdir(parents=True)
+    (tmp_path / "pkg" / "cudnn" / "__init__.py").write_text("")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert str(tmp_path / "pkg") in use_wheel_dir(str(tmp_path / "pkg")) and sys.path[0] == str(tmp_path / "pkg")
+    (tmp_path / "empty").mkdir()
+    assert "no wheel for cp" in use_wheel_dir(str(tmp_path / "empty"))
+    assert "no --wheel-dir" in use_wheel_dir(None)
