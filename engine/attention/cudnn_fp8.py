@@ -8,8 +8,10 @@ Facts from the frontend (1.32, its docstrings and its tests/python/sdpa/fp8.py):
 Q/K/V [B, H, S, D] descriptors with any strides (we declare [B, S, H, D] memory), six float32
 [1,1,1,1] device scalars (descale q/k/v, descale_s, scale_s, scale_o), `generate_stats=False` for
 inference; it returns O, Stats, Amax_S, Amax_O. With P ≤ 1, scale_s = 448 and descale_s = 1/448;
-O is declared bf16 (scale_o = 1), or fp16 and cast where cuDNN declines bf16 (see graph_for). Amax_S stays virtual (its docstring: an output would restrict
-the engines); Amax_O is an output (the frontend's own tests always bind it). `sdpa_mxfp8` (one
+O is declared bf16 (scale_o = 1), or fp16 and cast where cuDNN declines bf16 (see graph_for).
+Amax_S stays virtual (its docstring: an output would restrict the engines); Amax_O is an output
+(the frontend's own tests always bind it). Q, K and V take one scale each: the descales are
+scalars (per-head scales are not in the API). `sdpa_mxfp8` (one
 E8M0 scale per 32) is documented as Blackwell-only, so it is not offered here.
 
 A graph build takes seconds, so graphs are cached by (device, B, H, S, D, dtype, scale); the
