@@ -24,8 +24,17 @@ for i, (b, s, h, d) in enumerate([(1, 1, 2, 32), (2, 77, 3, 32), (1, 1100, 2, 16
         got_scale = x.scales[row, 0].double()
         assert torch.equal(x.scales[row], x.scales[row, :1].expand(4)), (name, x.scales)
         assert abs(got_scale / scale - 1) < 1e-6, (name, float(got_scale), float(scale))
-        # every e4m3 code equal: float32 k − mean and the division round like the float64 reference
-        # except on an exact rounding tie, which these random inputs do not produce
-        differ = int((got.double() != want).sum())
-        assert got.is_contiguous() and got.shape == q.shape and differ == 0, (name, (b, s, h, d), differ)
+        # every e4m3 code equal, except at a rounding tie of the float64 value: bf16 inputs make exact
+        # ties common (amax 3.875, v 0.7265625 -> 84.0, halfway between 80 and 88), and the float32
+        # scale or K mean, one rounding step off the float64 one, decides them; then one e4m3 step
+        got = got.double()
+        differ = got != want
+        exact = (t / scale).clamp(-448, 448)
+        # K: the float32 mean (chunked sums) is a few float32 ulps off the float64 one, so a near-tie
+        # within 1e-3 of a code step may go either way
+        tie = (exact - (got + want) / 2).abs() <= 1e-5 * exact.abs() + (1e-3 if name == "k" else 0.0)
+        assert got.is_contiguous() and got.shape == q.shape, name
+        assert bool(tie[differ].all()), (name, (b, s, h, d), int(differ.sum()), int((differ & ~tie).sum()))
+        step = torch.maximum(got.abs(), want.abs()) / 8 + 2.0 ** -9  # one e4m3 step (3 mantissa bits)
+        assert bool(((got - want).abs() <= step).all()), (name, (b, s, h, d))
     print(f"ok {(b, s, h, d)}")
