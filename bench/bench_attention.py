@@ -1,7 +1,12 @@
-"""Attention alone at Wan's self-attention shapes: cuDNN bf16 SDPA against our 8-bit Triton kernel.
+"""Attention alone at Wan's self-attention shapes: cuDNN bf16 SDPA, our 8-bit Triton kernel, and
+cuDNN's FP8 attention (sdpa_fp8 through nvidia-cudnn-frontend, behind our quantize launch).
 
-    python bench/bench_attention.py [--out DIR] [--sweep] [--check]     # on a GPU
+    python bench/bench_attention.py [--out DIR] [--sweep] [--check] [--wheel-dir DIR]   # on a GPU
     TRITON_INTERPRET=1 python bench/bench_attention.py --tiny --check    # on the CPU, for debugging
+
+--wheel-dir: where nvidia-cudnn-frontend is (an installed --target folder or the wheels; see
+bench/cudnn_frontend.py); without it, and without the module installed, the cuDNN FP8 rows say
+why they did not run. The `cudnn mxfp8` row states why it is not run (sdpa_mxfp8 is Blackwell-only).
 
 Per shape: ms (median, triton.testing.do_bench), TFLOP/s counted as 4·S²·D·H per forward, and
 relative error ‖out − ref‖/‖ref‖ against cuDNN bf16 SDPA, on q/k/v that look like Wan's
@@ -25,8 +30,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.cudnn_frontend import use_wheel_dir  # noqa: E402
+from engine.attention import cudnn_fp8  # noqa: E402
 from engine.attention import reference as R  # noqa: E402
 from engine.attention import triton_sage as ts  # noqa: E402
+from engine.attention.fp8_qkv import quantize_fp8  # noqa: E402
+from engine.attention.paths import PATHS  # noqa: E402
 
 SHAPES = [("1.3B 480p", 12, 32760), ("1.3B 720p", 12, 75600), ("14B 480p", 40, 32760), ("14B 720p", 40, 75600)]
 TINY = [("tiny a", 2, 200), ("tiny b", 3, 130)]
@@ -91,13 +100,56 @@ def check_long_rows(device, config, log, tokens=32760, rows=128):
             f"reference vs float64 {R.rel_error(ref, exact):.4f}, kernel vs float64 {R.rel_error(out, exact):.4f}")
 
 
+def cudnn_fp8_status(device, head_dim):
+    """(the cudnn module, None) when the cuDNN FP8 path runs here, else (None, why not)."""
+    why = PATHS["cudnn_fp8"].unavailable(torch.device(device), head_dim, torch.bfloat16)
+    if why is not None:
+        return None, why
+    return cudnn_fp8.load_frontend()[0], None
+
+
+def mxfp8_status(device) -> str:
+    if device != "cuda" or torch.cuda.get_device_capability() < (10, 0):
+        return ("not run: sdpa_mxfp8 needs a Blackwell GPU, compute capability 10.0+ (frontend 1.32's "
+                "docstring: cuDNN 9.21+, Blackwell or newer)")
+    return "not run: not implemented here (E8M0 scales in the F8_128x4 layout)"
+
+
+def check_cudnn_fp8(device, log):
+    """cuDNN FP8 against the float64 reference of its recipe, small awkward shapes, output poisoned."""
+    cudnn, why = cudnn_fp8_status(device, 128)
+    if cudnn is None:
+        log(f"check cudnn fp8: not run ({why})")
+        return None
+    worst = 0.0
+    for (b, s, h, d) in [(1, 1, 1, 128), (1, 300, 2, 128), (2, 129, 3, 64), (1, 257, 2, 128)]:
+        q, k, v = R.wan_like_qkv(b, s, h, d, seed=s, device=device)
+        out = torch.full_like(q, float("nan"))
+        try:
+            cudnn_fp8.execute(cudnn, quantize_fp8(q, k, v), d ** -0.5, out)
+        except Exception as e:
+            log(f"check cudnn fp8 {b}x{s}x{h}x{d}: failed {type(e).__name__}: {str(e)[:300]}")
+            worst = float("inf")
+            continue
+        ref = R.fp8_tensor_reference(q.cpu(), k.cpu(), v.cpu())
+        exact = R.attention_f64(q.cpu(), k.cpu(), v.cpu())
+        err, nan = R.rel_error(out.cpu(), ref), bool(torch.isnan(out).any())
+        log(f"check cudnn fp8 {b}x{s}x{h}x{d}: vs its reference {err:.2e}, vs float64 "
+            f"{R.rel_error(out.cpu(), exact):.4f} (reference vs float64 {R.rel_error(ref, exact):.4f}) nan={nan}")
+        worst = max(worst, err if not nan else float("inf"))
+    return worst
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true", help="small shapes, CPU interpreter")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--wheel-dir", default=os.environ.get("CUDNN_FE_DIR"),
+                    help="nvidia-cudnn-frontend: an installed --target folder or a folder of its wheels")
     args = ap.parse_args()
+    frontend_line = use_wheel_dir(args.wheel_dir)
     torch.set_grad_enabled(False)
     device = "cpu" if args.tiny else "cuda"
     if args.tiny:
@@ -113,9 +165,14 @@ def main():
         import triton
         log(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
             f"cuda {torch.version.cuda} {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    log(frontend_line)
+    cudnn, cudnn_why = cudnn_fp8_status(device, 64 if args.tiny else 128)
+    if cudnn is not None:
+        log(f"cudnn frontend {cudnn.__version__}, cuDNN {cudnn_fp8.backend_version(cudnn)}")
     result = {"rows": [], "sweep": [], "log": lines}
     if args.check:
         result["check_worst"] = check(device, log)
+        result["check_cudnn_fp8_worst"] = check_cudnn_fp8(device, log)
         check_long_rows(device, ts.DEFAULT, log, *((300, 16) if args.tiny else ()))
     shapes = TINY if args.tiny else SHAPES
     config = ts.DEFAULT
@@ -155,13 +212,39 @@ def main():
             cands = {"cudnn bf16": lambda: sdpa(q, k, v, "CUDNN_ATTENTION"),
                      "flash bf16": lambda: sdpa(q, k, v, "FLASH_ATTENTION")}
         cands["sage8 triton"] = lambda: ts.attention_8bit(q, k, v, config=config)
+        cands["cudnn fp8"] = (lambda: cudnn_fp8.attention_fp8(cudnn, q, k, v)) if cudnn is not None else None
+        cands["cudnn mxfp8"] = None
         for cand, fn in cands.items():
+            if fn is None:
+                why = mxfp8_status(device) if cand == "cudnn mxfp8" else f"not run: {cudnn_why}"
+                row = dict(shape=name, heads=h, tokens=s, path=cand, skipped=why)
+                result["rows"].append(row)
+                log(f"row {row}")
+                continue
             try:
-                err = R.rel_error(fn().float(), ref)
+                t0 = time.perf_counter()
+                first = fn()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                first_s = time.perf_counter() - t0  # cudnn fp8: includes its graph build for this shape
+                err = R.rel_error(first.float(), ref)
+                del first
                 ms = timed(fn, args.tiny)
-                row = dict(shape=name, heads=h, tokens=s, path=cand, ms=ms, tflops=flops / ms / 1e9, err=err)
+                row = dict(shape=name, heads=h, tokens=s, path=cand, ms=ms, tflops=flops / ms / 1e9, err=err,
+                           first_call_s=first_s)
             except Exception as e:
                 row = dict(shape=name, heads=h, tokens=s, path=cand, error=f"{type(e).__name__}: {str(e)[:300]}")
+            if cand == "cudnn fp8" and "ms" in row:
+                x = quantize_fp8(q, k, v)
+                out = torch.empty_like(q)
+                row["kernel_ms"] = timed(lambda: cudnn_fp8.execute(cudnn, x, q.shape[-1] ** -0.5, out), args.tiny)
+                row["quant_ms"] = timed(lambda: quantize_fp8(q, k, v), args.tiny)
+                row["cudnn_plan"] = cudnn_fp8.graph_for(cudnn, q.device, 1, h, s, q.shape[-1], q.dtype,
+                                                        q.shape[-1] ** -0.5).plan
+                v_off = v + torch.randn(1, 1, h, v.shape[-1], device=device, dtype=v.dtype) * 3
+                ref_off = sdpa(q, k, v_off, "CUDNN_ATTENTION").float()
+                row["err_v_offset"] = R.rel_error(cudnn_fp8.attention_fp8(cudnn, q, k, v_off).float(), ref_off)
+                del x, out, v_off, ref_off
             if cand == "sage8 triton" and "ms" in row:
                 x = ts.quantize_qkv(q, k, v)
                 out = torch.empty_like(q)
@@ -185,7 +268,7 @@ def main():
     table = ["| shape | path | ms | TFLOP/s | x cuDNN | rel err | kernel ms | quant ms |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if "ms" not in r:
-            table.append(f"| {r['shape']} | {r['path']} | failed: {r['error'][:80]} |||||")
+            table.append(f"| {r['shape']} | {r['path']} | {r.get('skipped') or 'failed: ' + r['error']} |||||")
             continue
         extra = f"{r['kernel_ms']:.2f} | {r['quant_ms']:.2f}" if "kernel_ms" in r else " | "
         table.append(f"| {r['shape']} | {r['path']} | {r['ms']:.2f} | {r['tflops']:.0f} | "

@@ -99,12 +99,12 @@ def install_attention(model, plan: AttentionPlan) -> int:
         if isinstance(proc, EightBitSelfAttnProcessor):
             attn.set_processor(proc.__dict__["original"])
         attn.__dict__.pop("_eightbit", None)
-        if plan.self_attn != "sage8":
+        if plan.self_attn == "sdpa":
             continue
         choice = SelfAttentionChoice(plan, index)
         weight = attn.to_q.weight
         if weight.device.type == "cuda":
-            select_path("sage8", weight.device, attn.to_q.out_features // attn.heads, weight.dtype
+            select_path(plan.self_attn, weight.device, attn.to_q.out_features // attn.heads, weight.dtype
                         if weight.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16)
         attn.__dict__["_eightbit"] = choice
         attn.set_processor(EightBitSelfAttnProcessor(attn.processor, choice))

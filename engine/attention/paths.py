@@ -3,7 +3,9 @@
 A path computes softmax(q kᵀ · scale) v for [B, S, H, D] tensors. Families group the paths that
 compute the same numerics on different devices: "sdpa" (bf16 attention through torch's SDPA,
 which picks cuDNN on Hopper), "sage8" (the 8-bit recipe of engine/attention/reference.py: our
-Triton kernel on CUDA, the float64 reference on the CPU, for tests and tiny models).
+Triton kernel on CUDA, the float64 reference on the CPU, for tests and tiny models), "cudnn_fp8"
+(per-tensor FP8 with smoothed K, reference.fp8_tensor_reference: cuDNN's sdpa_fp8 graph through
+nvidia-cudnn-frontend on Hopper+, the float64 reference on the CPU).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import KernelError
 from ..kernels.base import cuda_capability, device_label
-from . import reference
+from . import cudnn_fp8, fp8_qkv, reference
 
 log = logging.getLogger("engine.attention")
 
@@ -88,8 +90,63 @@ class Sage8ReferencePath(AttentionPath):
         return reference.sage_reference(q, k, v, scale).to(q.dtype)
 
 
+class CudnnFp8Path(AttentionPath):
+    name, family = "cudnn_fp8", "cudnn_fp8"
+    describe = "FP8 attention, cuDNN sdpa_fp8 (per-tensor scales, K smoothed by our quantize launch)"
+    min_capability = cudnn_fp8.MIN_CAPABILITY
+
+    def __init__(self):
+        self._probed: dict = {}
+
+    def unavailable(self, device, head_dim, dtype):
+        if fp8_qkv.triton is None:
+            return "triton is not installed (the quantize launch is a Triton kernel)"
+        if device.type != "cuda":
+            return "runs on CUDA GPUs only"
+        cap = cuda_capability(device)
+        if cap is None:
+            return "no CUDA GPU is visible to torch"
+        if cap < self.min_capability:
+            return (f"{device_label(device)} is compute capability {cap[0]}.{cap[1]}; cuDNN's FP8 attention needs "
+                    "9.0+ (Hopper, Blackwell); on Ada use sage_attn2")
+        if head_dim & (head_dim - 1) or not 16 <= head_dim <= 256:
+            return f"head dim {head_dim} is not a power of two in 16..256 (the quantize kernel's tiles)"
+        if dtype not in (torch.bfloat16, torch.float16):
+            return f"inputs are {dtype}; the path takes bf16 or fp16"
+        cudnn, why = cudnn_fp8.load_frontend()
+        if cudnn is None:
+            return why
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        key = (device.index, head_dim, dtype)
+        if key not in self._probed:
+            try:
+                cudnn_fp8.backend_version(cudnn)
+            except Exception as e:
+                self._probed[key] = f"nvidia-cudnn-frontend finds no usable cuDNN library ({type(e).__name__}: {e})"
+            else:
+                self._probed[key] = cudnn_fp8.probe(cudnn, device, head_dim, dtype)
+        return self._probed[key]
+
+    def run(self, q, k, v, scale=None):
+        return torch.ops.wanattn.cudnn_fp8(q, k, v, -1.0 if scale is None else scale)
+
+
+class Fp8ReferencePath(AttentionPath):
+    name, family = "cudnn_fp8_reference", "cudnn_fp8"
+    describe = "per-tensor FP8 attention numerics, float64 reference on the CPU (slow; tests and tiny models)"
+
+    def unavailable(self, device, head_dim, dtype):
+        if device.type != "cpu":
+            return "the float64 reference runs on the CPU only"
+        return None
+
+    def run(self, q, k, v, scale=None):
+        return reference.fp8_tensor_reference(q, k, v, scale).to(q.dtype)
+
+
 PATHS: dict[str, AttentionPath] = {}
-FAMILIES = ("sdpa", "sage8")
+FAMILIES = ("sdpa", "sage8", "cudnn_fp8")
 
 
 def register_path(path: AttentionPath) -> AttentionPath:
@@ -97,7 +154,7 @@ def register_path(path: AttentionPath) -> AttentionPath:
     return path
 
 
-for _p in (Sage8TritonPath(), Sage8ReferencePath(), SdpaPath()):
+for _p in (Sage8TritonPath(), Sage8ReferencePath(), CudnnFp8Path(), Fp8ReferencePath(), SdpaPath()):
     register_path(_p)
 
 
@@ -113,8 +170,9 @@ def gpu_problem(family: str, capability: tuple[int, int], gpu_name: str) -> str 
     if not cuda or any(capability >= p.min_capability for p in cuda):
         return None
     need = min(p.min_capability for p in cuda)
+    gens = "Ada, Hopper, Blackwell" if need < (9, 0) else "Hopper, Blackwell"
     return (f"{gpu_name} is compute capability {capability[0]}.{capability[1]}; the {family} attention paths need "
-            f"{need[0]}.{need[1]}+ (Ada, Hopper, Blackwell). Set self_attn_1_type to torch_sdpa.")
+            f"{need[0]}.{need[1]}+ ({gens}). Set self_attn_1_type to torch_sdpa.")
 
 
 def select_path(family: str, device, head_dim: int, dtype) -> AttentionPath:
@@ -138,5 +196,19 @@ if triton_sage is not None:
         return triton_sage.attention_8bit(q, k, v, None if scale < 0 else scale)
 
     @sage8_op.register_fake
+    def _(q, k, v, scale):
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
+if fp8_qkv.triton is not None:
+    @torch.library.custom_op("wanattn::cudnn_fp8", mutates_args=())
+    def cudnn_fp8_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """[B, S, H, D] in and out; scale < 0 means 1/sqrt(D)."""
+        cudnn, why = cudnn_fp8.load_frontend()
+        if cudnn is None:
+            raise KernelError(why)
+        return cudnn_fp8.attention_fp8(cudnn, q, k, v, None if scale < 0 else scale)
+
+    @cudnn_fp8_op.register_fake
     def _(q, k, v, scale):
         return torch.empty(q.shape, dtype=q.dtype, device=q.device)

@@ -3,7 +3,8 @@ denoising-step context the generate loop sets.
 
 Keys (read with cfg.get; cfg is a QuantConfig or a plain dict):
   self_attn_1_type      self-attention (attn1): torch_sdpa | flash_attn2 | flash_attn3 -> bf16 SDPA;
-                        sage_attn2 | sage_attn3 -> our 8-bit attention
+                        sage_attn2 | sage_attn3 -> our 8-bit attention; cudnn_fp8 (ours, not a
+                        LightX2V value) -> cuDNN's FP8 attention with smoothed K (Hopper+)
   cross_attn_1_type     text cross-attention (attn2), and
   cross_attn_2_type     its image branch (I2V): accepted with the same values; always bf16 SDPA
                         (512 text tokens: the 8-bit path does not pay there), said in the log line
@@ -25,14 +26,17 @@ log = logging.getLogger("engine.attention")
 # same bf16 math through cuDNN (on Hopper) or its own flash kernel. sage_attn3 is FP4 on Blackwell
 # in LightX2V; ours is the 8-bit recipe on every FP8-capable GPU.
 ATTN_TYPES = {"torch_sdpa": "sdpa", "flash_attn2": "sdpa", "flash_attn3": "sdpa",
-              "sage_attn2": "sage8", "sage_attn3": "sage8"}
+              "sage_attn2": "sage8", "sage_attn3": "sage8", "cudnn_fp8": "cudnn_fp8"}
+# what each family computes, for the one log line
+DESCRIBE = {"sdpa": "bf16 SDPA", "sage8": "8-bit (INT8 Q·Kᵀ, FP8 P·V)",
+            "cudnn_fp8": "FP8 (cuDNN sdpa_fp8, per-tensor scales, smoothed K)"}
 CONFIG_KEYS = ("self_attn_1_type", "cross_attn_1_type", "cross_attn_2_type",
                "attn_bf16_first_steps", "attn_bf16_last_steps", "attn_bf16_blocks")
 
 
 @dataclass(frozen=True)
 class AttentionPlan:
-    self_attn: str = "sdpa"  # family for attn1
+    self_attn: str = "sdpa"  # family for attn1 (a value of ATTN_TYPES)
     bf16_first_steps: int = 0
     bf16_last_steps: int = 0
     bf16_blocks: frozenset = field(default_factory=frozenset)
@@ -40,7 +44,7 @@ class AttentionPlan:
 
     def eightbit_for(self, block_index: int | None) -> bool:
         """Whether attn1 of block `block_index` runs 8-bit at the current denoising step."""
-        if self.self_attn != "sage8" or (block_index is not None and block_index in self.bf16_blocks):
+        if self.self_attn == "sdpa" or (block_index is not None and block_index in self.bf16_blocks):
             return False
         if not (self.bf16_first_steps or self.bf16_last_steps):
             return True
@@ -82,9 +86,9 @@ def plan_from_config(cfg, source: str | None = None, announce: bool = True) -> A
                          _count(cfg, "attn_bf16_last_steps", source), frozenset(blocks), source)
     if not announce:
         return plan
-    what = "8-bit (INT8 Q·Kᵀ, FP8 P·V)" if plan.self_attn == "sage8" else "bf16 SDPA"
+    what = DESCRIBE[plan.self_attn]
     extra = ""
-    if plan.self_attn == "sage8" and (plan.bf16_first_steps or plan.bf16_last_steps or plan.bf16_blocks):
+    if plan.self_attn != "sdpa" and (plan.bf16_first_steps or plan.bf16_last_steps or plan.bf16_blocks):
         extra = (f"; bf16 for the first {plan.bf16_first_steps} and last {plan.bf16_last_steps} steps"
                  f"{' and blocks ' + str(sorted(plan.bf16_blocks)) if plan.bf16_blocks else ''}")
     cross_note = ", ".join(f"{k}={v}" for k, v in cross if v != "torch_sdpa")

@@ -13,6 +13,9 @@ from its paper):
 - P·V: p in FP8 e4m3 as p·448 (p ≤ 1, so 448 = e4m3's largest finite is the full range), V in FP8
   with one scale per channel (amax over tokens / 448), FP32 accumulation; out = acc / l · sv / 448.
   With `sum_fp8_p`, l sums the FP8-rounded p instead (see Recipe).
+
+`fp8_tensor_reference` defines the second recipe, the cuDNN `sdpa_fp8` path's (engine/attention/
+cudnn_fp8.py): the same K smoothing, then Q, K, V in FP8 e4m3 with one scale per tensor.
 """
 from __future__ import annotations
 
@@ -99,6 +102,44 @@ def sage_reference(q, k, v, scale: float | None = None, recipe: Recipe = Recipe(
         m = m_new
     out = acc / l[..., None] * (sv[:, :, None, :] / P_SCALE)
     return out.transpose(1, 2)
+
+
+def quantize_fp8_tensor(x: torch.Tensor, amax: torch.Tensor | None = None):
+    """One e4m3 scale for the whole tensor (amax / 448): (values as float, scale as a 0-d tensor).
+    `amax` may be given (the kernel's, from its statistics pass); values are clamped to ±448."""
+    amax = x.abs().amax() if amax is None else amax
+    scale = torch.where(amax > 0, amax / P_SCALE, torch.ones_like(amax))
+    return (x / scale).clamp(-P_SCALE, P_SCALE).float().to(FP8).to(x.dtype), scale
+
+
+def fp8_tensor_reference(q, k, v, scale: float | None = None, block_n: int = 128, smooth_k: bool = True):
+    """Per-tensor FP8 attention (the numerics of the cuDNN `sdpa_fp8` path) in float64 on the CPU.
+
+    K smoothed by its per-channel token mean (per batch and head, as sage_reference); Q, smoothed K
+    and V each in e4m3 with one scale per tensor; scores (q8·k8)·sq·sk·scale; online softmax over
+    key blocks of `block_n` with the FP32 P summed into l; P·V with P in e4m3 as p·448 (cuDNN's
+    scale_s = 448, descale_s = 1/448) and FP32 accumulation; out = acc / l · sv / 448."""
+    q, k, v = (t.double() for t in (q, k, v))
+    b, s_q, h, d = q.shape
+    s_k = k.shape[1]
+    scale = d ** -0.5 if scale is None else scale
+    if smooth_k:
+        k = k - k.mean(dim=1, keepdim=True)
+    (q8, sq), (k8, sk), (v8, sv) = (quantize_fp8_tensor(t) for t in (q, k, v))
+    q8, k8, v8 = (t.transpose(1, 2) for t in (q8, k8, v8))  # [B, H, S, D]
+    m = torch.full((b, h, s_q), -math.inf, dtype=torch.float64)
+    l = torch.zeros(b, h, s_q, dtype=torch.float64)
+    acc = torch.zeros(b, h, s_q, d, dtype=torch.float64)
+    for start in range(0, s_k, block_n):
+        sl = slice(start, min(start + block_n, s_k))
+        s = ((q8 @ k8[:, :, sl].transpose(-1, -2)) * (sq * sk * scale)).float().double()
+        m_new = torch.maximum(m, s.amax(dim=-1))
+        p = torch.exp(s - m_new[..., None])
+        alpha = torch.exp(m - m_new)
+        l = l * alpha + p.sum(dim=-1)
+        acc = acc * alpha[..., None] + (p * P_SCALE).float().to(FP8).double() @ v8[:, :, sl]
+        m = m_new
+    return (acc / l[..., None] * (sv / P_SCALE)).transpose(1, 2)
 
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:

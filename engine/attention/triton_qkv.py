@@ -41,7 +41,7 @@ class Quantized:
 
 if triton is not None:
     @triton.jit
-    def _stats_kernel(K, V, KSUM, VMAX, seq, H, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
+    def _qkv_stats_kernel(K, V, KSUM, VMAX, seq, H, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
                       CHUNK: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr):
         """Per (batch·head, chunk of tokens): K's channel sums and V's channel |max|."""
         bh, c = tl.program_id(0), tl.program_id(1)
@@ -75,7 +75,7 @@ if triton is not None:
         return _round_i8(x / scale[:, None]), scale
 
     @triton.jit
-    def _quant_kernel(Q, K, V, KMEAN, VSCALE, Q8, QS, K8, KS, V8, seq, sp, H, q_scale,
+    def _qkv_quant_kernel(Q, K, V, KMEAN, VSCALE, Q8, QS, K8, KS, V8, seq, sp, H, q_scale,
                       sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
                       BQ: tl.constexpr, BK: tl.constexpr, QROW: tl.constexpr, D: tl.constexpr):
         """One block of BQ tokens of one (batch, head): q8 (scales per token or per BQ tokens),
@@ -125,7 +125,7 @@ def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block:
     chunks = math.ceil(seq / chunk)
     ksum = torch.empty(b * h, chunks, d, device=dev, dtype=torch.float32)
     vmax = torch.empty_like(ksum)
-    _stats_kernel[(b * h, chunks)](k, v, ksum, vmax, seq, h, *k.stride()[:3], *v.stride()[:3],
+    _qkv_stats_kernel[(b * h, chunks)](k, v, ksum, vmax, seq, h, *k.stride()[:3], *v.stride()[:3],
                                    CHUNK=chunk, ROWS=64, D=d, num_warps=4)
     kmean = (ksum.sum(dim=1) / seq).contiguous()
     vscale = vmax.amax(dim=1)
@@ -135,7 +135,7 @@ def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block:
     v8 = torch.empty(b, h, d, sp, device=dev, dtype=torch.float8_e4m3fn)
     qs = torch.empty(b, h, sp, device=dev, dtype=torch.float32)
     ks = torch.empty_like(qs)
-    _quant_kernel[(sp // QUANT_TOKENS, b * h)](
+    _qkv_quant_kernel[(sp // QUANT_TOKENS, b * h)](
         q, k, v, kmean, vscale, q8, qs, k8, ks, v8, seq, sp, h, scale * LOG2E,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         BQ=QUANT_TOKENS, BK=k_block, QROW=q_block == 1, D=d, num_warps=4)

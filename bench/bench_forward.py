@@ -1,0 +1,252 @@
+"""Full-depth Wan transformer forwards: bf16 eager vs our fp8 fused linears vs fp8 linears + 8-bit
+attention (our Triton sage8, and cuDNN's FP8 attention when nvidia-cudnn-frontend is importable).
+
+    python bench/bench_forward.py [--json PATH] [--wheel-dir DIR] [--quick] [--budget-s 480]
+
+Sections: the 30-block 1.3B and the 40-block 14B config at 480p (832x480, 81 frames: 32,760 tokens),
+then the 14B at 720p (1280x720: 75,600 tokens) when the time measured so far says it fits the
+budget. Random weights, batch 1, one process. Per section every variant is warmed up once (Triton
+compiles, the cuDNN graph builds: "first call s"), then timed in interleaved rounds (one forward
+of each variant per round, so clock drift hits all alike); the table shows each variant's median.
+At 480p one forward per 8-bit variant runs under torch.profiler: GPU time of the attention kernel,
+of the quantize launch (statistics + quantize kernels that turn bf16 q/k/v into 8-bit copies), and
+of the RMSNorm+RoPE kernel that writes q/k, per forward and per block, to judge whether folding the
+quantization into that kernel would pay. --quick: 4 blocks of each config at 480p, 1 round.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.bench_kernels import WAN_1_3B, WAN_14B, env_line  # noqa: E402
+from bench.cudnn_frontend import use_wheel_dir  # noqa: E402
+
+RES = {"480p": (60, 104, 32760), "720p": (90, 160, 75600)}  # latent height, width; tokens at 21 frames
+VARIANTS = ("bf16 eager", "fp8 fused", "fp8 fused + sage8", "fp8 fused + cudnn fp8")
+FAMILY = {"fp8 fused": "sdpa", "fp8 fused + sage8": "sage8", "fp8 fused + cudnn fp8": "cudnn_fp8"}
+
+
+def kernel_group(name: str) -> str:
+    n = name.lower()
+    # the attention quantize launches (engine/attention/triton_qkv.py, fp8_qkv.py); the linears'
+    # own activation quantize kernels (engine/kernels) count as "other"
+    if "_qkv_stats_kernel" in n or "_fp8qkv_stats_kernel" in n:
+        return "quantize: statistics"
+    if "_qkv_quant_kernel" in n or "_fp8qkv_quant_kernel" in n:
+        return "quantize: write 8-bit"
+    if "rmsnorm_rope" in n:
+        return "rmsnorm+rope"
+    if any(s in n for s in ("_attn_kernel", "sdpa", "fmha", "flash", "attention")):
+        return "attention"
+    if any(s in n for s in ("gemm", "nvjet", "xmma", "cutlass", "_mm_", "matmul", "scaled_mm")):
+        return "gemm"
+    return "other"
+
+
+def profile_groups(run):
+    """GPU ms per kernel group over one forward (after the warm-up), and the launch counts."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    ms, launches = {}, {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            g = kernel_group(e.name)
+            ms[g] = ms.get(g, 0.0) + e.time_range.elapsed_us() / 1000
+            launches[g] = launches.get(g, 0) + 1
+    return ms, launches
+
+
+def timed_forward(run) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    run()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1000
+
+
+def build(cfg, layers):
+    from diffusers import WanTransformer3DModel
+
+    from engine.apply import quantize_model
+    from engine.fused import install_fused_wan
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        base = WanTransformer3DModel(**dict(cfg, num_layers=layers)).to(torch.bfloat16).eval()
+    torch.cuda.empty_cache()
+    fp8 = copy.deepcopy(base)
+    quantize_model(fp8, "fp8")
+    install_fused_wan(fp8)
+    torch.cuda.empty_cache()
+    return base, fp8
+
+
+def section(name, res, base, fp8, layers, rounds, cudnn_why, do_profile, log):
+    from engine.attention import AttentionPlan, install_attention
+
+    h, w, tokens = RES[res]
+    lat = torch.randn(1, 16, 21, h, w, device="cuda", dtype=torch.bfloat16)
+    ctx = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
+    ts = torch.tensor([500], device="cuda")
+
+    installed = [None]
+
+    def runner(variant):
+        model = base if variant == "bf16 eager" else fp8
+
+        def run():
+            if model is fp8 and installed[0] != variant:  # a processor swap per block, outside the forward
+                install_attention(fp8, AttentionPlan(FAMILY[variant]))
+                installed[0] = variant
+            return model(lat, ts, ctx, return_dict=False)[0]
+        return run
+
+    rows = {}
+    runs = {}
+    y_base = None
+    for variant in VARIANTS:
+        row = rows[variant] = dict(model=name, res=res, tokens=tokens, blocks=layers, variant=variant)
+        if variant.endswith("cudnn fp8") and cudnn_why:
+            row["skipped"] = cudnn_why
+            continue
+        run = runner(variant)
+        try:
+            t0 = time.perf_counter()
+            y = run().float()
+            torch.cuda.synchronize()
+            row["first_call_s"] = time.perf_counter() - t0
+        except Exception as e:  # one variant failing must not lose the others' numbers
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            log(f"{name} {res} {variant}: failed {row['error']}")
+            continue
+        if y_base is None:
+            y_base = y
+        row["rel_err_vs_bf16"] = ((y - y_base).norm() / y_base.norm()).item()
+        del y
+        runs[variant] = run
+        row["rounds_ms"] = []
+    for r in range(rounds):
+        for variant, run in runs.items():
+            rows[variant]["rounds_ms"].append(timed_forward(run))
+        log(f"{name} {res} round {r}: " + ", ".join(f"{v} {rows[v]['rounds_ms'][-1]:.0f} ms" for v in runs))
+    for variant in runs:
+        t = sorted(rows[variant]["rounds_ms"])
+        rows[variant]["ms"] = t[len(t) // 2]
+    if do_profile:
+        for variant in ("fp8 fused", "fp8 fused + sage8", "fp8 fused + cudnn fp8"):
+            if variant in runs:
+                ms, launches = profile_groups(runs[variant])
+                rows[variant]["profile_ms"] = ms
+                rows[variant]["profile_launches"] = launches
+    del lat, ctx, y_base
+    return list(rows.values())
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "—"
+
+
+def tables(rows):
+    out = ["| model | res | variant | ms / forward (median) | x bf16 eager | x fp8 fused | rel. err vs bf16 | "
+           "first call s | rounds ms |", "|---|---|---|---|---|---|---|---|---|"]
+    ref = {(r["model"], r["res"], r["variant"]): r.get("ms") for r in rows}
+    for r in rows:
+        key = (r["model"], r["res"])
+        if "ms" not in r:
+            out.append(f"| {r['model']} x{r['blocks']} | {r['res']} | {r['variant']} | "
+                       f"{'not run: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r.get('error', '?')} ||||||")
+            continue
+        bf16, fp8 = ref.get((*key, "bf16 eager")), ref.get((*key, "fp8 fused"))
+        out.append(f"| {r['model']} x{r['blocks']} | {r['res']} | {r['variant']} | {r['ms']:.1f} | "
+                   f"{_ratio(bf16, r['ms'])} | {_ratio(fp8, r['ms'])} | "
+                   f"{r['rel_err_vs_bf16']:.4f} | {r['first_call_s']:.1f} | "
+                   + " ".join(f"{t:.0f}" for t in r["rounds_ms"]) + " |")
+    prof = [r for r in rows if "profile_ms" in r]
+    if prof:
+        out += ["", "GPU kernel time of one profiled forward (ms per forward / per block):", "",
+                "| model | res | variant | attention | quantize: statistics (K mean, amax) | quantize: write 8-bit q/k/v "
+                "| rmsnorm+rope (q, k) | gemm | other |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in prof:
+            p, n = r["profile_ms"], r["blocks"]
+            cells = " | ".join(f"{p.get(g, 0.0):.1f} / {p.get(g, 0.0) / n:.2f}"
+                               for g in ("attention", "quantize: statistics", "quantize: write 8-bit", "rmsnorm+rope",
+                                         "gemm", "other"))
+            out.append(f"| {r['model']} x{n} | {r['res']} | {r['variant']} | {cells} |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", help="write every number here")
+    ap.add_argument("--wheel-dir", default=os.environ.get("CUDNN_FE_DIR"),
+                    help="nvidia-cudnn-frontend: an installed --target folder or a folder of its wheels")
+    ap.add_argument("--quick", action="store_true", help="4 blocks of each config at 480p, 1 round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--layers", type=int, help="blocks of each config (default: full depth)")
+    ap.add_argument("--budget-s", type=float, default=480.0,
+                    help="skip the 14B 720p section when the time measured so far says it would not fit")
+    ap.add_argument("--no-720p", action="store_true")
+    args = ap.parse_args()
+    start = time.perf_counter()
+    frontend_line = use_wheel_dir(args.wheel_dir)
+    torch.set_grad_enabled(False)
+    from engine.attention.paths import PATHS
+    lines = []
+
+    def log(msg):
+        print(msg, flush=True)
+        lines.append(msg)
+
+    log(f"Device: {env_line()}")
+    log(frontend_line)
+    cudnn_why = PATHS["cudnn_fp8"].unavailable(torch.device("cuda", torch.cuda.current_device()), 128, torch.bfloat16)
+    log(f"cudnn fp8 path: {cudnn_why or 'available'}")
+    rounds = 1 if args.quick else args.rounds
+    rows = []
+    for name, cfg in (("1.3B", WAN_1_3B), ("14B", WAN_14B)):
+        layers = 4 if args.quick else (args.layers or cfg["num_layers"])
+        t0 = time.perf_counter()
+        base, fp8 = build(cfg, layers)
+        log(f"{name} x{layers}: built and quantized in {time.perf_counter() - t0:.0f} s; "
+            f"{torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated")
+        t480 = time.perf_counter()
+        rows += section(name, "480p", base, fp8, layers, rounds, cudnn_why, True, log)
+        t480 = time.perf_counter() - t480
+        if name == "14B" and not (args.quick or args.no_720p):
+            # 720p: 2.3x the tokens and attention (most of the time) grows with their square, but no
+            # compiles and no profiled forwards: about 3.5x the 480p section
+            estimate = t480 * 3.5
+            left = args.budget_s - (time.perf_counter() - start)
+            if estimate < left:
+                rows += section(name, "720p", base, fp8, layers, rounds, cudnn_why, False, log)
+            else:
+                log(f"14B 720p skipped: estimated {estimate:.0f} s from the 480p section, {left:.0f} s of the "
+                    f"--budget-s {args.budget_s:.0f} left")
+                rows.append(dict(model=name, res="720p", tokens=RES["720p"][2], blocks=layers, variant="(all)",
+                                 skipped=f"estimated {estimate:.0f} s > {left:.0f} s left of --budget-s"))
+        del base, fp8
+        gc.collect()
+        torch.cuda.empty_cache()
+    table = tables(rows)
+    log(f"total {time.perf_counter() - start:.0f} s")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "log": lines, "command": " ".join(sys.argv)}, f, indent=1)
+    print("\n" + table)
+
+
+if __name__ == "__main__":
+    main()
