@@ -10,7 +10,8 @@ import torch
 
 from engine.builder import _index
 from engine.checkpoint.dit import read_calib
-from engine.checkpoint.io import load_pth, write_safetensors
+from engine.checkpoint.io import write_safetensors
+from engine.checkpoint.pth import load_pth
 from engine.checkpoint.sources import TensorSource
 from engine.cli import run_command
 from engine.config import parse_config

@@ -16,7 +16,7 @@ import torch
 
 from .assemble import ASKED, LoadReport, assemble, finish_load, format_of, open_checkpoint
 from .comfy import from_comfy_quant, has_comfy_quant
-from .io import load_pth
+from .pth import load_pth
 from .sources import TensorSource
 from ..errors import CheckpointError
 from ..formats import FORMATS
