@@ -115,8 +115,9 @@ def test_lora_nan_or_bad_alpha(tmp_path):
         if alpha is not None:
             t["blocks.0.self_attn.q.alpha"] = alpha
         write_safetensors(tmp_path / f"n{i}.safetensors", t)
-        lora = LoraSet([tmp_path / f"n{i}.safetensors"])
-        expect_error("2-silent", lambda: lora.apply("blocks.0.self_attn.q.weight", weight), "blocks.0.self_attn.q")
+        # a bad alpha is refused when the file is read, NaN/Inf when the merge makes it
+        expect_error("2-silent", lambda: LoraSet([tmp_path / f"n{i}.safetensors"]).apply(
+            "blocks.0.self_attn.q.weight", weight), "blocks.0.self_attn.q")
 
 
 def _typos(key, rng):
