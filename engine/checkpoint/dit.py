@@ -65,6 +65,8 @@ def dit_tensors(src: TensorSource, report: LoadReport):
     report.naming = "Wan/LightX2V" if naming == "wan" else naming
     if "scaled_fp8" in src:
         report.notes.append("ComfyUI scaled fp8 file: per-tensor weight scales, activations quantized per token")
+    if src.metadata.get("producer_version"):
+        report.notes.append(f"written by {src.metadata.get('producer', '?')} {src.metadata['producer_version']}")
     rename = wan_to_diffusers if naming == "wan" else (lambda k: k)
     tensors, origin = {}, {}
     for key in keys:
