@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import __version__
 from .apply import WAN_DIT_RULES
 from .checkpoint.comfy import to_comfy_quant
 from .checkpoint.formats import NVFP4_GS_NUMERATOR, encode_layer
@@ -160,6 +161,7 @@ class Converter:
         fmt = "fp8" if a.comfyui_mode and not a.comfy_quant else (a.fmt or "none")
         meta = {"format": fmt, "scheme": a.linear_type or a.linear_dtype or "none", "source": Path(a.source).name,
                 "layout": layout, "model_type": a.model_type, "naming": naming, "producer": "engine.convert",
+                "producer_version": __version__,
                 "scales": ("comfyui comfy_quant" if a.comfy_quant else "comfyui per-tensor") if a.comfyui_mode
                 else "lightx2v"}
         cfg = Path(a.source) / "config.json" if Path(a.source).is_dir() else None

@@ -31,3 +31,7 @@ class HardwareError(EngineError):
 
 class HubError(EngineError):
     """A download from the Hugging Face Hub failed."""
+
+
+class ParallelError(EngineError):
+    """A multi-process run failed: a collective timed out or another rank stopped."""

@@ -39,6 +39,11 @@ except ImportError:
     dispatch_attention_fn = None
 
 _SUBCLASSES: dict[type, type] = {}
+# i2v cross-attention context is [image tokens, text tokens]; diffusers' WanAttnProcessor splits it by
+# taking the last 512 as text (the pipelines pad every prompt to max_sequence_length=512). Neither the
+# model nor its config records the split, so the fused forward follows diffusers' rule to the token;
+# tests/test_fused_vs_diffusers.py fails if diffusers' block and this forward stop agreeing.
+TEXT_TOKENS = 512
 
 
 def _fused_layers(block):
@@ -134,8 +139,8 @@ def fused_block_forward(block, hidden_states, encoder_hidden_states, temb, rotar
     query = ops.rmsnorm_rope(query, a2.norm_q.weight, _eps(a2.norm_q), head_dim, None, None)
     context = encoder_hidden_states
     out_img = None
-    if a2.add_k_proj is not None:  # image-to-video: image tokens first, then 512 text tokens
-        n_img = context.shape[1] - 512
+    if a2.add_k_proj is not None:  # image-to-video: image tokens first, then the text tokens
+        n_img = context.shape[1] - TEXT_TOKENS
         img, context = context[:, :n_img], context[:, n_img:]
         key_img = a2.norm_added_k(a2.add_k_proj(img))
         out_img = _attention(a2, query, key_img, a2.add_v_proj(img))

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+import engine
 from engine.checkpoint.dit import load_dit
 from engine.checkpoint.io import SafeTensorsFile, write_safetensors
 from engine.checkpoint.sources import TensorSource
@@ -32,8 +33,10 @@ def test_convert_diffusers_to_lightx2v_by_block_and_load(tmp_path, diffusers_dir
     st = SafeTensorsFile(out / "block_0.safetensors")
     assert "blocks.0.self_attn.q.weight_scale" in st and "blocks.0.norm3.weight" in st  # LightX2V names
     assert st.metadata["format"] == fmt.replace("-", "_") and st.metadata["layout"] == "save_by_block"
+    assert st.metadata["producer_version"] == engine.__version__  # which converter wrote the file
     loaded, report = load_dit(out)  # config comes from the header metadata
     assert report.formats[fmt.replace("-", "_")] == 24
+    assert f"written by engine.convert {engine.__version__}" in report.summary()
     assert rel_err(run(loaded, torch.bfloat16), ref) < bound
 
 

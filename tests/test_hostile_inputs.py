@@ -10,7 +10,8 @@ import torch
 
 from engine.builder import _index
 from engine.checkpoint.dit import read_calib
-from engine.checkpoint.io import load_pth, write_safetensors
+from engine.checkpoint.io import write_safetensors
+from engine.checkpoint.pth import load_pth
 from engine.checkpoint.sources import TensorSource
 from engine.cli import run_command
 from engine.config import parse_config
@@ -114,8 +115,9 @@ def test_lora_nan_or_bad_alpha(tmp_path):
         if alpha is not None:
             t["blocks.0.self_attn.q.alpha"] = alpha
         write_safetensors(tmp_path / f"n{i}.safetensors", t)
-        lora = LoraSet([tmp_path / f"n{i}.safetensors"])
-        expect_error("2-silent", lambda: lora.apply("blocks.0.self_attn.q.weight", weight), "blocks.0.self_attn.q")
+        # a bad alpha is refused when the file is read, NaN/Inf when the merge makes it
+        expect_error("2-silent", lambda: LoraSet([tmp_path / f"n{i}.safetensors"]).apply(
+            "blocks.0.self_attn.q.weight", weight), "blocks.0.self_attn.q")
 
 
 def _typos(key, rng):

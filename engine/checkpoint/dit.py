@@ -16,7 +16,7 @@ import torch
 
 from .assemble import ASKED, LoadReport, assemble, finish_load, format_of, open_checkpoint
 from .comfy import from_comfy_quant, has_comfy_quant
-from .io import load_pth
+from .pth import load_pth
 from .sources import TensorSource
 from ..errors import CheckpointError
 from ..formats import FORMATS
@@ -65,6 +65,8 @@ def dit_tensors(src: TensorSource, report: LoadReport):
     report.naming = "Wan/LightX2V" if naming == "wan" else naming
     if "scaled_fp8" in src:
         report.notes.append("ComfyUI scaled fp8 file: per-tensor weight scales, activations quantized per token")
+    if src.metadata.get("producer_version"):
+        report.notes.append(f"written by {src.metadata.get('producer', '?')} {src.metadata['producer_version']}")
     rename = wan_to_diffusers if naming == "wan" else (lambda k: k)
     tensors, origin = {}, {}
     for key in keys:

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from .files import open_regular, regular_file
-from .io import SafeTensorsFile, load_pth
+from .io import SafeTensorsFile
+from .pth import load_pth
 from ..errors import CheckpointError
 
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"

@@ -26,20 +26,13 @@ from datetime import timedelta
 
 import torch
 
-from ..errors import ConfigError, EngineError, HardwareError
+from ..errors import ConfigError, HardwareError, ParallelError
 
 log = logging.getLogger("engine.parallel")
 
 KEYS = {"seq_p_size", "seq_p_attn_type", "cfg_p_size", "timeout_s"}
 ATTN_TYPES = ("ulysses", "ring")
 DEFAULT_TIMEOUT_S = 600
-# Ring attention merges partial results with the log-sum-exp, which diffusers' default "native" backend
-# does not return; PyTorch's flash SDPA kernel does (on CUDA, and on CPU for the tests).
-RING_BACKEND = "_native_flash"
-
-
-class ParallelError(EngineError):
-    """A multi-process run failed: a collective timed out or another rank stopped."""
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,17 @@ import torch.distributed as dist
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from ..errors import ParallelError
+
 log = logging.getLogger("engine.parallel")
 CFG_HOOK = "engine_cfg_parallel"
+# Ring attention merges partial results with the log-sum-exp, which diffusers' default "native" backend
+# does not return; PyTorch's flash SDPA kernel does (on CUDA, and on CPU for the tests).
+RING_BACKEND = "_native_flash"
 
 
 def enable_sequence_parallel(model, plan, mesh) -> None:
     from diffusers import ContextParallelConfig
-
-    from . import RING_BACKEND
 
     if plan.attn == "ring":
         current = _backend_of(model)
@@ -89,8 +92,6 @@ class CfgParallelHook(ModelHook):
         self.pending = None
 
     def new_forward(self, module, *args, **kwargs):
-        from ..parallel import ParallelError
-
         context = self.state._context
         name = context.name if context is not None else None
         return_dict = kwargs.pop("return_dict", True)
