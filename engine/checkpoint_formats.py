@@ -14,7 +14,7 @@ import math
 import torch
 
 from .errors import CheckpointError
-from .formats import get_format
+from .formats import FORMATS, get_format
 from .formats.swizzle import swizzle, swizzled_shape, unswizzle
 
 NVFP4_GS_NUMERATOR = 6.0 * 448.0  # a global scale maps amax onto e2m1 max times e4m3 max
@@ -23,7 +23,7 @@ _REPORTED: set[tuple[str, tuple[str, ...]]] = set()
 QUANT_SUFFIXES = ("weight_scale", "weight_global_scale", "input_global_scale", "alpha", "input_absmax",
                   "scale_weight", "input_scale")
 FP8 = torch.float8_e4m3fn
-SWIZZLED = ("mxfp8", "mxfp4", "nvfp4")
+SWIZZLED = tuple(n for n, f in FORMATS.items() if f.block_scaled)  # MX/NV: swizzled one-byte scales in files
 
 
 def is_quantized_layer(dtypes: dict[str, torch.dtype]) -> bool:
@@ -77,7 +77,7 @@ def decode_layer(fmt: str, t: dict[str, torch.Tensor], rows: int, cols: int, whe
     _report_unused(fmt, t, where)
     out = {"weight": t["weight"]}
     scale = t.get("weight_scale", t.get("scale_weight"))
-    if fmt in ("int8", "fp8", "fp8_tensor", "fp8_block128"):
+    if not f.block_scaled:  # int8, fp8, fp8_tensor, fp8_block128: float scales
         if scale is None:  # plain fp8: the values are the weights
             scale = torch.ones((rows, 1), dtype=torch.float32)
         scale = scale.to(torch.float32)
@@ -111,7 +111,7 @@ def decode_layer(fmt: str, t: dict[str, torch.Tensor], rows: int, cols: int, whe
 def _report_unused(fmt: str, t: dict, where: str) -> None:
     """Static activation scales beside a format that quantizes activations per token (or per block) at run
     time are not used: say so once per format and set of keys, never drop them silently."""
-    used = {"nvfp4": ("weight_global_scale", "input_global_scale", "alpha", "input_absmax")}.get(fmt, ())
+    used = ("weight_global_scale", "input_global_scale", "alpha", "input_absmax") if get_format(fmt).has_global_scale else ()
     extra = tuple(sorted(k for k in t if k in QUANT_SUFFIXES and k not in used
                          and k not in ("weight_scale", "scale_weight")))
     if extra and (fmt, extra) not in _REPORTED:
