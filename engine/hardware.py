@@ -224,6 +224,10 @@ def check_config_for_gpu(cfg: QuantConfig, gpu: GpuInfo | None) -> None:
             why = format_problem(quant.scheme.format, gpu)
             if why:
                 problems.append(f"{comp.upper() if comp != 'dit' else 'DiT'} scheme {quant.scheme.name}: {why}")
+        for rule in quant.rules:  # per-layer schemes (engine/layer_rules.py)
+            why = format_problem(rule.format, gpu) if rule.format else None
+            if why:
+                problems.append(f"`{comp}_layer_schemes` {rule.label} ({rule.scheme.name}): {why}")
     from .attention import plan_from_config
     from .attention.paths import gpu_problem
 
@@ -271,14 +275,12 @@ def format_notices(cfg: QuantConfig, gpu: GpuInfo | None) -> list[str]:
     if gpu is None:
         return []
     notes = []
-    for comp in COMPONENTS:
-        quant = getattr(cfg, comp)
-        if not quant.quantized:
-            continue
-        kernels = runnable(quant.scheme.format, gpu.capability)
+    formats = [(comp, fmt) for comp in COMPONENTS for fmt in getattr(cfg, comp).formats]  # scheme's and rules'
+    for comp, fmt in formats:
+        kernels = runnable(fmt, gpu.capability)
         if not kernels:
             continue  # check_config_for_gpu refuses it
-        what = f"{'DiT' if comp == 'dit' else comp.upper()} {quant.scheme.format.upper()}"
+        what = f"{'DiT' if comp == 'dit' else comp.upper()} {fmt.upper()}"
         if getattr(kernels[0], "checked_at_first_use", False):
             notes.append(f"{what} runs on the native block-scaled GEMM of {gpu.name} (Blackwell), checked against "
                          "the reference kernel at first use; if that check fails it runs emulated (slower than "
