@@ -14,7 +14,8 @@ from .triton_quant import MAX_ROW
 
 class TritonMXKernel(Kernel):
     name = "triton_mx"
-    formats = frozenset(n for n, f in FORMATS.items() if f.block_scaled)
+    # block-scaled formats of the elements its Triton code rounds to (e4m3, e2m1)
+    formats = frozenset(n for n, f in FORMATS.items() if f.block_scaled and f.element in triton_mx.ELEMENT_MAX)
     priority = 5
     native = False  # a bf16 GEMM on the format's values
 

@@ -37,7 +37,8 @@ except ImportError:  # a torch without the public scaled-GEMM API
 
 log = logging.getLogger("engine.kernels")
 
-BLOCK_SCALED = frozenset(n for n, f in FORMATS.items() if f.block_scaled)  # MXFP8, MXFP4, NVFP4
+# MXFP8, MXFP4, NVFP4: the block-scaled formats of the element types torch's scaled_mm takes
+BLOCK_SCALED = frozenset(n for n, f in FORMATS.items() if f.block_scaled and f.element in ("e4m3", "e2m1"))
 BLACKWELL_MAJORS = (10, 12)  # sm100/sm103 (B200, B300) and sm120 (RTX 50, RTX PRO): block-scaled MMA
 CHECK_SHAPE = (200, 256, 256)  # M, K, N of the first-use check; M is not a multiple of 128 on purpose
 CHECK_TOLERANCE = 1e-2  # same quantized product on both sides: only summation order and bf16 output differ

@@ -24,7 +24,7 @@ try:
 except ImportError:
     triton = None
 
-_ELEM_MAX = {"e4m3": 448.0, "e2m1": 6.0}
+ELEMENT_MAX = {"e4m3": 448.0, "e2m1": 6.0}  # the elements this code rounds to, and their largest values
 
 
 def layout(fmt: str) -> tuple[str, int, str]:
@@ -182,7 +182,7 @@ def fake_quantize(x: torch.Tensor, fmt: str, global_scale: torch.Tensor | None =
         x = x.contiguous()
     block = _block(k)
     _fake_quant_kernel[(m,)](x, out, gs, m, k, x.stride(0), E2M1=elem == "e2m1", E8M0=scale_kind == "e8m0",
-                             GROUP=group, ELEM_MAX=_ELEM_MAX[elem], BLOCK=block,
+                             GROUP=group, ELEM_MAX=ELEMENT_MAX[elem], BLOCK=block,
                              num_warps=max(4, min(16, block // 512)))
     return out
 
@@ -209,7 +209,7 @@ def quantize_mx(x: torch.Tensor, fmt: str, global_scale: torch.Tensor | None = N
             tmax = torch.ones((), device=x.device)  # empty input: any scale works
             if x.numel():
                 tmax = torch.linalg.vector_norm(x, float("inf")).float()
-            global_scale = (_ELEM_MAX[elem] * 448.0) / tmax.clamp(min=1e-12)
+            global_scale = (ELEMENT_MAX[elem] * 448.0) / tmax.clamp(min=1e-12)
         gs = torch.as_tensor(global_scale, dtype=torch.float32, device=x.device).reshape(1)
     if elem == "e2m1":
         data = torch.empty((mp, k // 2), dtype=torch.uint8, device=x.device)
@@ -224,7 +224,7 @@ def quantize_mx(x: torch.Tensor, fmt: str, global_scale: torch.Tensor | None = N
         block = _block(k)
         _quant_mx_kernel[(mp,)](x, data.view(torch.uint8), scale.view(torch.uint8), gs if gs is not None else data,
                                 m, k, x.stride(0), scols, SWIZZLE=swizzled, E2M1=elem == "e2m1",
-                                E8M0=scale_kind == "e8m0", GROUP=group, ELEM_MAX=_ELEM_MAX[elem], BLOCK=block,
+                                E8M0=scale_kind == "e8m0", GROUP=group, ELEM_MAX=ELEMENT_MAX[elem], BLOCK=block,
                                 num_warps=row_warps(block, "quantize_mx"))
     return Quantized(data=data, scale=scale, global_scale=gs, cols=k)
 
