@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .errors import EngineError, FormatError
+from .errors import ConfigError, EngineError, FormatError
 from .layer_rules import LayerRule, assign
 from .linear import QuantLinear
 from .schemes import Scheme, resolve_scheme
@@ -85,13 +85,17 @@ def quantize_model(model: nn.Module, scheme: Scheme | str | None, rules: Iterabl
     select = _selector(rules if rules is not None else rules_for(model))
     report = QuantReport(format=scheme.format if scheme is not None and scheme.quantized else "none",
                          bytes_before=model_bytes(model))
-    targets = []
+    targets, loaded = [], []  # loaded: layers a pre-quantized file already holds quantized
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and not isinstance(module, QuantLinear):
+        if isinstance(module, QuantLinear):
+            if select(name, module):
+                loaded.append(name)
+        elif isinstance(module, nn.Linear):
             (targets if select(name, module) else report.kept).append(name)
     per_layer = {name: (scheme, None) for name in targets}
     if layer_rules:
-        per_layer = assign(targets, layer_rules, scheme, scheme_key, rules_key)
+        per_layer = assign(targets + loaded, layer_rules, scheme, scheme_key, rules_key)
+        _check_loaded(model, loaded, per_layer, rules_key)
         report.chosen = {n: (s.format if s is not None else "bf16", why) for n, (s, why) in per_layer.items()}
         report.format = "+".join(dict.fromkeys(f for f, _ in report.chosen.values() if f != "bf16")) or "none"
     for name in targets:
@@ -120,6 +124,20 @@ def quantize_model(model: nn.Module, scheme: Scheme | str | None, rules: Iterabl
     report.bytes_after = model_bytes(model)
     log.info("%s", report.summary())
     return report
+
+
+def _check_loaded(model: nn.Module, loaded: list[str], per_layer: dict, rules_key: str) -> None:
+    """Layers a checkpoint already holds quantized stay as they are; a rule that asks for another format
+    (or for bf16) for one of them contradicts the file, and is refused rather than ignored."""
+    for name in loaded:
+        layer = model.get_submodule(name)
+        want, why = per_layer.pop(name)
+        if why.startswith("rule"):
+            if (want.format if want is not None else "bf16") != layer.fmt:
+                raise ConfigError(f"`{rules_key}`: {why} asks for {want.format if want else 'bf16'} for layer {name}, "
+                                  f"which the loaded checkpoint holds in {layer.fmt}; convert the checkpoint with "
+                                  "the same rules, or change the rule")
+            layer.quant_rule = why
 
 
 def _copy_to(linear: nn.Linear, device) -> nn.Linear:

@@ -108,3 +108,27 @@ def test_the_gpu_check_covers_every_rule():
     h100 = GpuInfo("NVIDIA H100", (9, 0), 80 * GB, 80 * GB)
     check_config_for_gpu(load_config(MIXED), h100)
     assert [n for n in format_notices(load_config(MIXED), h100) if "DiT NVFP4 runs emulated" in n]
+
+
+def test_rules_over_a_prequantized_file(tmp_path):
+    """A mixed pre-quantized DiT: layers the file holds quantized stay as loaded; rules that agree are
+    recorded, a rule that contradicts the file is refused."""
+    from engine.checkpoint import load_dit
+    from engine.checkpoint_io import write_safetensors
+    from engine.errors import EngineError
+    from tests.dit_helpers import tiny_model, wan_state_dict
+    from tests.lightx2v_writer import quantize_state_dict, wan_dit_selected
+
+    m = tiny_model()
+    path = tmp_path / "fp8.safetensors"
+    write_safetensors(path, quantize_state_dict(wan_state_dict(m), "fp8", wan_dit_selected))
+    agree = load_config({"dit_quantized": True, "dit_layer_schemes": [[r"blocks\.\d+\..*", "fp8"]]})
+    model, _ = load_dit(path, m.config)
+    from engine.apply import quantize_model
+    report = quantize_model(model, agree.dit.scheme, layer_rules=agree.dit.rules, rules_key="dit_layer_schemes")
+    assert report.swapped == [] and model.blocks[1].ffn.net[2].quant_rule.startswith("rule 1")
+    clash = load_config({"dit_quantized": True, "dit_layer_schemes": [[r"blocks\.\d+\.ffn\..*", "nvfp4"]]})
+    model, _ = load_dit(path, m.config)
+    with pytest.raises(EngineError, match="rule 1 .* asks for nvfp4 for layer blocks.0.ffn.net.0.proj, which the "
+                                          "loaded checkpoint holds in fp8"):
+        quantize_model(model, clash.dit.scheme, layer_rules=clash.dit.rules, rules_key="dit_layer_schemes")
