@@ -113,8 +113,8 @@ def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None,
     what = f"{model.label if model else 'a 14B model'} at {memory.size_text(*size)}"
     est = None
     # only presets whose every format some kernel runs on this GPU (engine.kernels' registry)
-    tiers = [f"{tier}-{kind}" for tier in TIERS if preset_runs(f"{tier}-{kind}", gpu)]
-    for candidate in [c for c in (name,) if preset_runs(c, gpu)] + tiers or ["pre-ampere-bf16"]:
+    candidates = [c for c in (name, *(f"{tier}-{kind}" for tier in TIERS)) if preset_runs(c, gpu)]
+    for candidate in candidates or ["pre-ampere-bf16"]:
         est = plan_for(model, load_preset(candidate), size, budget)
         if est.need <= budget:
             lead = f"{gpu.label}: {why}." if candidate == name else f"{gpu.label}, {kind.upper()}:"
