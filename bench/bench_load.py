@@ -23,7 +23,7 @@ WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim
 CHILD = r"""
 import json, resource, sys, time, psutil, torch
 sys.path.insert(0, sys.argv[3])
-from engine.checkpoint import load_dit
+from engine.checkpoint.dit import load_dit
 from diffusers import WanTransformer3DModel  # imports (lazy in diffusers) before the baseline
 proc = psutil.Process()
 base = proc.memory_info().rss
@@ -46,8 +46,8 @@ def make_file(path: Path, fmt: str) -> int:
     import torch
     from diffusers import WanTransformer3DModel
 
-    from engine.checkpoint_io import write_safetensors
-    from engine.keymaps import diffusers_to_wan
+    from engine.checkpoint.io import write_safetensors
+    from engine.checkpoint.keymaps import diffusers_to_wan
 
     with torch.device("meta"):
         shapes = {k: (tuple(v.shape)) for k, v in WanTransformer3DModel(**WAN_1_3B).state_dict().items()}

@@ -1,8 +1,8 @@
 """Build a ready-to-run Wan pipeline from a config: the tiny built-in model, a diffusers-format folder
 (with LightX2V pre-quantized DiT/T5/CLIP files where given), or a catalog model from the Hub.
 
-Pre-quantized files go through the checkpoint loaders (engine.checkpoint.load_dit,
-engine.encoders.load_t5/load_clip): the model is built on the meta device and never exists in
+Pre-quantized files go through the checkpoint loaders (engine.checkpoint.dit.load_dit,
+engine.checkpoint.encoders.load_t5/load_clip): the model is built on the meta device and never exists in
 bf16. Components without such a file are loaded from the base folder and quantized on load.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .catalog import ModelEntry
-from .checkpoint_files import regular_file
+from .checkpoint.files import regular_file
 from .config import QuantConfig
 from .errors import CheckpointError, ConfigError
 from .pipeline import quantize_pipeline
@@ -26,8 +26,8 @@ from .request import Limits
 log = logging.getLogger("engine.builder")
 
 # component -> (module, function) of the loader for LightX2V-format files
-LOADERS = {"dit": ("engine.checkpoint", "load_dit"), "t5": ("engine.encoders", "load_t5"),
-           "clip": ("engine.encoders", "load_clip")}
+LOADERS = {"dit": ("engine.checkpoint.dit", "load_dit"), "t5": ("engine.checkpoint.encoders", "load_t5"),
+           "clip": ("engine.checkpoint.encoders", "load_clip")}
 TINY_LIMITS = Limits(max_height=64, max_width=64, max_frames=17, max_steps=8)
 
 
@@ -126,18 +126,19 @@ def build_from_dir(model_dir: str | Path, cfg: QuantConfig, *, dit_ckpts: list[s
             reports[attr] = (f"{loaded_from}\n  - quantized on load: {report.summary()}" if loaded_from
                              else report.summary())
     pipe.set_progress_bar_config(disable=True)
-    configure_decoder(pipe, cfg, decoder_ckpt, reports)  # before placement: offload hooks must see the decoder
+    configure_decoder(pipe, cfg, decoder_ckpt, reports, device.type)  # before placement: offload hooks must see the decoder
     offload = place_pipeline(pipe, cfg, device, reports)
     return LoadedModel(pipe, task, label or model_dir.name, cfg, device, limits, reports, preset, offload=offload)
 
 
-def configure_decoder(pipe, cfg: QuantConfig, decoder_ckpt: str | None, reports: dict) -> None:
+def configure_decoder(pipe, cfg: QuantConfig, decoder_ckpt: str | None, reports: dict,
+                      device_type: str = "cpu") -> None:
     """The decoder choice (full / light / tiny, engine/vae/choice.py) and the full VAE's speed settings
     (engine/vae/speed.py), both read from the config. `decoder_ckpt`: the file the Hub plan fetched."""
     from .vae.choice import decoder_choice, use_decoder
     from .vae.speed import apply_speed, speed_settings
 
-    choice, speed = decoder_choice(cfg), speed_settings(cfg)
+    choice, speed = decoder_choice(cfg), speed_settings(cfg, device_type)
     notes = [use_decoder(pipe, choice, decoder_ckpt)]
     if choice.kind != "tiny":  # the tiny decoder has its own dtype; the full VAE only encodes then
         notes.append(apply_speed(pipe.vae, speed))

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from .apply import WAN_DIT_RULES
-from .checkpoint_io import save_torch
+from .checkpoint.io import save_torch
 from .errors import EngineError
-from .keymaps import diffusers_to_wan
+from .checkpoint.keymaps import diffusers_to_wan
 
 log = logging.getLogger("engine.calibrate")
 TRANSFORMERS = ("transformer", "transformer_2")

@@ -14,7 +14,7 @@ import tempfile
 import traceback
 from typing import Callable
 
-from .checkpoint_files import os_error_sentence
+from .checkpoint.files import os_error_sentence
 from .errors import EngineError
 
 

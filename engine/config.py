@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config_keys import ENGINE_KEYS, KNOWN_KEYS
-from .checkpoint_files import regular_file
+from .checkpoint.files import regular_file
 from .errors import CheckpointError, ConfigError, SchemeError
 from .layer_rules import LayerRule, parse_rules
 from .schemes import Scheme, resolve_scheme

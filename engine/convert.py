@@ -19,18 +19,18 @@ from pathlib import Path
 import torch
 
 from .apply import WAN_DIT_RULES
-from .checkpoint_comfy import to_comfy_quant
-from .checkpoint_formats import NVFP4_GS_NUMERATOR, encode_layer
-from .checkpoint import read_calib
-from .checkpoint_files import os_error_sentence, remove_stale_partials
-from .checkpoint_io import save_torch, write_atomic_bytes, write_safetensors
-from .checkpoint_source import INDEX_NAME, TensorSource
+from .checkpoint.comfy import to_comfy_quant
+from .checkpoint.formats import NVFP4_GS_NUMERATOR, encode_layer
+from .checkpoint.dit import read_calib
+from .checkpoint.files import os_error_sentence, remove_stale_partials
+from .checkpoint.io import save_torch, write_atomic_bytes, write_safetensors
+from .checkpoint.sources import INDEX_NAME, TensorSource
 from .cli import run_command
 from .convert_guard import (check_device, check_model_type, check_not_quantized, check_paths, check_stale,
                             output_name_problem, staging)
 from .errors import EngineError
 from .formats import FORMATS, get_format
-from .keymaps import rename, wan_to_diffusers
+from .checkpoint.keymaps import rename, wan_to_diffusers
 from .lora import LoraSet
 
 log = logging.getLogger("engine.convert")

@@ -3,7 +3,7 @@ makes a conversion appear all at once or not at all.
 
 Nothing lost: -o may not be (or contain) the source. Nothing left behind: a conversion is written into
 `<out>/.convert.partial-<pid>/` and moved into place only when every file is complete; a kill -9 leaves
-just that folder, which the next run removes (checkpoint_files.remove_stale_partials). Nothing mixed:
+just that folder, which the next run removes (checkpoint.files.remove_stale_partials). Nothing mixed:
 weight files of an earlier, different layout in the output folder are refused, because load_dit would
 load them together with the new ones.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_files import PARTIAL, os_error_sentence
-from .checkpoint_source import INDEX_NAME
+from .checkpoint.files import PARTIAL, os_error_sentence
+from .checkpoint.sources import INDEX_NAME
 from .errors import CheckpointError, EngineError
-from .keymaps import strip_prefix, t5_to_hf
+from .checkpoint.keymaps import strip_prefix, t5_to_hf
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".index.json")
 QUANT_KEYS = ("weight_scale", "weight_global_scale", "input_global_scale", "input_absmax", "scale_weight",

@@ -81,7 +81,7 @@ def plan_downloads(entry: ModelEntry, cfg: QuantConfig, loadable: frozenset[str]
         # The base repo's transformer is not distilled: at 4 steps it gives noise, so it is never used.
         if "dit" not in loadable:
             raise ConfigError(f"{entry.label} runs LightX2V's distilled DiT files, but this build has no loader "
-                              "for them (engine.checkpoint.load_dit); reinstall the engine or choose a model "
+                              "for them (engine.checkpoint.dit.load_dit); reinstall the engine or choose a model "
                               "without a distilled file.")
         dit_files = entry.dit_files(cfg.dit.scheme.format) if cfg.dit.quantized else None
         if dit_files:

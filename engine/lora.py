@@ -12,9 +12,9 @@ import logging
 
 import torch
 
-from .checkpoint_source import TensorSource
+from .checkpoint.sources import TensorSource
 from .errors import CheckpointError
-from .keymaps import wan_to_diffusers
+from .checkpoint.keymaps import wan_to_diffusers
 
 log = logging.getLogger("engine.lora")
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.", "unet.", "transformer.")

@@ -20,7 +20,7 @@ def quantize_pipeline(pipe, cfg: QuantConfig, work_device=None) -> dict[str, Qua
                                        rules_key=f"{comp}_layer_schemes",
                                        scheme_key="dit_quant_scheme" if comp == "dit" else f"{comp}_quant_scheme")
         if attr == "text_encoder":
-            from .encoders import fix_t5_wo_cast
+            from .checkpoint.encoders import fix_t5_wo_cast
 
             fix_t5_wo_cast(module)  # transformers would cast T5's FFN input to an fp8 `wo.weight` dtype
     return reports

@@ -1,4 +1,4 @@
-"""An independent writer of ComfyUI's comfy_quant layers, from the facts in engine/checkpoint_comfy.py's
+"""An independent writer of ComfyUI's comfy_quant layers, from the facts in engine/checkpoint/comfy.py's
 docstring (read from ComfyUI and comfy_kitchen). It shares no code with engine/: its own e2m1 rounding,
 its own nibble packing (even element high) and its own 128x4 tiling, written the way ComfyUI's
 `to_blocked` describes it (tiles of [128 rows, 4 cols], each rearranged as (32, 4, 4) -> (32, 16)).

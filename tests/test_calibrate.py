@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from engine.calibrate import calibrate_pipeline, write_calib
-from engine.checkpoint import load_dit
+from engine.checkpoint.dit import load_dit
 from engine.convert import main
 from engine.errors import EngineError
 from engine.linear import QuantLinear

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from engine.checkpoint import load_dit
-from engine.checkpoint_io import write_safetensors
+from engine.checkpoint.dit import load_dit
+from engine.checkpoint.io import write_safetensors
 from engine.linear import QuantLinear
 from tests.dit_helpers import rel_err, run, tiny_model, wan_state_dict
 from tests.lightx2v_writer import quantize_state_dict, wan_dit_selected
@@ -125,7 +125,7 @@ def test_swizzled_scales_of_real_sized_layers(fmt):
     """Rows % 128 == 0 and blocks % 4 == 0 (every real Wan layer): the swizzled scale has the plain
     shape, and must still be unswizzled. 256x512 spans several tiles both ways (and a 2x4 grid of
     128-blocks for fp8_block128, whose scale must not be read transposed)."""
-    from engine.checkpoint_formats import decode_layer
+    from engine.checkpoint.formats import decode_layer
     from engine.formats import Quantized, get_format
     from tests.lightx2v_writer import PLAIN_WRITERS, WRITERS
 

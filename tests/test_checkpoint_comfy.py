@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from engine.checkpoint import load_dit
-from engine.checkpoint_io import SafeTensorsFile, write_safetensors
+from engine.checkpoint.dit import load_dit
+from engine.checkpoint.io import SafeTensorsFile, write_safetensors
 from engine.convert import main
 from engine.errors import CheckpointError
 from engine.formats import Quantized, get_format
@@ -80,8 +80,8 @@ def test_unsupported_and_corrupt_comfy_quant_are_named(tmp_path, model_and_ref):
 
 def test_nvfp4_and_mxfp8_tile_order_with_many_tiles():
     """256x512: 2x8 tiles of nvfp4 scales (2x4 of mxfp8), so row-major vs column-major tile order shows."""
-    from engine.checkpoint_comfy import from_comfy_quant
-    from engine.checkpoint_formats import decode_layer
+    from engine.checkpoint.comfy import from_comfy_quant
+    from engine.checkpoint.formats import decode_layer
     from tests import comfy_writer
 
     w = torch.randn(256, 512, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.1, 3, 256)[:, None]

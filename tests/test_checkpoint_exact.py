@@ -8,8 +8,8 @@ bias fails here on the first layer it touches, instead of hiding in a model-leve
 import pytest
 import torch
 
-from engine.checkpoint import load_dit
-from engine.checkpoint_io import write_safetensors
+from engine.checkpoint.dit import load_dit
+from engine.checkpoint.io import write_safetensors
 from engine.formats import Quantized, get_format
 from engine.linear import QuantLinear
 from tests.dit_helpers import tiny_model

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from engine.checkpoint import load_dit
-from engine.checkpoint_io import SafeTensorsFile, write_safetensors
+from engine.checkpoint.dit import load_dit
+from engine.checkpoint.io import SafeTensorsFile, write_safetensors
 from engine.errors import CheckpointError
 from tests.dit_helpers import tiny_model, wan_state_dict
 from tests.lightx2v_writer import quantize_state_dict, wan_dit_selected

@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from engine.checkpoint import load_dit
-from engine.checkpoint_io import SafeTensorsFile, write_safetensors
-from engine.checkpoint_source import TensorSource
+from engine.checkpoint.dit import load_dit
+from engine.checkpoint.io import SafeTensorsFile, write_safetensors
+from engine.checkpoint.sources import TensorSource
 from engine.convert import main
-from engine.encoders import load_t5
+from engine.checkpoint.encoders import load_t5
 from tests.dit_helpers import rel_err, run, tiny_model, wan_state_dict
 
 

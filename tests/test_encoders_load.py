@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.checkpoint_io import write_safetensors
-from engine.encoders import load_clip, load_t5
+from engine.checkpoint.io import write_safetensors
+from engine.checkpoint.encoders import load_clip, load_t5
 from engine.errors import CheckpointError
 from tests.lightx2v_writer import quantize_state_dict
 

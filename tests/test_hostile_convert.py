@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine.checkpoint_files as cf
-from engine.checkpoint import load_dit
-from engine.checkpoint_io import write_safetensors
+import engine.checkpoint.files as cf
+from engine.checkpoint.dit import load_dit
+from engine.checkpoint.io import write_safetensors
 from engine.convert import main
 from tests.dit_helpers import tiny_model, wan_state_dict
 from tests.hostile_helpers import correct, record
@@ -184,7 +184,7 @@ def test_full_or_read_only_disk_at_many_points(tmp_path, source, layout, monkeyp
 
 KILLED = r'''
 import sys, time, pathlib
-import engine.checkpoint_io as io
+import engine.checkpoint.io as io
 real = io.write_safetensors
 def slow(path, tensors, meta=None):
     if not list(pathlib.Path(path).parent.glob("*.safetensors")):

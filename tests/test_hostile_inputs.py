@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from engine.builder import _index
-from engine.checkpoint import read_calib
-from engine.checkpoint_io import load_pth, write_safetensors
-from engine.checkpoint_source import TensorSource
+from engine.checkpoint.dit import read_calib
+from engine.checkpoint.io import load_pth, write_safetensors
+from engine.checkpoint.sources import TensorSource
 from engine.cli import run_command
 from engine.config import parse_config
 from engine.config_keys import ENGINE_KEYS, LIGHTX2V_KEYS
@@ -234,7 +234,7 @@ def test_config_and_model_index_that_are_not_regular_files(tmp_path):
 def test_a_static_activation_scale_beside_an_int8_layer_is_reported_not_dropped_silently(caplog):
     import torch
 
-    from engine.checkpoint_formats import decode_layer
+    from engine.checkpoint.formats import decode_layer
 
     t = {"weight": torch.ones(4, 8, dtype=torch.int8), "weight_scale": torch.ones(4, 1),
          "input_global_scale": torch.ones(1), "alpha": torch.ones(1)}

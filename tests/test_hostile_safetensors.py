@@ -10,9 +10,9 @@ import struct
 import pytest
 import torch
 
-from engine.checkpoint import load_dit
-from engine.checkpoint_io import SafeTensorsFile, write_safetensors
-from engine.checkpoint_source import TensorSource
+from engine.checkpoint.dit import load_dit
+from engine.checkpoint.io import SafeTensorsFile, write_safetensors
+from engine.checkpoint.sources import TensorSource
 from engine.errors import CheckpointError
 from tests.dit_helpers import tiny_model, wan_state_dict
 from tests.hostile_helpers import correct, expect_error, record
@@ -235,7 +235,7 @@ def test_fifo_directory_symlink_loop_and_lfs_pointer(tmp_path, good):
 def test_permission_problem_is_not_called_a_bad_download(tmp_path, good, monkeypatch):
     import errno
 
-    import engine.checkpoint_files as cf
+    import engine.checkpoint.files as cf
     blob, _, _ = good
     path = tmp_path / "dit.safetensors"
     path.write_bytes(blob)

@@ -96,7 +96,7 @@ def test_wrong_model_class_and_bad_request(tiny_dirs, tmp_path, capsys):
 def test_t5_from_a_lightx2v_int8_file(tiny_dirs, tmp_path, capsys):
     from transformers import UMT5EncoderModel
 
-    from engine.keymaps import t5_from_hf
+    from engine.checkpoint.keymaps import t5_from_hf
     from tests.lightx2v_writer import quantize_state_dict
 
     hf = UMT5EncoderModel.from_pretrained(tiny_dirs["t2v"], subfolder="text_encoder").state_dict()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from engine.formats.swizzle import swizzle, unswizzle
-from engine.keymaps import clip_to_hf, detect_naming, diffusers_to_wan, t5_from_hf, t5_to_hf, wan_to_diffusers
+from engine.checkpoint.keymaps import clip_to_hf, detect_naming, diffusers_to_wan, t5_from_hf, t5_to_hf, wan_to_diffusers
 from engine.tiny import tiny_text_encoder, tiny_transformer
 from tests.lightx2v_writer import swizzle_128x4
 

@@ -113,8 +113,8 @@ def test_the_gpu_check_covers_every_rule():
 def test_rules_over_a_prequantized_file(tmp_path):
     """A mixed pre-quantized DiT: layers the file holds quantized stay as loaded; rules that agree are
     recorded, a rule that contradicts the file is refused."""
-    from engine.checkpoint import load_dit
-    from engine.checkpoint_io import write_safetensors
+    from engine.checkpoint.dit import load_dit
+    from engine.checkpoint.io import write_safetensors
     from engine.errors import EngineError
     from tests.dit_helpers import tiny_model, wan_state_dict
     from tests.lightx2v_writer import quantize_state_dict, wan_dit_selected

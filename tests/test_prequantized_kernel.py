@@ -3,8 +3,8 @@ load does: the QuantLinear built by the loader records it, and kernel selection 
 import pytest
 import torch
 
-from engine.checkpoint import load_dit
-from engine.checkpoint_io import write_safetensors
+from engine.checkpoint.dit import load_dit
+from engine.checkpoint.io import write_safetensors
 from engine.kernels import base, select_kernel
 from engine.linear import QuantLinear
 from tests.dit_helpers import tiny_model, wan_state_dict

@@ -129,6 +129,7 @@ def test_wrong_latent_width_is_a_clear_error(tmp_path):
 
 def test_speed_settings_keys():
     assert speed_settings(load_config({})) == DEFAULT_SPEED
+    assert speed_settings(load_config({}), "cpu") == VaeSpeed()  # fp32 on the CPU
     s = speed_settings(load_config({"vae_dtype": "BF16", "vae_channels_last": True}))
     assert s.dtype == "bf16" and s.channels_last
     assert speed_settings(load_config({"vae_dtype": "torch.float32"})).dtype == "fp32"
@@ -197,3 +198,27 @@ def test_bf16_mixed_keeps_the_first_and_last_convolutions_in_fp32():
     assert seen == {"post_quant_conv": torch.float32, "decoder.conv_in": torch.float32,
                     "decoder.conv_out": torch.float32, "decoder.mid_block.resnets.0.conv1": torch.bfloat16}
     assert video.dtype == torch.float32 and pipe.vae.dtype == torch.float32  # latents are handed over in fp32
+
+
+def test_fp16_decode_that_overflows_is_decoded_again_in_bf16(caplog):
+    """fp16 is the GPU default; its range is the risk with real weights. A decode whose frames come
+    back with NaNs (made here by the last convolution when it runs in fp16) is redone in bf16, the VAE
+    stays bf16, and a warning names the key that skips the retry."""
+    pipe = build_tiny_pipeline("t2v")
+    z = torch.randn(1, 16, 3, 4, 6, generator=torch.Generator().manual_seed(1))
+    want = pipe.vae.decode(z).sample
+
+    def overflow(module, args, out):
+        return torch.full_like(out, float("nan")) if out.dtype == torch.float16 else out
+
+    pipe.vae.decoder.conv_out.register_forward_hook(overflow)
+    apply_speed(pipe.vae, VaeSpeed("fp16"))
+    assert pipe.vae.dtype == torch.float16
+    with caplog.at_level("WARNING", logger="engine.vae"):
+        got = pipe.vae.decode(z.to(torch.float16)).sample
+    assert pipe.vae.dtype == torch.bfloat16 and got.dtype == torch.bfloat16
+    assert not torch.isnan(got).any() and (got.float() - want).abs().mean() < 0.02
+    assert "vae_dtype" in caplog.text and "bf16" in caplog.text
+    caplog.clear()
+    pipe.vae.decode(z.to(torch.bfloat16))  # no second retry, no second warning
+    assert "overflowed" not in caplog.text

@@ -1,7 +1,7 @@
 """Wan (LightX2V / original) <-> diffusers key names of the tiny test transformers, written out by hand.
 
 Written from LightX2V's naming (REFERENCE.md §1), one line per tensor, deliberately NOT derived from
-engine/keymaps.py: a test checkpoint named with the engine's own map would carry a key-map bug on
+engine/checkpoint/keymaps.py: a test checkpoint named with the engine's own map would carry a key-map bug on
 both sides (a k/v swap there passed every test). The i2v model has every key of the t2v one plus
 the image embedder and the image key/value projections.
 """

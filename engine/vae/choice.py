@@ -7,8 +7,9 @@ Config keys (LightX2V's own, plus one engine-level choice):
   `use_tiny_vae` / `tiny_vae_path` are accepted too): the tiny decoder, from `tae_path` or the Hub.
 - `need_scaled` (LightX2V): whether the tiny decoder takes the un-normalised latent. LightX2V sets it
   for files whose name holds "lighttae"; madebyollin's taew2_* files take the normalised latent.
-- `tae_chunk`: latent frames per tiny-decoder pass (default 4); 0 decodes all at once. The result is
-  the same; the peak grows with the chunk (bench/bench_vae.py measures 1, 4 and all).
+- `tae_chunk`: latent frames per tiny-decoder pass (default 1); 0 decodes all at once. The result is
+  the same; the peak grows with the chunk (H200, 480p x 81: 1.09 GB and 0.096 s with 1, 3.48 GB and
+  0.089 s with 4, 17 GB with all; bench/bench_vae.py).
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def decoder_choice(cfg) -> DecoderChoice:
     elif kind == "light":
         path = cfg.get("vae_path")
     need_scaled = _flag(cfg, "need_scaled") if cfg.get("need_scaled") is not None else None
-    chunk = cfg.get("tae_chunk", 4)
+    chunk = cfg.get("tae_chunk", 1)
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
         raise ConfigError(f"tae_chunk must be a whole number >= 0 (0: all frames at once), got {chunk!r}")
     return DecoderChoice(kind, str(path) if path else None, None if need_scaled is None else bool(need_scaled),

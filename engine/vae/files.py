@@ -16,8 +16,8 @@ from ..errors import CheckpointError
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a .safetensors or .pth file (LightX2V accepts both for its decoders), through the
     checkpoint readers: regular files only, LFS pointers and corrupt headers named, weights_only pickles."""
-    from ..checkpoint_files import regular_file
-    from ..checkpoint_io import SafeTensorsFile, load_pth
+    from ..checkpoint.files import regular_file
+    from ..checkpoint.io import SafeTensorsFile, load_pth
 
     path = Path(path)
     if not path.exists() and not path.is_symlink():

@@ -14,7 +14,7 @@ class TinyDecodeVAE(nn.Module):
     it), decodes with the tiny decoder. It exposes what diffusers' Wan pipelines read from `vae`:
     `config` (z_dim, latents_mean/std, scale factors), `dtype`, `encode`, `decode(z, return_dict)`."""
 
-    def __init__(self, full, tiny, need_scaled: bool, chunk: int = 4):
+    def __init__(self, full, tiny, need_scaled: bool, chunk: int = 1):
         super().__init__()
         self.full, self.tiny, self.need_scaled, self.chunk = full, tiny, need_scaled, chunk
         if tiny.latent_channels != full.config.z_dim:

@@ -3,7 +3,7 @@
 The model is built on the meta device, the linears the file holds quantized become meta QuantLinear
 of the format read from the tensors, and every tensor is assigned from a memory-mapped file: a
 quantized 14B never exists in bf16, in host or GPU memory. LightX2V (Wan) and diffusers key names,
-all LightX2V layouts, ComfyUI scaled fp8 and plain fp8 are understood; see checkpoint_formats.py.
+all LightX2V layouts, ComfyUI scaled fp8 and plain fp8 are understood; see formats.py.
 """
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_assemble import ASKED, LoadReport, assemble, finish_load, format_of, kernel_of, open_checkpoint
-from .checkpoint_comfy import from_comfy_quant, has_comfy_quant
-from .checkpoint_io import load_pth
-from .checkpoint_source import TensorSource
-from .errors import CheckpointError
-from .formats import FORMATS
+from .assemble import ASKED, LoadReport, assemble, finish_load, format_of, kernel_of, open_checkpoint
+from .comfy import from_comfy_quant, has_comfy_quant
+from .io import load_pth
+from .sources import TensorSource
+from ..errors import CheckpointError
+from ..formats import FORMATS
 from .keymaps import detect_naming, strip_prefix, wan_to_diffusers
 
 KEEP_FP32 = ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")  # diffusers' _keep_in_fp32_modules

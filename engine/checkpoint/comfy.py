@@ -22,9 +22,9 @@ from collections import Counter
 
 import torch
 
-from .errors import CheckpointError
-from .formats import get_format
-from .formats.swizzle import swizzle
+from ..errors import CheckpointError
+from ..formats import get_format
+from ..formats.swizzle import swizzle
 
 MARKER = "comfy_quant"
 COMFY_SUFFIXES = ("weight", "weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale")
@@ -47,7 +47,7 @@ def parse_conf(t: torch.Tensor, where: str) -> dict:
 
 def from_comfy_quant(tensors: dict[str, torch.Tensor], where: str) -> Counter:
     """Rewrite, in place, every layer that has a `<p>.comfy_quant` into the LightX2V layer layout that
-    checkpoint_formats reads (format inference then confirms it). Returns ComfyUI format -> layers."""
+    formats.py reads (format inference then confirms it). Returns ComfyUI format -> layers."""
     found: Counter = Counter()
     for key in [k for k in tensors if k.endswith("." + MARKER)]:
         layer = key[:-len(MARKER) - 1]

@@ -3,7 +3,7 @@
 T5: Wan's own UMT5-XXL naming (`models_t5_umt5-xxl-enc-{bf16,int8,fp8}.pth`) -> UMT5EncoderModel.
 CLIP: open-clip XLM-RoBERTa ViT-H/14 (`models_clip_open-clip-xlm-roberta-large-vit-huge-14*.pth`)
 -> CLIPVisionModel, the fused `to_qkv` split row-wise (scales travel with their rows). Both are built
-on the meta device and filled from memory-mapped tensors, like the DiT (checkpoint.py).
+on the meta device and filled from memory-mapped tensors, like the DiT (dit.py).
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import types
 
 import torch
 
-from .checkpoint_assemble import (Decoded, assemble, finish_load, format_of, group_by_module, kernel_of,
-                                  open_checkpoint, settle_format)
-from .checkpoint_formats import decode_layer, is_quantized_layer, split_rows
-from .errors import CheckpointError
+from .assemble import (Decoded, assemble, finish_load, format_of, group_by_module, kernel_of, open_checkpoint,
+                       settle_format)
+from .formats import decode_layer, is_quantized_layer, split_rows
+from ..errors import CheckpointError
 from .keymaps import FUSED_QKV, clip_to_hf, strip_prefix, t5_to_hf
 
 
@@ -54,7 +54,7 @@ def fix_t5_wo_cast(model) -> int:
     """transformers' gated T5 FFN casts its input to `wo.weight.dtype` unless that is int8, which
     turns activations into float8 when `wo` is an fp8 QuantLinear. Give those FFNs a forward without
     the cast (QuantLinear quantizes its own input). Returns how many were patched."""
-    from .linear import QuantLinear
+    from ..linear import QuantLinear
 
     patched = 0
     for module in model.modules():

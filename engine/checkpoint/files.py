@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 from typing import Callable
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 PARTIAL = ".partial-"  # `.<name>.partial-<pid>`: a file being written (atomic_write)
 

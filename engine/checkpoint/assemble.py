@@ -1,7 +1,7 @@
 """Fill a model built on the meta device from file tensors: swap the linears the file holds quantized
 for meta QuantLinear of the inferred format, check every key and shape, then load with assign=True.
 
-Shared by the DiT, T5 and CLIP loaders; they only differ in key names (engine/keymaps.py).
+Shared by the DiT, T5 and CLIP loaders; they only differ in key names (keymaps.py).
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .checkpoint_formats import QUANT_SUFFIXES, candidates, decode_layer, is_quantized_layer
-from .errors import CheckpointError
-from .linear import QuantLinear
+from .formats import QUANT_SUFFIXES, candidates, decode_layer, is_quantized_layer
+from ..errors import CheckpointError
+from ..linear import QuantLinear
 
 log = logging.getLogger("engine.checkpoint")
 LINEAR_SUFFIXES = ("weight", "bias") + QUANT_SUFFIXES
@@ -58,7 +58,7 @@ class Decoded:
 
 def open_checkpoint(path, component: str):
     """The start of every loader: the tensor source and its report (a failure names the file)."""
-    from .checkpoint_source import TensorSource
+    from .sources import TensorSource
 
     src = TensorSource(path)
     report = LoadReport(path=str(path), component=component, layout=src.layout, file_bytes=src.nbytes(),
@@ -106,8 +106,8 @@ def check_finite(model: nn.Module, report: LoadReport) -> None:
 
 def format_of(scheme) -> str | None:
     """A Scheme, a scheme name ("fp8-sgl") or a format name ("fp8") -> the format name, or None."""
-    from .formats import FORMATS
-    from .schemes import resolve_scheme
+    from ..formats import FORMATS
+    from ..schemes import resolve_scheme
 
     if scheme is None:
         return None
@@ -118,7 +118,7 @@ def format_of(scheme) -> str | None:
 
 def kernel_of(scheme) -> str:
     """The kernel preference of a Scheme or scheme name ("fp8-triton" -> "triton"); "auto" otherwise."""
-    from .schemes import resolve_scheme
+    from ..schemes import resolve_scheme
 
     if isinstance(scheme, str):
         scheme = resolve_scheme(scheme)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_files import atomic_write, open_regular, os_error_sentence
-from .errors import CheckpointError
+from .files import atomic_write, open_regular, os_error_sentence
+from ..errors import CheckpointError
 
 log = logging.getLogger("engine.checkpoint")
 

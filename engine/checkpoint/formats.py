@@ -13,9 +13,9 @@ import math
 
 import torch
 
-from .errors import CheckpointError
-from .formats import FORMATS, get_format
-from .formats.swizzle import swizzle, swizzled_shape, unswizzle
+from ..errors import CheckpointError
+from ..formats import FORMATS, get_format
+from ..formats.swizzle import swizzle, swizzled_shape, unswizzle
 
 NVFP4_GS_NUMERATOR = 6.0 * 448.0  # a global scale maps amax onto e2m1 max times e4m3 max
 log = logging.getLogger("engine.checkpoint")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_files import open_regular, regular_file
-from .checkpoint_io import SafeTensorsFile, load_pth
-from .errors import CheckpointError
+from .files import open_regular, regular_file
+from .io import SafeTensorsFile, load_pth
+from ..errors import CheckpointError
 
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 
