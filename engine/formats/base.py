@@ -49,6 +49,11 @@ class Format:
     scheme_name: str = ""  # the short LightX2V scheme / --linear_type spelling; "" = the format name
     in_menu: bool = True  # offered in the UI's per-component scheme menus
     convertible: bool = True  # a --linear_type of `python -m engine.convert`
+    # Reading files (engine/checkpoint/formats.py): inferred from a layer's tensors, or only when named
+    # (fp8_tensor looks like per-tensor fp8); extra scale spellings beyond the scale grid: "unscaled" (no
+    # scale: the values are the weights), "per_tensor" (one number broadcast to the grid, ComfyUI).
+    inferred: bool = True
+    file_scales: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:

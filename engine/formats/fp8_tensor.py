@@ -10,4 +10,4 @@ FP8_TENSOR = register_format(Format(
     name="fp8_tensor", description="FP8 e4m3 per-tensor weights and per-tensor dynamic activations",
     elem_max=FP8_MAX, encode=encode_e4m3, decode=decode_e4m3,
     weight_block=(None, None), act_block=(None, None), act_kind="tensor",
-    scheme_name="fp8-pertensor", in_menu=False, convertible=False))
+    scheme_name="fp8-pertensor", in_menu=False, convertible=False, inferred=False))
