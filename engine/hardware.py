@@ -249,7 +249,7 @@ def format_problem(fmt: str, gpu: GpuInfo) -> str | None:
     label = get_format(fmt).label.upper()
     if low is None:
         why = "; ".join(f"{name}: {why}" for name, why in capable(fmt, gpu.capability))
-        need = f"{label} runs on no GPU here ({why})"
+        need = f"{label} runs on no GPU here ({why or 'no GPU kernel implements it; the CPU reference kernel does'})"
     else:
         native = any(k.native for k in runnable(fmt, low))
         gpus = ", ".join(names for cap, _, names in reversed(GENERATIONS) if cap >= low)
