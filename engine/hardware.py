@@ -164,6 +164,8 @@ def check_fits(gpu: GpuInfo | None, model: ModelEntry | None, config: dict, size
     if est.need <= budget:
         return memory.describe(est, budget)
     lightest = f"{TIERS[-1]}-{'fp8' if gpu.has_fp8 else 'int8'}"
+    if not preset_runs(lightest, gpu):  # before Ampere no 8-bit tier runs: the bf16 preset is the lightest
+        lightest = "pre-ampere-bf16"
     light = plan_for(model, load_preset(lightest), size, budget)
     if light.need > budget:
         raise HardwareError(memory.refusal(*size, light, budget, lightest))

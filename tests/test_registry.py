@@ -85,3 +85,16 @@ def test_user_vocabulary_comes_from_the_formats():
         assert fmt.act_kind in ACT_KINDS or fmt.act_kind in ("tensor", "block")
         assert any(name in k.formats for k in KERNELS.values())  # every format has a kernel
     assert schemes.resolve_scheme("fp8-pertensor").format == "fp8_tensor"
+
+
+def test_memory_advice_before_ampere_names_a_preset_that_runs_there(tmp_path):
+    t4 = gpu((7, 5), 16)
+    from engine.hardware import check_fits
+
+    heavy = {**load_preset("pre-ampere-bf16"), "cpu_offload": False, "use_tiling_vae": False}
+    with pytest.raises(HardwareError) as e:
+        check_fits(t4, get_model("wan2.1-t2v-14b"), heavy, (480, 832, 81), strict=True)
+    assert "pre-ampere-bf16" in str(e.value) and "int8" not in str(e.value)
+    svc = VideoService(t4, demo=False, out_dir=tmp_path)
+    text = svc.explain("wan2.1-t2v-14b")
+    assert "pre-ampere-bf16" in text and "no kernel of this engine runs an 8-bit format" in text
