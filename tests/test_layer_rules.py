@@ -132,3 +132,18 @@ def test_rules_over_a_prequantized_file(tmp_path):
     with pytest.raises(EngineError, match="rule 1 .* asks for nvfp4 for layer blocks.0.ffn.net.0.proj, which the "
                                           "loaded checkpoint holds in fp8"):
         quantize_model(model, clash.dit.scheme, layer_rules=clash.dit.rules, rules_key="dit_layer_schemes")
+
+
+def test_hub_plan_takes_the_bf16_distilled_dit_when_rules_decide_per_layer():
+    """A published fp8 DiT file cannot hold NVFP4 FFNs: with rules the plan downloads the bf16 distilled
+    file and quantizes it layer by layer, instead of failing after the download."""
+    from engine import hub
+    from engine.builder import loadable_components
+    from engine.catalog import get_model
+
+    entry = get_model("wan2.1-t2v-14b")
+    plain = load_config({"dit_quantized": True, "dit_quant_scheme": "fp8-sgl"})
+    ruled = load_config({"dit_quantized": True, "dit_quant_scheme": "fp8-sgl", "dit_layer_schemes": [RULES[1]]})
+    assert hub.plan_downloads(entry, plain, loadable_components()).prequantized.get("dit")
+    plan = hub.plan_downloads(entry, ruled, loadable_components())
+    assert "dit" not in plan.prequantized and plan.distilled_dit == list(entry.distilled_bf16_files())
