@@ -6,6 +6,7 @@ import logging
 import torch
 
 from ..errors import KernelError
+from ..formats import FORMATS, get_format
 
 log = logging.getLogger("engine.kernels")
 
@@ -153,8 +154,6 @@ def runnable(fmt: str, capability: Capability) -> list[Kernel]:
 def formats_for(capability: Capability, native: bool = False) -> list[str]:
     """The formats some kernel runs at `capability` (`native`: on tensor cores made for them), in
     engine.formats' order."""
-    from ..formats import FORMATS
-
     return [f for f in FORMATS if any(k.native or not native for k in runnable(f, capability))]
 
 
@@ -178,8 +177,6 @@ def device_label(device: torch.device) -> str:
 
 def hint_for(fmt: str, device: torch.device) -> str:
     """What to choose instead, from the registry: the formats that do run here."""
-    from ..formats import get_format
-
     device = torch.device(device)
     low = min_capability(fmt)
     need = f"{fmt} runs on GPUs of compute capability {low[0]}.{low[1]} or newer. " if low else ""

@@ -29,6 +29,7 @@ from ..formats.swizzle import TILE_ROWS, roundup, swizzle
 from . import triton_mx
 from .base import Kernel, device_label, layer_class, register_kernel
 from .eightbit import MAX_ROW, layer_cache, pad_rows
+from .emulated import reference_linear
 
 try:
     from torch.nn.functional import ScalingType, SwizzleType, scaled_mm
@@ -155,8 +156,6 @@ def verify(kernel: TorchMXKernel, fmt: str, device: torch.device) -> str | None:
     """Run a small native GEMM on `device` and compare it with the reference: None when they agree,
     else the reason the kernel must not be used there."""
     from torch import nn
-
-    from .emulated import reference_linear
 
     m, k, n = CHECK_SHAPE
     gen = torch.Generator().manual_seed(20250)
