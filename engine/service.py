@@ -23,8 +23,9 @@ from .config import QuantConfig, load_config
 from .errors import ConfigError, EngineError
 from .formats import FORMATS
 from .generate import GPU_LOCK, Cancelled, StepInfo, VideoResult, generate
-from .hardware import (GpuInfo, PresetChoice, apply_overrides, check_config_for_gpu, check_fits, choose_preset,
-                       format_notices, load_preset)
+from .gpu import GpuInfo
+from .presets import (PresetChoice, apply_overrides, check_config_for_gpu, check_fits, choose_preset,
+                      format_notices, load_preset)
 from .outputs import outputs_folder, prune_outputs
 from .request import Limits, VideoRequest, validate
 

@@ -6,7 +6,7 @@ import torch
 
 from engine.errors import ConfigError, HardwareError
 from engine.generate import Cancelled, GenerationError
-from engine.hardware import GB, GpuInfo
+from engine.gpu import GB, GpuInfo
 from engine.request import Limits, RequestError, VideoRequest, validate
 from engine.service import TINY, VideoService
 

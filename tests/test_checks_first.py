@@ -11,7 +11,7 @@ import pytest
 from engine import hub, infer
 from engine.catalog import CATALOG
 from engine.errors import ConfigError
-from engine.hardware import GB, GpuInfo
+from engine.gpu import GB, GpuInfo
 from engine.request import RequestError
 from engine.service import VideoService
 from tests.conftest import ROOT

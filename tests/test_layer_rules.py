@@ -6,7 +6,8 @@ from torch import nn
 
 from engine.config import load_config
 from engine.errors import ConfigError
-from engine.hardware import GB, GpuInfo, check_config_for_gpu, format_notices
+from engine.gpu import GB, GpuInfo
+from engine.presets import check_config_for_gpu, format_notices
 from engine.linear import QuantLinear
 from engine.pipeline import quantize_pipeline
 from engine.stats import kernel_table

@@ -7,7 +7,8 @@ from engine.catalog import get_model
 from engine.config import load_config
 from engine.errors import HardwareError
 from engine.formats import ACT_KINDS, FORMATS
-from engine.hardware import GB, GpuInfo, check_config_for_gpu, choose_preset, format_problem, load_preset
+from engine.gpu import GB, GpuInfo
+from engine.presets import check_config_for_gpu, choose_preset, format_problem, load_preset
 from engine.kernels import KERNELS, capable, formats_for, runnable
 from engine.request import VideoRequest
 from engine.service import VideoService
@@ -89,7 +90,7 @@ def test_user_vocabulary_comes_from_the_formats():
 
 def test_memory_advice_before_ampere_names_a_preset_that_runs_there(tmp_path):
     t4 = gpu((7, 5), 16)
-    from engine.hardware import check_fits
+    from engine.presets import check_fits
 
     heavy = {**load_preset("pre-ampere-bf16"), "cpu_offload": False, "use_tiling_vae": False}
     with pytest.raises(HardwareError) as e:

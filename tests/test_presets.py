@@ -4,8 +4,9 @@ import pytest
 from engine.catalog import get_model
 from engine.config import load_config
 from engine.errors import ConfigError, HardwareError
-from engine.hardware import (DEFAULT_SIZE, GB, GpuInfo, apply_overrides, check_config_for_gpu, check_fits,
-                             choose_preset, format_notices, list_presets, load_preset, lighter_preset, plan_for)
+from engine.gpu import GB, GpuInfo
+from engine.presets import (DEFAULT_SIZE, apply_overrides, check_config_for_gpu, check_fits, choose_preset,
+                            format_notices, list_presets, load_preset, lighter_preset, plan_for)
 
 
 def gpu(name, cap, total_gb, free_gb=None):

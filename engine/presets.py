@@ -1,7 +1,7 @@
-"""Read the GPU, pick a preset for it and say why; check that a config's schemes can run on it.
+"""Pick a preset for a GPU and say why; check that a config's schemes can run on it; per-component overrides.
 
-Every function takes the GPU as an input (`GpuInfo`, or None for no GPU) so the choice can be
-tested for every GPU class on a CPU machine; `detect_gpu()` reads the real one.
+Every function takes the GPU as an input (engine.gpu's `GpuInfo`, or None for no GPU); what runs where is
+asked of the kernels' registry (engine.kernels).
 """
 from __future__ import annotations
 
@@ -14,41 +14,11 @@ from .catalog import ModelEntry
 from .config import COMPONENTS, QuantConfig
 from .errors import ConfigError, HardwareError
 from .formats import get_format
+from .gpu import GB, GENERATIONS, GpuInfo
 from .kernels import capable, formats_for, runnable
 from .kernels.base import min_capability
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
-GB = 1024**3
-
-# GPU generations by the lowest compute capability of each (names only: what runs where is the kernels')
-GENERATIONS = (((12, 0), "blackwell", "RTX 50, RTX PRO"), ((10, 0), "blackwell", "B200, B300"),
-               ((9, 0), "hopper", "H100/H200"), ((8, 9), "ada", "RTX 40, L40S"),
-               ((8, 0), "ampere", "A100, RTX 30"), ((7, 5), "turing", "T4, RTX 20"), ((7, 0), "volta", "V100"))
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    capability: tuple[int, int]
-    total_bytes: int
-    free_bytes: int
-
-    @property
-    def label(self) -> str:
-        major, minor = self.capability
-        return f"{self.name} (sm{major}{minor}, {self.free_bytes / GB:.0f} of {self.total_bytes / GB:.0f} GB free)"
-
-    @property
-    def has_fp8(self) -> bool:
-        """Some kernel runs FP8 on tensor cores made for it here (engine.kernels' registry)."""
-        return "fp8" in formats_for(self.capability, native=True)
-
-    @property
-    def family(self) -> str:
-        for low, family, _ in GENERATIONS:
-            if self.capability >= low:
-                return family if low >= (8, 0) else "pre-ampere"
-        return "pre-ampere"
 
 
 @dataclass(frozen=True)
@@ -56,25 +26,6 @@ class PresetChoice:
     name: str
     config: dict
     reason: str
-
-
-def detect_gpu(index: int = 0) -> GpuInfo | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    free, total = torch.cuda.mem_get_info(index)
-    return GpuInfo(torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index)), total, free)
-
-
-def zerogpu_gpu() -> GpuInfo | None:
-    """On a ZeroGPU Space the GPU is attached only inside `spaces.GPU` calls, so at start-up CUDA looks
-    absent. The platform says so in SPACES_ZERO_GPU; its GPUs are H200 slices (Hopper, about 70 GB)."""
-    import os
-
-    if not os.environ.get("SPACES_ZERO_GPU"):
-        return None
-    return GpuInfo("ZeroGPU (H200 slice)", (9, 0), 70 * GB, 70 * GB)
 
 
 def list_presets() -> dict[str, str]:
