@@ -23,7 +23,7 @@ from ui import zerogpu  # noqa: E402 - imports `spaces` (on a Space) before anyt
 zerogpu.spaces_module()
 
 from engine.errors import EngineError  # noqa: E402
-from engine.hardware import detect_gpu, zerogpu_gpu  # noqa: E402
+from engine.gpu import detect_gpu, zerogpu_gpu  # noqa: E402
 from engine.hub import is_offline, unreachable  # noqa: E402
 from engine.service import VideoService  # noqa: E402
 

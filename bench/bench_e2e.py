@@ -37,7 +37,7 @@ from engine import generate as gen  # noqa: E402
 from engine import memory  # noqa: E402
 from engine.builder import LoadedModel, place_pipeline, use_distill_sampler  # noqa: E402
 from engine.config import load_config  # noqa: E402
-from engine.hardware import load_preset  # noqa: E402
+from engine.presets import load_preset  # noqa: E402
 from engine.pipeline import quantize_pipeline  # noqa: E402
 from engine.request import Limits, VideoRequest  # noqa: E402
 

@@ -2,7 +2,8 @@
 
 Old style: `mm_config: {mm_type: ...}` + `dit_quantized_ckpt`. New style: `dit_quantized: true` +
 `dit_quant_scheme`. Encoders: `t5_quantized`, `t5_quant_scheme`, `t5_quantized_ckpt`, and `clip_*`.
-Each component picks its own scheme (mixed strategies).
+Each component picks its own scheme (mixed strategies), and per layer with `<component>_layer_schemes`
+(engine/layer_rules.py).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 from .config_keys import ENGINE_KEYS, KNOWN_KEYS
 from .checkpoint.files import regular_file
 from .errors import CheckpointError, ConfigError, SchemeError
+from .layer_rules import LayerRule, parse_rules
 from .schemes import Scheme, resolve_scheme
 
 log = logging.getLogger("engine.config")
@@ -35,10 +37,18 @@ VALUE_KINDS = {"infer_steps": _INT, "target_video_length": _INT, "target_height"
 class ComponentQuant:
     scheme: Scheme | None = None  # None: keep in high precision
     ckpt: str | None = None  # a pre-quantized checkpoint to load instead of quantizing on the fly
+    rules: tuple[LayerRule, ...] = ()  # `<component>_layer_schemes`, first match wins
 
     @property
     def quantized(self) -> bool:
+        """The component-wide scheme quantizes (rules may quantize layers without one: see `formats`)."""
         return self.scheme is not None and self.scheme.quantized
+
+    @property
+    def formats(self) -> list[str]:
+        """Every format this component may hold: its scheme's and its rules'."""
+        fmts = [self.scheme.format] if self.quantized else []
+        return list(dict.fromkeys(fmts + [r.format for r in self.rules if r.format]))
 
 
 @dataclass
@@ -56,7 +66,8 @@ class QuantConfig:
         parts = []
         for name in COMPONENTS:
             c = getattr(self, name)
-            parts.append(f"{name}: {c.scheme.name if c.quantized else 'bf16'}" + (f" from {c.ckpt}" if c.ckpt else ""))
+            parts.append(f"{name}: {c.scheme.name if c.quantized else 'bf16'}" + (f" from {c.ckpt}" if c.ckpt else "")
+                         + (f" + {len(c.rules)} layer rules" if c.rules else ""))
         return "; ".join(parts)
 
 
@@ -89,6 +100,13 @@ def parse_config(data: Any, source: str = "<dict>") -> QuantConfig:
     cfg.dit = _dit(data, source)
     for comp in ("t5", "clip"):
         setattr(cfg, comp, _encoder(data, comp, source))
+    for comp in COMPONENTS:
+        key = f"{comp}_layer_schemes"
+        rules = parse_rules(data.get(key), key, source)
+        if rules and data.get(f"{comp}_quantized") is False:
+            raise ConfigError(f"{source}: `{comp}_quantized` is false but `{key}` quantizes layers; set "
+                              f"`{comp}_quantized` to true or remove `{key}`")
+        getattr(cfg, comp).rules = rules
     return cfg
 
 
@@ -159,7 +177,7 @@ def _dit(data, source) -> ComponentQuant:
     ckpt = _typed(data, "dit_quantized_ckpt", str, source)
     old = _scheme(mm_type, "mm_config.mm_type", source) if mm_type else None
     new = _scheme(short, "dit_quant_scheme", source) if short else None
-    if flag and new is None and old is None:
+    if flag and new is None and old is None and not data.get("dit_layer_schemes"):
         raise ConfigError(f"{source}: `dit_quantized` is true but no `dit_quant_scheme` is given "
                           "(e.g. \"fp8-sgl\" or \"int8-vllm\")")
     if flag is False and old is not None and old.quantized:
@@ -194,6 +212,8 @@ def _encoder(data, comp, source) -> ComponentQuant:
                         f"{comp}_quant_scheme" if name else f"{comp}_quantized_ckpt", comp)
         return ComponentQuant()
     if not name:
+        if data.get(f"{comp}_layer_schemes"):
+            return ComponentQuant(None, ckpt)  # every quantized layer named by a rule
         raise ConfigError(f"{source}: `{comp}_quantized` is true but `{comp}_quant_scheme` is missing "
                           "(e.g. \"fp8\" or \"int8\")")
     scheme = _scheme(name, f"{comp}_quant_scheme", source)

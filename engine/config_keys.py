@@ -12,6 +12,7 @@ ENGINE_KEYS = frozenset({
     "t5_quantized", "t5_quant_scheme", "t5_quantized_ckpt",
     "clip_quantized", "clip_quant_scheme", "clip_quantized_ckpt",
     "high_noise_quantized_ckpt", "low_noise_quantized_ckpt",
+    "dit_layer_schemes", "t5_layer_schemes", "clip_layer_schemes",  # per-layer schemes (engine/layer_rules.py)
     # request defaults (engine/request.py) and sampling (engine/builder.py)
     "infer_steps", "target_video_length", "target_height", "target_width", "sample_guide_scale",
     "sample_shift", "fps", "seed", "enable_cfg", "denoising_step_list",

@@ -30,13 +30,13 @@ from .cli import run_command
 from .convert_guard import (check_device, check_model_type, check_not_quantized, check_paths, check_stale,
                             output_name_problem, staging)
 from .errors import EngineError
-from .formats import get_format
+from .formats import FORMATS, get_format
 from .checkpoint.keymaps import rename, wan_to_diffusers
 from .lora import LoraSet
 
 log = logging.getLogger("engine.convert")
-LINEAR_TYPES = {"int8": "int8", "fp8": "fp8", "fp8-block128": "fp8_block128", "fp8_block128": "fp8_block128",
-                "mxfp8": "mxfp8", "nvfp4": "nvfp4", "mxfp4": "mxfp4"}
+# --linear_type: each convertible format under its LightX2V spelling and its own name (engine/formats)
+LINEAR_TYPES = {spelling: name for name, f in FORMATS.items() if f.convertible for spelling in (f.label, name)}
 OLD_DTYPES = {"torch.int8": "int8", "torch.float8_e4m3fn": "fp8"}
 FLOAT_DTYPES = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16}
 _DIT_DIFFUSERS = [re.compile(r) for r in WAN_DIT_RULES]
@@ -89,7 +89,7 @@ def parse_args(argv=None):
     if args.quantized:
         name = args.linear_type or OLD_DTYPES.get(args.linear_dtype or "")
         if not name:
-            p.error("--quantized needs --linear_type (int8, fp8, fp8-block128, mxfp8, nvfp4, mxfp4)")
+            p.error(f"--quantized needs --linear_type ({', '.join(f.label for f in FORMATS.values() if f.convertible)})")
         args.fmt = LINEAR_TYPES[name] if name in LINEAR_TYPES else name
         if args.comfyui_mode and args.fmt not in ("fp8", "nvfp4", "mxfp8"):
             p.error("--comfyui_mode writes ComfyUI files: scaled fp8 (--linear_type fp8), or the per-layer "

@@ -21,7 +21,7 @@ import torch
 from .attention import set_denoising_step
 from .builder import LoadedModel
 from .errors import EngineError
-from .hardware import lighter_preset
+from .presets import lighter_preset
 from .memory import prepare_decode
 from .request import VideoRequest, validate
 from .stats import kernel_table, weight_bytes

@@ -83,7 +83,8 @@ def plan_downloads(entry: ModelEntry, cfg: QuantConfig, loadable: frozenset[str]
             raise ConfigError(f"{entry.label} runs LightX2V's distilled DiT files, but this build has no loader "
                               "for them (engine.checkpoint.dit.load_dit); reinstall the engine or choose a model "
                               "without a distilled file.")
-        dit_files = entry.dit_files(cfg.dit.scheme.format) if cfg.dit.quantized else None
+        # per-layer schemes (engine/layer_rules.py) quantize the bf16 file layer by layer instead
+        dit_files = entry.dit_files(cfg.dit.scheme.format) if cfg.dit.quantized and not cfg.dit.rules else None
         if dit_files:
             plan.prequantized["dit"] = list(dit_files)
         else:  # no published file in this format (or bf16): the bf16 distilled file, quantized on load
@@ -95,7 +96,8 @@ def plan_downloads(entry: ModelEntry, cfg: QuantConfig, loadable: frozenset[str]
     encoders = [("t5", "text_encoder")] + ([("clip", "image_encoder")] if entry.uses_clip else [])
     for comp, folder in encoders:
         quant = getattr(cfg, comp)
-        fname = encoder_file(comp, quant.scheme.format) if quant.quantized and comp in loadable else None
+        fname = (encoder_file(comp, quant.scheme.format) if quant.quantized and comp in loadable and not quant.rules
+                 else None)
         if fname:
             plan.parts.append(RepoFiles(comp, ENCODERS, [fname]))
             plan.prequantized[comp] = [fname]

@@ -85,7 +85,8 @@ def _check_before_loading(args, cfg, model_dir: Path):
     import json
 
     from .builder import TINY_LIMITS
-    from .hardware import check_config_for_gpu, detect_gpu
+    from .gpu import detect_gpu
+    from .presets import check_config_for_gpu
     from .request import VideoRequest, validate
 
     try:

@@ -13,11 +13,13 @@ from torch import nn
 
 from .formats import Quantized, get_format
 from .kernels import select_kernel
+from .kernels.base import register_layer_class
 
 log = logging.getLogger("engine.linear")
 QUANT_BUFFERS = ("weight", "weight_scale", "weight_global_scale", "input_global_scale")
 
 
+@register_layer_class  # kernels that build a layer to check themselves use this class, without importing up
 class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, fmt: str, bias: bool = True, *,
                  kernel: str = "auto", device=None, bias_dtype: torch.dtype = torch.bfloat16,

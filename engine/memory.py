@@ -223,7 +223,10 @@ def formats_from_config(cfg) -> Formats:
     """From a QuantConfig (engine.config)."""
     fmt = lambda comp: getattr(cfg, comp).scheme.format if getattr(cfg, comp).quantized else None  # noqa: E731
     dit = fmt("dit")
-    fused = dit in ("int8", "fp8", "fp8_block128") and cfg.get("fused_wan", True) is not False
+    from .formats import ACT_KINDS, get_format
+
+    # fused Wan blocks (engine/fused.py) take formats whose GEMMs read a row/group-quantized activation
+    fused = dit is not None and get_format(dit).act_kind in ACT_KINDS and cfg.get("fused_wan", True) is not False
     return Formats(dit, fmt("t5"), fmt("clip"), fused)
 
 

@@ -14,9 +14,11 @@ def quantize_pipeline(pipe, cfg: QuantConfig, work_device=None) -> dict[str, Qua
     for attr, comp in COMPONENT_OF.items():
         module = getattr(pipe, attr, None)
         quant = getattr(cfg, comp)
-        if module is None or not quant.quantized:
+        if module is None or not (quant.quantized or quant.rules):
             continue
-        reports[attr] = quantize_model(module, quant.scheme, work_device=work_device)
+        reports[attr] = quantize_model(module, quant.scheme, work_device=work_device, layer_rules=quant.rules,
+                                       rules_key=f"{comp}_layer_schemes",
+                                       scheme_key="dit_quant_scheme" if comp == "dit" else f"{comp}_quant_scheme")
         if attr == "text_encoder":
             from .checkpoint.encoders import fix_t5_wo_cast
 

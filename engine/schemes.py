@@ -86,15 +86,11 @@ for _fmt in ("fp8", "int8"):
     register_scheme(f"{_fmt}-torch", _fmt, kernel="torch")
     register_scheme(_fmt, _fmt)  # encoders' `quant_scheme: int8|fp8` (vLLM in LightX2V)
 register_scheme("fp8-b128-deepgemm", "fp8_block128", library="deepgemm")
-register_scheme("fp8-block128", "fp8_block128")
-register_scheme("fp8-pertensor", "fp8_tensor")
-register_scheme("mxfp8", "mxfp8")
-register_scheme("nvfp4", "nvfp4")
-register_scheme("mxfp4", "mxfp4")
 register_scheme("none", None)
-for _fmt in FORMATS:  # our own format names work as scheme names too
-    if _fmt.lower() not in SCHEMES:
-        register_scheme(_fmt, _fmt)
+for _fmt, _f in FORMATS.items():  # each format's LightX2V spelling (fp8-block128, ...) and our own name
+    for _name in (_f.label, _fmt):
+        if _name.lower() not in SCHEMES:
+            register_scheme(_name, _fmt)
 
 UNSUPPORTED.update({
     "int4-g128-marlin": "int4 weight-only needs Marlin kernels this engine does not ship; use int8 (same hardware) "

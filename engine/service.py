@@ -21,9 +21,11 @@ from .builder import TINY_LIMITS, LoadedModel, build_from_hub, build_tiny
 from .catalog import CATALOG, get_model
 from .config import QuantConfig, load_config
 from .errors import ConfigError, EngineError
+from .formats import FORMATS
 from .generate import GPU_LOCK, Cancelled, StepInfo, VideoResult, generate
-from .hardware import (GpuInfo, PresetChoice, apply_overrides, check_config_for_gpu, check_fits, choose_preset,
-                       format_notices, load_preset)
+from .gpu import GpuInfo
+from .presets import (PresetChoice, apply_overrides, check_config_for_gpu, check_fits, choose_preset,
+                      format_notices, load_preset)
 from .outputs import outputs_folder, prune_outputs
 from .request import Limits, VideoRequest, validate
 
@@ -31,7 +33,7 @@ log = logging.getLogger("engine.service")
 TINY = "tiny"
 TINY_LABEL = "Tiny built-in Wan (CPU demo, random weights)"
 # What the override menus offer per component; "preset" keeps the preset's choice.
-SCHEME_CHOICES = ("preset", "bf16", "fp8", "int8", "fp8-block128", "mxfp8", "nvfp4")
+SCHEME_CHOICES = ("preset", "bf16", *(f.label for f in FORMATS.values() if f.in_menu))  # from engine/formats
 COMPONENT_NAMES = {"dit": "DiT", "t5": "T5", "clip": "CLIP", "attention": "self-attention",
                    "decoder": "decoder"}
 WAIT_POLL_S = 0.25  # how often a waiting job looks at its Stop / liveness while another job runs

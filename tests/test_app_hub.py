@@ -2,7 +2,7 @@
 LightX2V-format DiT, generate. The "14B" repos hold the tiny model, so it runs on CPU in seconds."""
 import pytest
 
-from engine.hardware import GB, GpuInfo
+from engine.gpu import GB, GpuInfo
 from engine.request import VideoRequest
 from engine.service import VideoService
 from tests.fakehub import FakeHub

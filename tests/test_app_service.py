@@ -6,7 +6,7 @@ import torch
 
 from engine.errors import ConfigError, HardwareError
 from engine.generate import Cancelled, GenerationError
-from engine.hardware import GB, GpuInfo
+from engine.gpu import GB, GpuInfo
 from engine.request import Limits, RequestError, VideoRequest, validate
 from engine.service import TINY, VideoService
 
@@ -152,7 +152,7 @@ def test_fp8_preset_on_ampere_is_refused_with_a_sentence(tmp_path):
     a100 = GpuInfo("NVIDIA A100", (8, 0), 80 * GB, 80 * GB)
     svc = VideoService(a100, demo=False, out_dir=tmp_path)
     assert svc.preset_for("wan2.1-t2v-14b").name == "ampere-int8"
-    with pytest.raises(HardwareError, match="FP8 needs an FP8-capable GPU.*Choose int8"):
+    with pytest.raises(HardwareError, match="FP8 needs compute capability 8.9 or newer.*Choose int8"):
         svc.config("wan2.1-t2v-14b", "hopper-fp8")
     with pytest.raises(HardwareError, match="DiT scheme fp8"):
         svc.config("wan2.1-t2v-14b", "auto", dit="fp8")

@@ -11,7 +11,7 @@ import pytest
 from engine import hub, infer
 from engine.catalog import CATALOG
 from engine.errors import ConfigError
-from engine.hardware import GB, GpuInfo
+from engine.gpu import GB, GpuInfo
 from engine.request import RequestError
 from engine.service import VideoService
 from tests.conftest import ROOT
@@ -95,7 +95,7 @@ def test_a_bad_field_is_named_before_any_download(offline, changed, named):
 def test_a_config_this_gpu_cannot_run_is_named_before_any_download(offline):
     service, calls = offline
     a100 = VideoService(GpuInfo("NVIDIA A100", (8, 0), 80 * GB, 80 * GB), demo=False, out_dir=service.out_dir)
-    with pytest.raises(gr.Error, match="FP8 needs an FP8-capable GPU"):
+    with pytest.raises(gr.Error, match="FP8 needs compute capability 8.9 or newer"):
         click_generate(a100, "wan2.1-t2v-14b", "a lighthouse", preset="hopper-fp8")
     assert calls == []
 

@@ -8,7 +8,7 @@ from engine import hub
 from engine.catalog import get_model
 from engine.config import load_config
 from engine.errors import ConfigError, HubError
-from engine.hardware import load_preset
+from engine.presets import load_preset
 from tests.fakehub import FakeHub
 
 BASE = "Wan-AI/Wan2.1-T2V-14B-Diffusers"
@@ -70,7 +70,7 @@ def test_plan_skips_bf16_transformer_when_quantized_file_is_used():
                                                   "wan2.2_i2v_A14b_low_noise_lightx2v_4step.safetensors"]),
 ])
 def test_formats_without_a_published_file_use_the_bf16_distilled_file(model, preset, dit, files):
-    from engine.hardware import apply_overrides
+    from engine.presets import apply_overrides
 
     entry = get_model(model)
     plan = hub.plan_downloads(entry, load_config(apply_overrides(load_preset(preset), dit=dit)),

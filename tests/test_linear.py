@@ -120,20 +120,18 @@ def test_to_empty_from_meta_keeps_formats():
 def test_fp8_kernel_choice_weighs_the_layer_shape_on_hopper(monkeypatch):
     """On sm90 the TMA Triton GEMM goes first for the 14B FFN shapes (measured faster than cuBLAS
     there), cuBLAS for smaller layers; Ada keeps cuBLAS."""
-    from engine.kernels import eightbit, triton_gemm
+    from engine.kernels import base, triton_gemm
     if triton_gemm.triton is None or triton_gemm.TensorDescriptor is None:
         pytest.skip("needs triton with host TMA descriptors")
     cuda = torch.device("cuda", 0)
     layers = {shape: QuantLinear(*shape, "fp8", device="meta") for shape in
               [(5120, 13824), (13824, 5120), (5120, 5120), (1536, 8960)]}
     for cap, want in (((9, 0), {(5120, 13824): "triton", (13824, 5120): "triton"}), ((8, 9), {})):
-        for module in (eightbit, triton_gemm):
-            monkeypatch.setattr(module, "cuda_capability", lambda device, cap=cap: cap)
+        monkeypatch.setattr(base, "cuda_capability", lambda device, cap=cap: cap)
         for shape, layer in layers.items():
             assert select_kernel("fp8", cuda, layer=layer).name == want.get(shape, "torch"), (cap, shape)
             assert [name for name, why in explain("fp8", cuda, layer) if why is None][:2] in (
                 ["triton", "torch"], ["torch", "triton"])
     monkeypatch.setattr(triton_gemm, "USE_TMA", False)  # WANQ_GEMM_TMA=0: the pointer kernel, so cuBLAS
-    monkeypatch.setattr(triton_gemm, "cuda_capability", lambda device: (9, 0))
-    monkeypatch.setattr(eightbit, "cuda_capability", lambda device: (9, 0))
+    monkeypatch.setattr(base, "cuda_capability", lambda device: (9, 0))
     assert select_kernel("fp8", cuda, layer=layers[(5120, 13824)]).name == "torch"

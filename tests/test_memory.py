@@ -8,7 +8,7 @@ from engine.apply import quantize_model
 from engine.builder import build_tiny
 from engine.config import load_config
 from engine.errors import ConfigError
-from engine.hardware import load_preset
+from engine.presets import load_preset
 from engine.memory import ARCHS, GIB, Arch, Formats, Placement, estimate
 from engine.request import VideoRequest
 

@@ -18,7 +18,7 @@ from torch import nn
 from engine.builder import build_tiny, stream_module
 from engine.config import load_config
 from engine.fused import install_fused_wan
-from engine.hardware import load_preset
+from engine.presets import load_preset
 from engine.linear import QuantLinear
 
 PROMPT = "a fox in the snow"

@@ -7,7 +7,8 @@ import pytest
 from engine.attention import plan_from_config
 from engine.config import load_config
 from engine.errors import ConfigError, HardwareError
-from engine.hardware import GB, GpuInfo, apply_overrides, load_preset
+from engine.gpu import GB, GpuInfo
+from engine.presets import apply_overrides, load_preset
 from engine.request import VideoRequest
 from engine.service import VideoService
 
@@ -48,7 +49,7 @@ def test_plan_text_says_what_is_streamed_and_a_size_no_tier_holds_is_refused(tmp
 
 def test_auto_picks_its_tier_for_the_requested_size_not_the_default_one(tmp_path):
     from engine.catalog import get_model
-    from engine.hardware import choose_preset
+    from engine.presets import choose_preset
 
     service = VideoService(RTX_4090, demo=False, out_dir=tmp_path / "out")
     name, _, _ = service.check("wan2.1-t2v-14b", VideoRequest("a cat", height=720, width=1280, num_frames=81))

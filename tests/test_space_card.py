@@ -74,7 +74,7 @@ def test_versions_agree_with_the_requirements(card):
 def test_preload_from_hub_is_exactly_what_the_default_model_downloads(card, monkeypatch, tmp_path):
     from engine import hub
     from engine.builder import loadable_components
-    from engine.hardware import zerogpu_gpu
+    from engine.gpu import zerogpu_gpu
     from engine.service import VideoService
 
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")

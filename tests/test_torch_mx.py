@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.functional import ScalingType, SwizzleType
 
-from engine.kernels import eightbit, select_kernel, torch_mx
+from engine.kernels import base, select_kernel, torch_mx
 from engine.kernels.base import explain
 from engine.kernels.emulated import reference_linear
 from engine.linear import QuantLinear
@@ -100,8 +100,7 @@ def fresh_verdicts():
 def blackwell(monkeypatch, cap=(10, 0)):
     """Pretend cuda:N is a GPU of capability `cap` for torch_mx and the Triton kernels, and run the
     first-use check on CPU (where the fake scaled_mm lives)."""
-    monkeypatch.setattr(torch_mx, "cuda_capability", lambda device: cap)
-    monkeypatch.setattr(eightbit, "cuda_capability", lambda device: cap)
+    monkeypatch.setattr(base, "cuda_capability", lambda device: cap)
     real_verify = torch_mx.verify
     monkeypatch.setattr(torch_mx, "verify", lambda kernel, fmt, device: real_verify(kernel, fmt, torch.device("cpu")))
 
@@ -121,9 +120,9 @@ def rel_err(got, want):
 def test_reasons_on_cpu_and_before_blackwell(monkeypatch):
     assert "does not implement fp8" in KERNEL.unavailable("fp8", torch.device("cpu"))
     for fmt in ("mxfp8", "nvfp4", "mxfp4"):
-        assert "needs a CUDA GPU; this is cpu" in KERNEL.unavailable(fmt, torch.device("cpu"))
+        assert "needs a CUDA GPU; this is the CPU" in KERNEL.unavailable(fmt, torch.device("cpu"))
     for cap in [(9, 0), (8, 9), (11, 0)]:
-        monkeypatch.setattr(torch_mx, "cuda_capability", lambda device, cap=cap: cap)
+        monkeypatch.setattr(base, "cuda_capability", lambda device, cap=cap: cap)
         why = KERNEL.unavailable("nvfp4", CUDA0)
         assert "Blackwell" in why and "10.x or 12.x" in why and f"{cap[0]}.{cap[1]}" in why
     assert torch_mx._verdicts == {}  # no check ran for GPUs that cannot pass it

@@ -2,7 +2,7 @@
 refusals), and the statistics table carries the run's numbers."""
 import pytest
 
-from engine.hardware import GB, GpuInfo
+from engine.gpu import GB, GpuInfo
 from engine.service import TINY, VideoService
 from ui.handlers import Handlers, size_labels
 from ui.stats_view import stats_table

@@ -14,7 +14,7 @@ import gradio as gr
 
 from engine.errors import EngineError
 from engine.generate import Cancelled
-from engine.hardware import list_presets
+from engine.presets import list_presets
 from engine.request import VideoRequest
 
 from .jobs import event_alive

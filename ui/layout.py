@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine.hardware import RUN_OPTIONS
+from engine.presets import RUN_OPTIONS
 from engine.service import SCHEME_CHOICES
 from engine.vae.choice import DECODER_NOTES
 

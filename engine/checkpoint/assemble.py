@@ -116,6 +116,15 @@ def format_of(scheme) -> str | None:
     return scheme.format
 
 
+def kernel_of(scheme) -> str:
+    """The kernel preference of a Scheme or scheme name ("fp8-triton" -> "triton"); "auto" otherwise."""
+    from ..schemes import resolve_scheme
+
+    if isinstance(scheme, str):
+        scheme = resolve_scheme(scheme)
+    return getattr(scheme, "kernel", None) or "auto"
+
+
 def group_by_module(tensors: dict[str, object]) -> dict[str, dict[str, object]]:
     groups: dict[str, dict[str, object]] = defaultdict(dict)
     for key, value in tensors.items():
@@ -153,9 +162,10 @@ def settle_format(where: str, shapes, dtypes, rows: int, cols: int, hint: str | 
 
 def assemble(model: nn.Module, tensors: dict[str, torch.Tensor | Decoded], file_of, *, hint: str | None,
              dtype: torch.dtype, keep_fp32: tuple[str, ...], report: LoadReport,
-             ignorable: tuple[str, ...] = (), hint_from: str = ASKED) -> dict[str, torch.Tensor]:
+             ignorable: tuple[str, ...] = (), hint_from: str = ASKED, kernel: str = "auto") -> dict[str, torch.Tensor]:
     """tensors: model-named keys -> lazily-mapped file tensors (or Decoded layers by module name).
-    Swaps quantized linears in `model` (on meta) and returns the state dict to load with assign=True."""
+    Swaps quantized linears in `model` (on meta) and returns the state dict to load with assign=True.
+    kernel: the scheme's kernel preference (kernel_of), kept by every QuantLinear, as when quantizing."""
     plain: dict[str, torch.Tensor] = {}
     groups = group_by_module({k: v for k, v in tensors.items() if not isinstance(v, Decoded)})
     decoded = {k: v for k, v in tensors.items() if isinstance(v, Decoded)}
@@ -184,7 +194,7 @@ def assemble(model: nn.Module, tensors: dict[str, torch.Tensor | Decoded], file_
             raise CheckpointError(f"{file_of(prefix + '.weight')}: quantized layer {prefix!r} is not a linear layer "
                                   "of this model; the checkpoint is for another model or config")
         quant = QuantLinear(module.in_features, module.out_features, layer.fmt, module.bias is not None,
-                            device="meta", bias_dtype=dtype, static_input_scale="input_global_scale" in layer.buffers)
+                            kernel=kernel, device="meta", bias_dtype=dtype, static_input_scale="input_global_scale" in layer.buffers)
         _replace(model, prefix, quant)
         report.formats[layer.fmt] += 1
         for name, t in layer.buffers.items():

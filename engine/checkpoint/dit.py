@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .assemble import ASKED, LoadReport, assemble, finish_load, format_of, open_checkpoint
+from .assemble import ASKED, LoadReport, assemble, finish_load, format_of, kernel_of, open_checkpoint
 from .comfy import from_comfy_quant, has_comfy_quant
 from .pth import load_pth
 from .sources import TensorSource
@@ -50,7 +50,7 @@ def load_dit(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=No
                               f"cannot build a Wan transformer: {e}") from None
     hint, hint_from = _hint(scheme, src.metadata, src.path)
     state = assemble(model, tensors, file_of, hint=hint, dtype=dtype, keep_fp32=KEEP_FP32, report=report,
-                     hint_from=hint_from)
+                     hint_from=hint_from, kernel=kernel_of(scheme))
     return finish_load(model, state, device, report, start)
 
 

@@ -13,8 +13,8 @@ import types
 
 import torch
 
-from .assemble import (Decoded, assemble, finish_load, format_of, group_by_module, open_checkpoint,
-                                  settle_format)
+from .assemble import (Decoded, assemble, finish_load, format_of, group_by_module, kernel_of, open_checkpoint,
+                       settle_format)
 from .formats import decode_layer, is_quantized_layer, split_rows
 from ..errors import CheckpointError
 from .keymaps import FUSED_QKV, clip_to_hf, strip_prefix, t5_to_hf
@@ -45,7 +45,7 @@ def load_t5(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=Non
     with init_empty_weights():
         model = UMT5EncoderModel(cfg)
     state = assemble(model, tensors, lambda k: origin.get(k, str(src.path)), hint=format_of(scheme), dtype=dtype,
-                     keep_fp32=(), report=report)
+                     keep_fp32=(), report=report, kernel=kernel_of(scheme))
     fix_t5_wo_cast(model)
     return finish_load(model, state, device, report, start)
 
@@ -134,7 +134,8 @@ def load_clip(path, config=None, *, device="cpu", dtype=torch.bfloat16, scheme=N
     if not any(k.startswith("vision_model.") for k in model.state_dict()):
         tensors = {k.removeprefix("vision_model."): v for k, v in tensors.items()}
         file_of = lambda k, f=file_of: f("vision_model." + k)  # noqa: E731
-    state = assemble(model, tensors, file_of, hint=format_of(scheme), dtype=dtype, keep_fp32=(), report=report)
+    state = assemble(model, tensors, file_of, hint=format_of(scheme), dtype=dtype, keep_fp32=(), report=report,
+                     kernel=kernel_of(scheme))
     return finish_load(model, state, device, report, start)
 
 

@@ -14,7 +14,7 @@ import math
 import torch
 
 from ..errors import CheckpointError
-from ..formats import get_format
+from ..formats import FORMATS, get_format
 from ..formats.swizzle import swizzle, swizzled_shape, unswizzle
 
 NVFP4_GS_NUMERATOR = 6.0 * 448.0  # a global scale maps amax onto e2m1 max times e4m3 max
@@ -23,7 +23,7 @@ _REPORTED: set[tuple[str, tuple[str, ...]]] = set()
 QUANT_SUFFIXES = ("weight_scale", "weight_global_scale", "input_global_scale", "alpha", "input_absmax",
                   "scale_weight", "input_scale")
 FP8 = torch.float8_e4m3fn
-SWIZZLED = ("mxfp8", "mxfp4", "nvfp4")
+SWIZZLED = tuple(n for n, f in FORMATS.items() if f.block_scaled)  # MX/NV: swizzled one-byte scales in files
 
 
 def is_quantized_layer(dtypes: dict[str, torch.dtype]) -> bool:
@@ -33,38 +33,44 @@ def is_quantized_layer(dtypes: dict[str, torch.dtype]) -> bool:
 
 
 def candidates(shapes: dict[str, tuple], dtypes: dict[str, torch.dtype], rows: int, cols: int) -> list[str]:
-    """Every format whose file layout matches this layer's tensors, for a rows x cols nn.Linear."""
+    """Every format whose file layout matches this layer's tensors, for a rows x cols nn.Linear. Read
+    from each format's declared layout (engine/formats): element dtype (MX/NV also as raw bytes),
+    stored shape, scale grid (MX/NV also swizzled), global scale, and the format's extra file spellings."""
     w, ws = dtypes.get("weight"), shapes.get("weight")
-    s_shape = shapes.get("weight_scale")
+    s_shape = tuple(shapes["weight_scale"]) if "weight_scale" in shapes else None
     s_dtype = dtypes.get("weight_scale")
     has_gs = "weight_global_scale" in shapes
-    found = []
-    if w == torch.int8 and ws == (rows, cols) and _per_row(s_shape, rows):
-        found.append("int8")
-    if w == FP8 and ws == (rows, cols) and not has_gs:
-        block_grid = s_shape is not None and tuple(s_shape) == (math.ceil(rows / 128), math.ceil(cols / 128))
-        # A [1,1] scale of a matrix within one 128x128 block is the block format's own shape; a
-        # per-tensor scale (ComfyUI) is a scalar or [1].
-        per_tensor = _numel(s_shape) == 1 and not block_grid
-        if s_shape is None or _per_row(s_shape, rows) or per_tensor:
-            found.append("fp8")  # no scale (plain fp8), per row, or per tensor (broadcast to rows)
-        if block_grid:
-            found.append("fp8_block128")
-    one_byte_scale = s_dtype in (torch.uint8, torch.float8_e8m0fnu, FP8)
-    if s_shape is not None and one_byte_scale and cols % 32 == 0:
-        mx_scale = tuple(s_shape) in (swizzled_shape(rows, cols // 32), (rows, cols // 32))
-        if w in (torch.uint8, FP8) and ws == (rows, cols) and mx_scale and not has_gs and s_dtype != FP8:
-            found.append("mxfp8")
-        if w == torch.uint8 and ws == (rows, cols // 2) and mx_scale and not has_gs and s_dtype != FP8:
-            found.append("mxfp4")
-        nv_scale = tuple(s_shape) in (swizzled_shape(rows, cols // 16), (rows, cols // 16))
-        if w == torch.uint8 and ws == (rows, cols // 2) and nv_scale and has_gs and s_dtype != torch.float8_e8m0fnu:
-            found.append("nvfp4")
-    return found
+    fits = {name: f for name, f in FORMATS.items() if f.inferred and
+            _holds(f, w, ws, s_shape, s_dtype, has_gs, rows, cols)}
+    # a single-number scale is read as per-tensor only where it is not another format's own scale grid
+    # (a matrix within one 128x128 block has a [1, 1] block-128 grid)
+    grids = {f.weight_scale_shape(rows, cols) for n, f in fits.items() if f.data_dtype == w}
+    return [n for n, f in fits.items() if not (_per_tensor_only(f, s_shape, rows, cols) and s_shape in grids - {
+        f.weight_scale_shape(rows, cols)})]
 
 
-def _per_row(shape, rows) -> bool:
-    return shape is not None and tuple(shape) in ((rows, 1), (rows,))
+def _holds(f, w, ws, s_shape, s_dtype, has_gs, rows, cols) -> bool:
+    if cols % f.col_multiple or f.has_global_scale != has_gs:
+        return False
+    if w not in (f.data_dtype, *((torch.uint8,) if f.block_scaled else ())) or ws != f.data_shape(rows, cols):
+        return False
+    grid = f.weight_scale_shape(rows, cols)
+    if f.block_scaled:  # one-byte scales, plain or in the 128x4 tiles (formats/swizzle.py)
+        return s_shape in (grid, swizzled_shape(*grid)) and s_dtype in (torch.uint8, f.scale_dtype)
+    if s_shape is None:
+        return "unscaled" in f.file_scales
+    return (s_shape == grid or (_per_row(f) and s_shape == (rows,))  # per row also as [rows]
+            or ("per_tensor" in f.file_scales and _numel(s_shape) == 1))
+
+
+def _per_tensor_only(f, s_shape, rows, cols) -> bool:
+    """`f` took this scale only as a per-tensor spelling, not as its own grid."""
+    grid = f.weight_scale_shape(rows, cols)
+    return s_shape is not None and s_shape != grid and not (_per_row(f) and s_shape == (rows,))
+
+
+def _per_row(f) -> bool:
+    return f.weight_block == (1, None)
 
 
 def _numel(shape) -> int:
@@ -77,7 +83,7 @@ def decode_layer(fmt: str, t: dict[str, torch.Tensor], rows: int, cols: int, whe
     _report_unused(fmt, t, where)
     out = {"weight": t["weight"]}
     scale = t.get("weight_scale", t.get("scale_weight"))
-    if fmt in ("int8", "fp8", "fp8_tensor", "fp8_block128"):
+    if not f.block_scaled:  # int8, fp8, fp8_tensor, fp8_block128: float scales
         if scale is None:  # plain fp8: the values are the weights
             scale = torch.ones((rows, 1), dtype=torch.float32)
         scale = scale.to(torch.float32)
@@ -111,7 +117,7 @@ def decode_layer(fmt: str, t: dict[str, torch.Tensor], rows: int, cols: int, whe
 def _report_unused(fmt: str, t: dict, where: str) -> None:
     """Static activation scales beside a format that quantizes activations per token (or per block) at run
     time are not used: say so once per format and set of keys, never drop them silently."""
-    used = {"nvfp4": ("weight_global_scale", "input_global_scale", "alpha", "input_absmax")}.get(fmt, ())
+    used = ("weight_global_scale", "input_global_scale", "alpha", "input_absmax") if get_format(fmt).has_global_scale else ()
     extra = tuple(sorted(k for k in t if k in QUANT_SUFFIXES and k not in used
                          and k not in ("weight_scale", "scale_weight")))
     if extra and (fmt, extra) not in _REPORTED:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -41,6 +41,29 @@ class Format:
     elem_bits: int = 8
     data_dtype: torch.dtype = torch.float8_e4m3fn
     scale_dtype: torch.dtype = torch.float32
+    # ---- what the rest of the engine reads instead of keeping its own tables -----------------
+    element: str = "e4m3"  # "int8" | "e4m3" | "e2m1": the stored element type
+    # The activation quantizer its GEMMs consume: a row/group kind of ACT_KINDS ("int8_row", "fp8_row",
+    # "fp8_g128"), "tensor" (one scale per tensor, a whole-tensor reduction) or "block" (MX/NV blocks).
+    act_kind: str = "tensor"
+    scheme_name: str = ""  # the short LightX2V scheme / --linear_type spelling; "" = the format name
+    in_menu: bool = True  # offered in the UI's per-component scheme menus
+    convertible: bool = True  # a --linear_type of `python -m engine.convert`
+    # Reading files (engine/checkpoint/formats.py): inferred from a layer's tensors, or only when named
+    # (fp8_tensor looks like per-tensor fp8); extra scale spellings beyond the scale grid: "unscaled" (no
+    # scale: the values are the weights), "per_tensor" (one number broadcast to the grid, ComfyUI).
+    inferred: bool = True
+    file_scales: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The name users write (scheme, converter, UI menu)."""
+        return self.scheme_name or self.name
+
+    @property
+    def block_scaled(self) -> bool:
+        """MX/NV formats: one-byte block scales along K (swizzled in files, native GEMMs on Blackwell)."""
+        return self.scale_kind != "fp32"
 
     # ---- shape and value checks -------------------------------------------------------------
     def check(self, t: torch.Tensor, what: str = "weight") -> None:
@@ -137,11 +160,23 @@ def expand_blocks(scale: torch.Tensor, block, shape) -> torch.Tensor:
     return scale.repeat_interleave(br, 0)[:rows].repeat_interleave(bc, 1)[:, :cols]
 
 
+class ActKind(NamedTuple):
+    """A per-row (group == 0) or per-group activation quantizer the 8-bit GEMMs consume."""
+
+    dtype: torch.dtype
+    elem_max: float
+    amax_floor: float
+    group: int
+
+
 FORMATS: dict[str, Format] = {}
+ACT_KINDS: dict[str, ActKind] = {}  # filled from the formats that name a row/group act_kind
 
 
 def register_format(fmt: Format) -> Format:
     FORMATS[fmt.name] = fmt
+    if fmt.act_kind not in ("tensor", "block"):
+        ACT_KINDS[fmt.act_kind] = ActKind(fmt.data_dtype, fmt.elem_max, fmt.amax_floor, fmt.act_block[1] or 0)
     return fmt
 
 

@@ -12,4 +12,4 @@ NVFP4 = register_format(Format(
     name="nvfp4", description="NVFP4: packed e2m1 elements, e4m3 scale per 16 along K, global fp32 scale",
     elem_max=E2M1_MAX, encode=pack_e2m1, decode=unpack_e2m1,
     weight_block=(1, 16), act_block=(1, 16), scale_kind="e4m3", col_multiple=16, elem_bits=4,
-    data_dtype=torch.uint8, scale_dtype=torch.float8_e4m3fn))
+    data_dtype=torch.uint8, scale_dtype=torch.float8_e4m3fn, element="e2m1", act_kind="block"))

@@ -1,24 +1,21 @@
-"""What the 8-bit GPU kernels share: quantizing the activation, per-layer caches, capability checks."""
+"""What the 8-bit GPU kernels share: quantizing the activation, per-layer caches.
+
+A registry module: the raw Triton code it calls (ops, triton_quant) imports nothing from here.
+"""
 from __future__ import annotations
 
 import torch
 
-from ..formats import get_format
-from .base import Kernel, cuda_capability
+from ..formats import ACT_KINDS, get_format
+from .base import Kernel
+from .triton_quant import MAX_ROW
 
+try:  # the Triton custom ops; without triton, activations go through torch ops (correct, several passes)
+    from . import ops
+except ImportError:
+    ops = None
 
-def _ops():
-    """The Triton custom ops, or None without triton (activations then go through torch ops:
-    correct, but several passes). Imported late: ops imports the kernel modules that import us."""
-    try:
-        from . import ops
-    except ImportError:
-        return None
-    return ops
-
-# format -> the activation kind its GEMM consumes (engine.kernels.triton_quant.ACT_KINDS)
-ACT_KIND = {"fp8": "fp8_row", "int8": "int8_row", "fp8_block128": "fp8_g128"}
-MAX_ROW = 16384  # longest activation row the fused Triton quantizer holds in registers
+__all__ = ["EightBitKernel", "MAX_ROW", "layer_cache", "pad_rows"]
 
 
 def layer_cache(layer) -> dict:
@@ -35,21 +32,12 @@ def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))])
 
 
-def needs_cuda(device: torch.device, need: tuple[int, int], what: str) -> str | None:
-    cap = cuda_capability(device)
-    if cap is None:
-        return f"needs a CUDA GPU; this is {device}"
-    if cap < need:
-        return (f"{what} needs compute capability {need[0]}.{need[1]} or newer; this GPU is "
-                f"{cap[0]}.{cap[1]}")
-    return None
-
-
 class EightBitKernel(Kernel):
     """Activation per token (or per 1x128 group) in 8 bits; the GEMM is the subclass's."""
 
     def act_kind(self, layer):
-        return ACT_KIND.get(layer.fmt)
+        kind = get_format(layer.fmt).act_kind  # declared by the format (engine/formats)
+        return kind if kind in ACT_KINDS else None
 
     def row_pad(self, layer):
         # cuBLAS 8-bit GEMMs want 16-aligned rows; every 8-bit kernel pads alike, so that one
@@ -59,13 +47,12 @@ class EightBitKernel(Kernel):
     def quantize_input(self, layer, x: torch.Tensor):
         kind = self.act_kind(layer)
         pad = self.row_pad(layer)
-        ops = _ops()
         if ops is not None and x.is_cuda and x.shape[1] <= MAX_ROW:
             return ops.quantize_rows(x, kind, False, pad)
         q = get_format(layer.fmt).quantize_activation(x)
         rows = -(-x.shape[0] // pad) * pad
         scale = pad_rows(q.scale, rows)
-        if kind == "fp8_g128":
+        if ACT_KINDS[kind].group:
             scale = scale.t().contiguous().t()
         return pad_rows(q.data, rows), scale
 

@@ -13,11 +13,13 @@ class EmulatedKernel(Kernel):
     name = "emulated"
     formats = frozenset(FORMATS)
     priority = -100
+    native = False
+    by_name_only = True  # on a GPU
 
-    def unavailable(self, fmt, device, layer=None):
+    def can_implement(self, fmt, capability, shape=None):
         if fmt not in FORMATS:
             return f"does not implement {fmt}"
-        if device.type == "cuda":
+        if capability is not None:
             return "reference kernel (dequantize + float32 matmul); on a GPU it runs only when asked for by name"
         return None
 

@@ -24,11 +24,12 @@ import logging
 
 import torch
 
-from ..formats import get_format
+from ..formats import FORMATS, get_format
 from ..formats.swizzle import TILE_ROWS, roundup, swizzle
 from . import triton_mx
-from .base import Kernel, cuda_capability, device_label, register_kernel
+from .base import Kernel, device_label, layer_class, register_kernel
 from .eightbit import MAX_ROW, layer_cache, pad_rows
+from .emulated import reference_linear
 
 try:
     from torch.nn.functional import ScalingType, SwizzleType, scaled_mm
@@ -37,7 +38,8 @@ except ImportError:  # a torch without the public scaled-GEMM API
 
 log = logging.getLogger("engine.kernels")
 
-BLOCK = {"mxfp8": 32, "mxfp4": 32, "nvfp4": 16}  # elements per scale along K
+# MXFP8, MXFP4, NVFP4: the block-scaled formats of the element types torch's scaled_mm takes
+BLOCK_SCALED = frozenset(n for n, f in FORMATS.items() if f.block_scaled and f.element in ("e4m3", "e2m1"))
 BLACKWELL_MAJORS = (10, 12)  # sm100/sm103 (B200, B300) and sm120 (RTX 50, RTX PRO): block-scaled MMA
 CHECK_SHAPE = (200, 256, 256)  # M, K, N of the first-use check; M is not a multiple of 128 on purpose
 CHECK_TOLERANCE = 1e-2  # same quantized product on both sides: only summation order and bf16 output differ
@@ -47,10 +49,11 @@ _verdicts: dict[tuple[str, int], str | None] = {}  # (format, device index) -> r
 def _missing_api(fmt: str) -> str | None:
     if scaled_mm is None:
         return f"torch {torch.__version__} has no torch.nn.functional.scaled_mm; a newer torch has it"
-    need = ["float8_e8m0fnu"] if fmt.startswith("mx") else []
-    need += ["float4_e2m1fn_x2"] if fmt in ("mxfp4", "nvfp4") else []
+    f = get_format(fmt)
+    need = ["float8_e8m0fnu"] if f.scale_kind == "e8m0" else []
+    need += ["float4_e2m1fn_x2"] if f.element == "e2m1" else []
     missing = [f"torch.{d}" for d in need if not hasattr(torch, d)]
-    recipe = "BlockWise1x16" if fmt == "nvfp4" else "BlockWise1x32"
+    recipe = f"BlockWise1x{f.act_block[1]}"
     if not hasattr(ScalingType, recipe) or not hasattr(SwizzleType, "SWIZZLE_32_4_4"):
         missing.append(f"ScalingType.{recipe} with SwizzleType.SWIZZLE_32_4_4")
     return f"torch {torch.__version__} lacks {', '.join(missing)}" if missing else None
@@ -58,10 +61,11 @@ def _missing_api(fmt: str) -> str | None:
 
 def _recipe(fmt: str):
     """(scale recipe, swizzle) of one operand; NVFP4's second entry is the per-tensor fp32 scale."""
-    if fmt == "nvfp4":
-        return ([ScalingType.BlockWise1x16, ScalingType.TensorWise],
-                [SwizzleType.SWIZZLE_32_4_4, SwizzleType.NO_SWIZZLE])
-    return ScalingType.BlockWise1x32, SwizzleType.SWIZZLE_32_4_4
+    f = get_format(fmt)
+    block = getattr(ScalingType, f"BlockWise1x{f.act_block[1]}")
+    if f.has_global_scale:
+        return [block, ScalingType.TensorWise], [SwizzleType.SWIZZLE_32_4_4, SwizzleType.NO_SWIZZLE]
+    return block, SwizzleType.SWIZZLE_32_4_4
 
 
 def _operand(fmt: str, data: torch.Tensor, scale: torch.Tensor, global_scale: torch.Tensor | None,
@@ -70,38 +74,44 @@ def _operand(fmt: str, data: torch.Tensor, scale: torch.Tensor, global_scale: to
     (here, unless they already are).
 
     The views also accept LightX2V's raw-byte storage (uint8 elements or scales)."""
-    if fmt == "mxfp8":
+    f = get_format(fmt)
+    if f.element == "e4m3":
         data = data.view(torch.float8_e4m3fn)
     else:
         data = data.view(torch.uint8).view(torch.float4_e2m1fn_x2)
-    scale_dtype = torch.float8_e4m3fn if fmt == "nvfp4" else torch.float8_e8m0fnu
-    scales = (scale if swizzled else swizzle(scale)).view(scale_dtype).reshape(-1)  # contiguous, as torch requires
-    if fmt == "nvfp4":
+    scales = (scale if swizzled else swizzle(scale)).view(f.scale_dtype).reshape(-1)  # contiguous, as torch requires
+    if f.has_global_scale:
         scales = [scales, global_scale.reshape(1).to(torch.float32).reciprocal()]
     return data, scales
 
 
 class TorchMXKernel(Kernel):
     name = "torch_mx"
-    formats = frozenset(BLOCK)
+    formats = BLOCK_SCALED
     priority = 20  # above triton_mx (5): on Blackwell the native GEMM replaces the emulation
+    checked_at_first_use = True  # see `verify`: no Blackwell GPU was at hand when it was written
 
-    def unavailable(self, fmt, device, layer=None):
+    def can_implement(self, fmt, capability, shape=None):
         if fmt not in self.formats:
             return f"does not implement {fmt}"
-        cap = cuda_capability(device)
-        if cap is None:
-            return f"needs a CUDA GPU; this is {device}"
-        if cap[0] not in BLACKWELL_MAJORS:
+        if capability is None:
+            return "needs a CUDA GPU; this is the CPU"
+        if capability[0] not in BLACKWELL_MAJORS:
             return (f"native block-scaled GEMMs need a Blackwell GPU (compute capability 10.x or 12.x); "
-                    f"this GPU is {cap[0]}.{cap[1]}")
+                    f"this GPU is {capability[0]}.{capability[1]}")
         why = _missing_api(fmt)
         if why:
             return why
-        if layer is not None and (layer.in_features % 32 or layer.out_features % 16):
+        if shape is not None and (shape[0] % 32 or shape[1] % 16):
             # K: 16-byte rows for the packed fp4 operand, and whole MX blocks; N: cuBLAS's alignment
             return (f"the native GEMM needs in_features a multiple of 32 and out_features a multiple of 16; "
-                    f"this layer is {layer.in_features}->{layer.out_features}")
+                    f"this layer is {shape[0]}->{shape[1]}")
+        return None
+
+    def unavailable(self, fmt, device, layer=None):
+        why = super().unavailable(fmt, device, layer)
+        if why:
+            return why
         key = (fmt, device.index if device.index is not None else torch.cuda.current_device())
         if key not in _verdicts:
             _verdicts[key] = verify(self, fmt, device)
@@ -147,9 +157,6 @@ def verify(kernel: TorchMXKernel, fmt: str, device: torch.device) -> str | None:
     else the reason the kernel must not be used there."""
     from torch import nn
 
-    from ..linear import QuantLinear  # late: engine.linear imports the kernel registry
-    from .emulated import reference_linear
-
     m, k, n = CHECK_SHAPE
     gen = torch.Generator().manual_seed(20250)
     lin = nn.Linear(k, n)
@@ -160,7 +167,7 @@ def verify(kernel: TorchMXKernel, fmt: str, device: torch.device) -> str | None:
     x[:, :3] *= 30  # outlier channels, as real activations have
     where = device_label(device)
     try:
-        layer = QuantLinear.from_linear(lin, fmt, kernel=kernel.name).to(device)
+        layer = layer_class().from_linear(lin, fmt, kernel=kernel.name).to(device)
         x = x.to(device, torch.bfloat16)
         with torch.no_grad():
             want = reference_linear(layer, x).float()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from ..formats import get_format
-from .base import register_kernel
-from .eightbit import EightBitKernel, layer_cache, needs_cuda, pad_rows
+from .base import needs_cuda, register_kernel
+from .eightbit import EightBitKernel, layer_cache, pad_rows
 
 FP8_FORMATS = ("fp8", "fp8_block128", "fp8_tensor")
 # Row-wise FP8: let the tensor cores accumulate at their native precision instead of promoting to
@@ -28,25 +28,24 @@ class TorchScaledKernel(EightBitKernel):
     def rank(self, fmt, device=None, layer=None):
         return 10 if fmt == "int8" else 30  # cuBLAS FP8: the fastest FP8 GEMM we have, except see triton
 
-    def unavailable(self, fmt, device, layer=None):
+    def can_implement(self, fmt, capability, shape=None):
         if fmt not in self.formats:
             return f"does not implement {fmt}"
         if fmt == "int8":
-            why = needs_cuda(device, (8, 0), "torch._int_mm")
+            why = needs_cuda(capability, (8, 0), "torch._int_mm")
         elif fmt == "fp8_block128":
-            why = needs_cuda(device, (9, 0), "cuBLAS blockwise FP8 scaling")
+            why = needs_cuda(capability, (9, 0), "cuBLAS blockwise FP8 scaling")
         else:
-            why = needs_cuda(device, (8, 9), "FP8 tensor cores")
-        if why or layer is None:
+            why = needs_cuda(capability, (8, 9), "FP8 tensor cores")
+        if why or shape is None:
             return why
-        if layer.in_features % 16 or layer.out_features % 16:
-            return (f"cuBLAS 8-bit GEMMs need in/out features that are multiples of 16; this layer is "
-                    f"{layer.in_features}->{layer.out_features}")
-        if fmt == "fp8_block128" and layer.in_features % 512:
+        k, n = shape
+        if k % 16 or n % 16:
+            return f"cuBLAS 8-bit GEMMs need in/out features that are multiples of 16; this layer is {k}->{n}"
+        if fmt == "fp8_block128" and k % 512:
             # cuBLAS reads the weight's K-block scales with a leading dimension padded to 4 blocks;
             # measured on H100: K = 8960 (70 blocks) gave garbage, so such layers go to Triton
-            return (f"cuBLAS blockwise scaling needs in_features a multiple of 512 (4 blocks of 128); "
-                    f"this layer has {layer.in_features}")
+            return f"cuBLAS blockwise scaling needs in_features a multiple of 512 (4 blocks of 128); this layer has {k}"
         return None
 
     def act_kind(self, layer):

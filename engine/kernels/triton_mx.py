@@ -8,17 +8,15 @@ Hopper has no MX/NVFP4 GEMM (cuBLAS answers NOT_SUPPORTED; these are sm100/sm120
      temporary bf16 [N, K] per forward, one Triton pass;
   3. a bf16 GEMM.
 So this is slower than bf16 (two extra passes), never faster: it exists so these checkpoints run,
-with their accuracy, on the GPUs people have. On Blackwell (sm100/sm120) the native block-scaled
-GEMM of torch_mx.py ranks above this kernel, and this one runs only where that one declines.
+with their accuracy, on the GPUs people have. The kernel the registry offers is mx_emulated.py; on
+Blackwell (sm100/sm120) the native block-scaled GEMM of torch_mx.py ranks above it.
+Each format's layout (element, block along K, scale kind) is read from engine/formats.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..formats import Quantized
-from .base import Kernel, register_kernel
-from .eightbit import MAX_ROW, needs_cuda
+from ..formats import Quantized, get_format
 
 try:
     import triton
@@ -26,9 +24,15 @@ try:
 except ImportError:
     triton = None
 
-# format -> (element kind, block along K, scale kind)
-MX = {"mxfp8": ("e4m3", 32, "e8m0"), "mxfp4": ("e2m1", 32, "e8m0"), "nvfp4": ("e2m1", 16, "e4m3")}
-_ELEM_MAX = {"e4m3": 448.0, "e2m1": 6.0}
+ELEMENT_MAX = {"e4m3": 448.0, "e2m1": 6.0}  # the elements this code rounds to, and their largest values
+
+
+def layout(fmt: str) -> tuple[str, int, str]:
+    """(element, block along K, scale kind) of a block-scaled format, as engine/formats declares it."""
+    f = get_format(fmt)
+    if not f.block_scaled:
+        raise ValueError(f"{fmt} is not a block-scaled (MX/NV) format")
+    return f.element, f.act_block[1], f.scale_kind
 
 
 if triton is not None:
@@ -168,7 +172,7 @@ def fake_quantize(x: torch.Tensor, fmt: str, global_scale: torch.Tensor | None =
                   out_dtype=torch.bfloat16) -> torch.Tensor:
     """Quantize x [M, K] to `fmt` and back, in one pass. NVFP4 needs the activation global scale
     (static from calibration, or 6*448/amax(x) computed here)."""
-    elem, group, scale_kind = MX[fmt]
+    elem, group, scale_kind = layout(fmt)
     m, k = x.shape
     out = torch.empty((m, k), dtype=out_dtype, device=x.device)
     if scale_kind == "e4m3" and global_scale is None:
@@ -178,7 +182,7 @@ def fake_quantize(x: torch.Tensor, fmt: str, global_scale: torch.Tensor | None =
         x = x.contiguous()
     block = _block(k)
     _fake_quant_kernel[(m,)](x, out, gs, m, k, x.stride(0), E2M1=elem == "e2m1", E8M0=scale_kind == "e8m0",
-                             GROUP=group, ELEM_MAX=_ELEM_MAX[elem], BLOCK=block,
+                             GROUP=group, ELEM_MAX=ELEMENT_MAX[elem], BLOCK=block,
                              num_warps=max(4, min(16, block // 512)))
     return out
 
@@ -191,7 +195,7 @@ def quantize_mx(x: torch.Tensor, fmt: str, global_scale: torch.Tensor | None = N
     `pad_rows`. data: mxfp8 float8_e4m3fn [Mp, K]; nvfp4/mxfp4 uint8 [Mp, K/2], two e2m1 codes a
     byte. scale: e8m0 as uint8 [Mp, K/32], or nvfp4 float8_e4m3fn [Mp, K/16]; with `swizzled`, laid
     out as engine.formats.swizzle.swizzle(scale) instead (Mp must then be a multiple of 128)."""
-    elem, group, scale_kind = MX[fmt]
+    elem, group, scale_kind = layout(fmt)
     m, k = x.shape
     if k % group:
         raise ValueError(f"{fmt}: {k} columns is not a multiple of the {group}-element block")
@@ -205,7 +209,7 @@ def quantize_mx(x: torch.Tensor, fmt: str, global_scale: torch.Tensor | None = N
             tmax = torch.ones((), device=x.device)  # empty input: any scale works
             if x.numel():
                 tmax = torch.linalg.vector_norm(x, float("inf")).float()
-            global_scale = (_ELEM_MAX[elem] * 448.0) / tmax.clamp(min=1e-12)
+            global_scale = (ELEMENT_MAX[elem] * 448.0) / tmax.clamp(min=1e-12)
         gs = torch.as_tensor(global_scale, dtype=torch.float32, device=x.device).reshape(1)
     if elem == "e2m1":
         data = torch.empty((mp, k // 2), dtype=torch.uint8, device=x.device)
@@ -220,13 +224,13 @@ def quantize_mx(x: torch.Tensor, fmt: str, global_scale: torch.Tensor | None = N
         block = _block(k)
         _quant_mx_kernel[(mp,)](x, data.view(torch.uint8), scale.view(torch.uint8), gs if gs is not None else data,
                                 m, k, x.stride(0), scols, SWIZZLE=swizzled, E2M1=elem == "e2m1",
-                                E8M0=scale_kind == "e8m0", GROUP=group, ELEM_MAX=_ELEM_MAX[elem], BLOCK=block,
+                                E8M0=scale_kind == "e8m0", GROUP=group, ELEM_MAX=ELEMENT_MAX[elem], BLOCK=block,
                                 num_warps=row_warps(block, "quantize_mx"))
     return Quantized(data=data, scale=scale, global_scale=gs, cols=k)
 
 
 def unpack_weight(layer, out_dtype=torch.bfloat16) -> torch.Tensor:
-    elem, group, scale_kind = MX[layer.fmt]
+    elem, group, scale_kind = layout(layer.fmt)
     n, k = layer.out_features, layer.in_features
     out = torch.empty((n, k), dtype=out_dtype, device=layer.weight.device)
     w = layer.weight.view(torch.uint8) if elem == "e2m1" else layer.weight.view(torch.float8_e4m3fn)
@@ -236,31 +240,3 @@ def unpack_weight(layer, out_dtype=torch.bfloat16) -> torch.Tensor:
     _unpack_weight_kernel[(n,)](w, s, gs, out, k, s.shape[1], E2M1=elem == "e2m1", E8M0=scale_kind == "e8m0",
                                 GROUP=group, BLOCK=block, num_warps=max(4, min(16, block // 512)))
     return out
-
-
-class TritonMXKernel(Kernel):
-    name = "triton_mx"
-    formats = frozenset(MX)
-    priority = 5
-
-    def unavailable(self, fmt, device, layer=None):
-        if fmt not in self.formats:
-            return f"does not implement {fmt}"
-        if triton is None:
-            return "triton is not installed (pip install triton)"
-        why = needs_cuda(device, (8, 0), "the bf16 GEMM of the MX/NVFP4 emulation")
-        if why or layer is None:
-            return why
-        if layer.in_features > MAX_ROW:
-            return f"rows of at most {MAX_ROW} features; this layer has {layer.in_features}"
-        return None
-
-    def forward(self, layer, x):
-        dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
-        xq = fake_quantize(x, layer.fmt, layer.static_input_scale(), dtype)
-        w = unpack_weight(layer, dtype)
-        bias = layer.bias.to(dtype) if layer.bias is not None else None
-        return F.linear(xq, w, bias).to(x.dtype)
-
-
-register_kernel(TritonMXKernel())

@@ -6,7 +6,7 @@ holds one whole row (token) in registers: it reads the row once, and writes the 
 scale(s) once. The same row kernel also does the elementwise work that produces the activation in a
 Wan block (residual + gate, LayerNorm, modulation, GELU), so that work costs no extra pass either.
 
-Activation kinds (what the GEMM that follows expects):
+Activation kinds (what the GEMM that follows expects; declared by each format's `act_kind`):
   "fp8_row"   e4m3, one fp32 scale per token               (formats fp8)
   "int8_row"  int8, one fp32 scale per token               (formats int8)
   "fp8_g128"  e4m3, one fp32 scale per 128 columns per token (format fp8_block128); the scale tensor
@@ -20,6 +20,8 @@ import os
 
 import torch
 
+from ..formats import ACT_KINDS  # kind -> (element dtype, elem_max, amax floor, group), from the formats
+
 try:
     import triton
     import triton.language as tl
@@ -27,12 +29,7 @@ try:
 except ImportError:  # CPU-only installs: the registry reports "triton is not installed"
     triton = None
 
-ACT_KINDS = {
-    # kind: (element dtype, elem_max, amax floor, group)
-    "fp8_row": (torch.float8_e4m3fn, 448.0, 1e-12, 0),
-    "int8_row": (torch.int8, 127.0, 1e-5, 0),
-    "fp8_g128": (torch.float8_e4m3fn, 448.0, 1e-12, 128),
-}
+MAX_ROW = 16384  # longest activation row the fused quantizers hold in registers
 
 
 def row_block(k: int) -> int:

@@ -1,7 +1,7 @@
-"""Read the GPU, pick a preset for it and say why; check that a config's schemes can run on it.
+"""Pick a preset for a GPU and say why; check that a config's schemes can run on it; per-component overrides.
 
-Every function takes the GPU as an input (`GpuInfo`, or None for no GPU) so the choice can be
-tested for every GPU class on a CPU machine; `detect_gpu()` reads the real one.
+Every function takes the GPU as an input (engine.gpu's `GpuInfo`, or None for no GPU); what runs where is
+asked of the kernels' registry (engine.kernels).
 """
 from __future__ import annotations
 
@@ -13,43 +13,12 @@ from . import memory
 from .catalog import ModelEntry
 from .config import COMPONENTS, QuantConfig
 from .errors import ConfigError, HardwareError
+from .formats import get_format
+from .gpu import GB, GENERATIONS, GpuInfo
+from .kernels import capable, formats_for, runnable
+from .kernels.base import min_capability
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
-GB = 1024**3
-
-FP8_MIN = (8, 9)  # Ada and newer have FP8 tensor cores
-MICROSCALE_MIN = (10, 0)  # Blackwell (sm100, sm120): native MXFP8 / NVFP4 GEMMs exist there
-NATIVE_MICROSCALE_MAJORS = (10, 12)  # where engine/kernels/torch_mx.py may run (its BLACKWELL_MAJORS)
-FP8_GPUS = "compute capability 8.9 or newer: RTX 40, L40S, H100/H200, Blackwell"
-
-
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str
-    capability: tuple[int, int]
-    total_bytes: int
-    free_bytes: int
-
-    @property
-    def label(self) -> str:
-        major, minor = self.capability
-        return f"{self.name} (sm{major}{minor}, {self.free_bytes / GB:.0f} of {self.total_bytes / GB:.0f} GB free)"
-
-    @property
-    def has_fp8(self) -> bool:
-        return self.capability >= FP8_MIN
-
-    @property
-    def family(self) -> str:
-        if self.capability >= MICROSCALE_MIN:
-            return "blackwell"
-        if self.capability >= (9, 0):
-            return "hopper"
-        if self.capability >= FP8_MIN:
-            return "ada"
-        if self.capability >= (8, 0):
-            return "ampere"
-        return "pre-ampere"
 
 
 @dataclass(frozen=True)
@@ -57,25 +26,6 @@ class PresetChoice:
     name: str
     config: dict
     reason: str
-
-
-def detect_gpu(index: int = 0) -> GpuInfo | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    free, total = torch.cuda.mem_get_info(index)
-    return GpuInfo(torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index)), total, free)
-
-
-def zerogpu_gpu() -> GpuInfo | None:
-    """On a ZeroGPU Space the GPU is attached only inside `spaces.GPU` calls, so at start-up CUDA looks
-    absent. The platform says so in SPACES_ZERO_GPU; its GPUs are H200 slices (Hopper, about 70 GB)."""
-    import os
-
-    if not os.environ.get("SPACES_ZERO_GPU"):
-        return None
-    return GpuInfo("ZeroGPU (H200 slice)", (9, 0), 70 * GB, 70 * GB)
 
 
 def list_presets() -> dict[str, str]:
@@ -106,20 +56,40 @@ def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None,
               "hopper": ("hopper-fp8", "Hopper has FP8 tensor cores: fastest with FP8"),
               "ada": ("ada-fp8", "Ada has FP8 tensor cores: fastest with FP8"),
               "ampere": ("ampere-int8", "Ampere has no FP8, so INT8 (per-channel weights, per-token activations)"),
-              "pre-ampere": ("ampere-int8", "this GPU predates Ampere; INT8 is the only 8-bit option and may "
-                                            "fall back to slower kernels")}
+              "pre-ampere": ("pre-ampere-bf16", pre_ampere_reason(gpu))}
     name, why = family[gpu.family]
     size = size or ((*model.default_size, 81) if model else DEFAULT_SIZE)
     kind = "fp8" if gpu.has_fp8 else "int8"
     budget = gpu.free_bytes
     what = f"{model.label if model else 'a 14B model'} at {memory.size_text(*size)}"
     est = None
-    for candidate in (name, *(f"{tier}-{kind}" for tier in TIERS)):
+    # only presets whose every format some kernel runs on this GPU (engine.kernels' registry)
+    candidates = [c for c in (name, *(f"{tier}-{kind}" for tier in TIERS)) if preset_runs(c, gpu)]
+    for candidate in candidates or ["pre-ampere-bf16"]:
         est = plan_for(model, load_preset(candidate), size, budget)
         if est.need <= budget:
             lead = f"{gpu.label}: {why}." if candidate == name else f"{gpu.label}, {kind.upper()}:"
             return _choice(candidate, f"{lead} {memory.describe(est, budget, what)}")
     return _choice(candidate, memory.refusal(*size, est, budget, candidate))
+
+
+def preset_runs(name: str, gpu: GpuInfo) -> bool:
+    """Every quantized format of preset `name` runs on `gpu` without being asked for by kernel name."""
+    from .config import load_config
+
+    cfg = load_config(load_preset(name))
+    return all(runnable(getattr(cfg, c).scheme.format, gpu.capability) for c in COMPONENTS if getattr(cfg, c).quantized)
+
+
+def pre_ampere_reason(gpu: GpuInfo) -> str:
+    """The sentence for a GPU on which no 8-bit format runs: what runs instead and what that costs."""
+    major, minor = gpu.capability
+    needs = ", ".join(f"{get_format(f).label.upper()} {c[0]}.{c[1]}" for f in ("int8", "fp8")
+                      if (c := min_capability(f)))
+    return (f"no kernel of this engine runs an 8-bit format on compute capability {major}.{minor} (the lowest each "
+            f"needs: {needs}), so nothing is quantized: the model runs in bf16, streamed to the GPU block by block. "
+            "bf16 weights take twice the memory of 8-bit ones, and this GPU has no bf16 tensor cores, so expect "
+            "it to be slow (not measured)")
 
 
 def plan_for(model: ModelEntry | None, config: dict, size: tuple[int, int, int], budget: int | None):
@@ -145,6 +115,8 @@ def check_fits(gpu: GpuInfo | None, model: ModelEntry | None, config: dict, size
     if est.need <= budget:
         return memory.describe(est, budget)
     lightest = f"{TIERS[-1]}-{'fp8' if gpu.has_fp8 else 'int8'}"
+    if not preset_runs(lightest, gpu):  # before Ampere no 8-bit tier runs: the bf16 preset is the lightest
+        lightest = "pre-ampere-bf16"
     light = plan_for(model, load_preset(lightest), size, budget)
     if light.need > budget:
         raise HardwareError(memory.refusal(*size, light, budget, lightest))
@@ -205,6 +177,10 @@ def check_config_for_gpu(cfg: QuantConfig, gpu: GpuInfo | None) -> None:
             why = format_problem(quant.scheme.format, gpu)
             if why:
                 problems.append(f"{comp.upper() if comp != 'dit' else 'DiT'} scheme {quant.scheme.name}: {why}")
+        for rule in quant.rules:  # per-layer schemes (engine/layer_rules.py)
+            why = format_problem(rule.format, gpu) if rule.format else None
+            if why:
+                problems.append(f"`{comp}_layer_schemes` {rule.label} ({rule.scheme.name}): {why}")
     from .attention import plan_from_config
     from .attention.paths import gpu_problem
 
@@ -217,36 +193,52 @@ def check_config_for_gpu(cfg: QuantConfig, gpu: GpuInfo | None) -> None:
 
 
 def format_problem(fmt: str, gpu: GpuInfo) -> str | None:
+    """Why no kernel runs `fmt` on `gpu` (without being asked for by name), with what to choose instead;
+    None when one does. Read from the kernels' registry: the same answer the kernels give at load time."""
+    if runnable(fmt, gpu.capability):
+        return None
     major, minor = gpu.capability
-    here = f"{gpu.name} is compute capability {major}.{minor}"
-    if fmt.startswith("fp8") and not gpu.has_fp8:
-        return f"FP8 needs an FP8-capable GPU ({FP8_GPUS}); {here}. Choose int8 instead (preset ampere-int8)."
-    if fmt in MICROSCALED and not gpu.has_fp8:
-        # the emulation's kernels are built and tested for FP8-capable GPUs only
-        return (f"{fmt.upper()} runs (emulated) on FP8-capable GPUs only ({FP8_GPUS}); {here}. "
-                "Choose int8 instead (preset ampere-int8).")
-    return None
+    low = min_capability(fmt)
+    label = get_format(fmt).label.upper()
+    if low is None:
+        why = "; ".join(f"{name}: {why}" for name, why in capable(fmt, gpu.capability))
+        need = f"{label} runs on no GPU here ({why or 'no GPU kernel implements it; the CPU reference kernel does'})"
+    else:
+        native = any(k.native for k in runnable(fmt, low))
+        gpus = ", ".join(names for cap, _, names in reversed(GENERATIONS) if cap >= low)
+        need = (f"{label} needs" if native else f"{label} runs (emulated) on") + \
+               f" compute capability {low[0]}.{low[1]} or newer ({gpus})"
+    return f"{need}; {gpu.name} is compute capability {major}.{minor}. {_instead(gpu)}"
 
 
-MICROSCALED = ("mxfp8", "nvfp4", "mxfp4")
+def _instead(gpu: GpuInfo) -> str:
+    here = formats_for(gpu.capability, native=True)
+    if here:
+        preferred = "fp8" if "fp8" in here else here[0]
+        family = {"blackwell": "blackwell-fp8", "hopper": "hopper-fp8", "ada": "ada-fp8", "ampere": "ampere-int8"}
+        return f"Choose {get_format(preferred).label} instead (preset {family.get(gpu.family, 'auto')})."
+    return ("This GPU runs no quantized format with this engine's kernels: choose bf16 for every component "
+            "(preset pre-ampere-bf16, which auto picks here).")
 
 
 def format_notices(cfg: QuantConfig, gpu: GpuInfo | None) -> list[str]:
-    """Sentences about MX/NVFP4 formats: emulated before Blackwell; on Blackwell a native GEMM, verified at
-    first use because it was written without a Blackwell GPU to test on (engine.kernels.torch_mx)."""
+    """Sentences about formats that run, but not on tensor cores made for them (emulated), or on a kernel
+    checked against the reference at first use (Blackwell's native block-scaled GEMM, written without a
+    Blackwell GPU to test on: engine.kernels.torch_mx). Asked of the kernels' registry."""
     if gpu is None:
         return []
     notes = []
-    for comp in COMPONENTS:
-        quant = getattr(cfg, comp)
-        if not (quant.quantized and quant.scheme.format in MICROSCALED):
-            continue
-        what = f"{'DiT' if comp == 'dit' else comp.upper()} {quant.scheme.format.upper()}"
-        if gpu.capability[0] in NATIVE_MICROSCALE_MAJORS:
+    formats = [(comp, fmt) for comp in COMPONENTS for fmt in getattr(cfg, comp).formats]  # scheme's and rules'
+    for comp, fmt in formats:
+        kernels = runnable(fmt, gpu.capability)
+        if not kernels:
+            continue  # check_config_for_gpu refuses it
+        what = f"{'DiT' if comp == 'dit' else comp.upper()} {fmt.upper()}"
+        if getattr(kernels[0], "checked_at_first_use", False):
             notes.append(f"{what} runs on the native block-scaled GEMM of {gpu.name} (Blackwell), checked against "
                          "the reference kernel at first use; if that check fails it runs emulated (slower than "
                          "bf16) and the log says why. Its speed has not been measured yet.")
-        else:
+        elif not kernels[0].native:
             notes.append(f"{what} runs emulated on {gpu.name}: the weights stay packed (the memory saving is real) "
                          "but it is slower than bf16 and FP8 (0.8-1.0x bf16 per layer, measured on an H100); native "
                          "block-scaled GEMMs need Blackwell (sm100/sm120). Choose fp8 for speed.")
