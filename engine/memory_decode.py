@@ -81,33 +81,42 @@ def light_vae_params(z_dim: int = 16) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_layout(latent_channels: int = 16, patch: int = 1) -> tuple[int, float]:
-    """(parameters, peak live values per output pixel per latent frame of one pass) of the tiny decoder,
-    walked over engine/vae/tae.py's TinyDecoder built on the meta device."""
+def tiny_layout(latent_channels: int = 16, patch: int = 1, widths: tuple[int, ...] | None = None):
+    """(parameters, peak live values of one pass per output pixel per latent frame, values per output
+    pixel held once per pass) of engine/vae/tae.py's TinyDecoder, walked over its layers on the meta
+    device. A layer's live set is its input and output; a memory block also holds the previous-frame
+    input and their concatenation, and TinyDecoder._run keeps the last memory block's input view and
+    previous-frame tensors referenced until the next one; each memory block keeps one frame of state."""
     import torch
     from torch import nn
 
     from .vae.tae import MemoryBlock, TimeGrow, TinyDecoder
 
     with torch.device("meta"):
-        dec = TinyDecoder(latent_channels, patch)
+        dec = TinyDecoder(latent_channels, patch, *([widths] if widths else []))
     params = sum(p.numel() for p in dec.parameters())
     # channels, area of a frame relative to the decoder's output frame, frames per latent frame
-    c, area, frames, peak = latent_channels, 1 / 64, 1, 0.0
+    c, area, frames, peak, held, fixed = latent_channels, 1 / 64, 1, 0.0, 0.0, 0.0
     for layer in dec.decoder:
         here = c * area * frames
         if isinstance(layer, MemoryBlock):  # x, the previous-frame input, their concatenation, first conv out
             out = layer.conv[-1].out_channels
-            peak, c = max(peak, (4 * c + out) * area * frames), out
-        elif isinstance(layer, nn.Upsample):
-            peak, area = max(peak, 5 * here), area * layer.scale_factor ** 2
+            peak = max(peak, (4 * c + out) * area * frames + fixed)
+            held, fixed, c = 2 * here + c * area, fixed + c * area, out  # held: cur, past, prev (1 frame)
+            continue
+        if isinstance(layer, nn.Upsample):
+            live, area = 5 * here, area * layer.scale_factor ** 2
         elif isinstance(layer, TimeGrow):
-            peak, frames = max(peak, here * (1 + layer.stride)), frames * layer.stride
+            live, frames = here * (1 + layer.stride), frames * layer.stride
         elif isinstance(layer, nn.Conv2d):
-            peak, c = max(peak, here + layer.out_channels * area * frames), layer.out_channels
-        elif not isinstance(layer, nn.ReLU):  # SoftClamp: tanh(x / 3) * 3
-            peak = max(peak, 2 * here)
-    return params, peak / patch ** 2  # per pixel of the video (a patch-2 decoder's frame is pixel-shuffled)
+            live, c = here + layer.out_channels * area * frames, layer.out_channels
+        elif isinstance(layer, nn.ReLU):  # in place
+            continue
+        else:  # SoftClamp: tanh(x / 3) * 3
+            live = 2 * here
+        peak = max(peak, live + held + fixed)
+    # per latent frame vs once per pass: `fixed` does not grow with the chunk
+    return params, (peak - fixed) / patch ** 2, fixed / patch ** 2
 
 
 def decoder_weight_bytes(dec: Decoder, z_dim: int = 16, patch: int = 1) -> int:
@@ -141,7 +150,8 @@ def tiny_transient(height: int, width: int, frames: int, chunk: int, z_dim: int 
     latent = (frames - 1) // 4 + 1
     per_frame = chunk if 0 < chunk < latent else latent
     values = frames * 3 * height * width
-    pass_bytes = TINY_PASS_FACTOR * tiny_layout(z_dim, patch)[1] * per_frame * height * width * TINY_DTYPE_BYTES
+    _, per_latent_frame, once = tiny_layout(z_dim, patch)
+    pass_bytes = TINY_PASS_FACTOR * (per_latent_frame * per_frame + once) * height * width * TINY_DTYPE_BYTES
     return int(max(pass_bytes + TINY_DTYPE_BYTES * values, TINY_OUTPUT_BYTES * values))
 
 
