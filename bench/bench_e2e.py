@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-from dataclasses import dataclass
 import gc
 import json
 import math
@@ -37,6 +36,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -113,8 +113,7 @@ def alias(module):
     return copy.deepcopy(module, memo)
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):  # a NamedTuple: this script is also loaded by path (tests), outside sys.modules
     text: str
     base: str  # bf16 | torchao | an alias | a preset name
     options: tuple[str, ...] = ()
@@ -293,7 +292,7 @@ def psnr(a, b) -> float | None:
 def run_row(row: str, master, args, device, reference, warmed: set):
     parsed = parse_row(row)
     cap = parsed.cap
-    out = {"row": row, "cap_GiB": cap, "decoder": parsed.decoder + ("+fast" if "fastvae" in parsed.options else "")}
+    out = {"row": row, "cap_GiB": cap}
     cuda = device.type == "cuda"
     if cuda:
         total = torch.cuda.get_device_properties(device).total_memory
@@ -319,6 +318,8 @@ def run_row(row: str, master, args, device, reference, warmed: set):
         phase = "run"
         est = memory.estimate_loaded(loaded, h, w, n, memory.gpu_budget(device) if cuda else None)
         req = VideoRequest(PROMPT, height=h, width=w, num_frames=n, steps=args.steps, seed=0)
+        # the decoder engine.memory counted for this row (it reads the row's config, as generate() does)
+        out["decoder"] = est.decoder.kind + ("" if est.decoder.dtype == "fp32" else f" ({est.decoder.dtype})")
         result, video = timed_generate(loaded, req, args.tmp, marks)
         steps = [b - a for a, b in zip([marks["denoise"]] + marks["steps"][:-1], marks["steps"])]
         peak = max(marks["peaks"].values()) if marks["peaks"] else None  # generate()'s own is the decode's only
@@ -330,7 +331,8 @@ def run_row(row: str, master, args, device, reference, warmed: set):
                    error_pct=round(100 * (est.peak - peak) / peak, 1) if peak else None,
                    weight_GiB=round(sum(result.stats.weight_bytes.values()) / 2**30, 2),
                    psnr_dB=psnr(video, reference.get("video")) if parsed.decoder == "full" else NOT_COMPARABLE,
-                   tiled=est.tiled, offload=loaded.offload or "none",
+                   tiled=est.tiled and parsed.decoder != "tiny",  # the tiny decoder decodes in chunks, not tiles
+                   offload=loaded.offload or "none",
                    measured_phases_GiB={k: round(v / 2**30, 2) for k, v in marks["peaks"].items()},
                    predicted_phases_GiB={k: round(v / 2**30, 2) for k, v in est.phases.items()})
     except (torch.OutOfMemoryError, gen.GenerationError) as e:
