@@ -22,7 +22,7 @@ def path_key(cfg, kind: str) -> str:
     """The config key that named the file (LightX2V's old spelling when that is the one set)."""
     if kind == "light":
         return "vae_path"
-    return "tae_path" if cfg.get("tae_path") else "tiny_vae_path"
+    return "tiny_vae_path" if cfg.get("tiny_vae_path") and not cfg.get("tae_path") else "tae_path"
 
 
 def check_decoder_setting(cfg, *, from_hub: bool, z_dim: int | None = None) -> DecoderChoice:
