@@ -1,5 +1,6 @@
 """Read the GPU, pick a preset for it and say why; check that a config's schemes can run on it.
 
+What fits instead when a setup does not, and the decoder policy on a tight GPU: engine/fit.py.
 Every function takes the GPU as an input (`GpuInfo`, or None for no GPU) so the choice can be
 tested for every GPU class on a CPU machine; `detect_gpu()` reads the real one.
 """
@@ -9,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import memory
+from . import fit, memory
 from .catalog import ModelEntry
 from .config import COMPONENTS, QuantConfig
 from .errors import ConfigError, HardwareError
@@ -92,17 +93,6 @@ def load_preset(name: str) -> dict:
 
 TIERS = ("vram24", "vram16", "vram12")  # fastest first; each adds offloading or tiling (presets/vram*.json)
 DEFAULT_SIZE = (480, 832, 81)  # height, width, frames: the presets' target size
-# The keys that say which decoder runs and how (engine/vae): carried from a config onto other presets
-# when looking for one that fits, so the plan always counts the decoder the config or the UI chose.
-DECODER_KEYS = ("decoder", "use_tae", "use_tiny_vae", "tae_path", "tiny_vae_path", "use_lightvae", "vae_path",
-                "need_scaled", "tae_chunk", "vae_dtype", "vae_channels_last", "vae_cudnn_benchmark", "vae_compile")
-# The decoder choice on a tight GPU: the full VAE stays the default, decoding in tiles when whole frames
-# would not fit (no extra download, within 0.5 dB of the untiled decode, slower). LightVAE and the tiny
-# decoder are offered, with their predicted need, as the faster options: each is an extra download from
-# lightx2v/Autoencoders and gives lower quality, so it is the user's choice, never a silent switch.
-LIGHTER_DECODERS = ("light", "tiny")
-
-
 def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None,
                   size: tuple[int, int, int] | None = None, decoder: str | None = None) -> PresetChoice:
     """The fastest preset whose predicted memory need (engine.memory) fits this GPU's free memory for
@@ -122,16 +112,16 @@ def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None,
     size = size or ((*model.default_size, 81) if model else DEFAULT_SIZE)
     budget = gpu.free_bytes
     what = f"{model.label if model else 'a 14B model'} at {memory.size_text(*size)}"
-    for candidate in (name, *_tiers(gpu)):
+    for candidate in (name, *fit.tiers(gpu)):
         config = apply_overrides(load_preset(candidate), decoder=decoder)
         est = plan_for(model, config, size, budget)
         if est.need <= budget:
-            lead = f"{gpu.label}: {why}." if candidate == name else f"{gpu.label}, {_kind(gpu).upper()}:"
-            hint = _faster_decoders(model, est, config, size, budget)
+            lead = f"{gpu.label}: {why}." if candidate == name else f"{gpu.label}, {fit.kind_of(gpu).upper()}:"
+            hint = fit.faster_decoders(model, est, config, size, budget)
             return _choice(candidate, f"{lead} {memory.describe(est, budget, what)}{hint}")
-    lightest = _tiers(gpu)[-1]
+    lightest = fit.tiers(gpu)[-1]
     user = apply_overrides(load_preset(lightest), decoder=decoder)
-    return _choice(lightest, _does_not_fit(gpu, model, user, size, budget))
+    return _choice(lightest, fit.does_not_fit(gpu, model, user, size, budget))
 
 
 def plan_for(model: ModelEntry | None, config: dict, size: tuple[int, int, int], budget: int | None):
@@ -157,117 +147,19 @@ def check_fits(gpu: GpuInfo | None, model: ModelEntry | None, config: dict, size
     budget = gpu.free_bytes
     est = plan_for(model, config, size, budget)
     if est.need <= budget:
-        return memory.describe(est, budget) + _faster_decoders(model, est, config, size, budget)
-    fits = _first_fit(gpu, model, config, size, budget)
+        return memory.describe(est, budget) + fit.faster_decoders(model, est, config, size, budget)
+    fits = fit.first_fit(gpu, model, config, size, budget)
     if fits is None:
-        raise HardwareError(_does_not_fit(gpu, model, config, size, budget))
+        raise HardwareError(fit.does_not_fit(gpu, model, config, size, budget))
     option, need = fits
-    preset, _, light = _lightest(gpu, model, config, size, budget)
-    lightest = _option_text(preset, config, light)
+    preset, _, light = fit.lightest(gpu, model, config, size, budget)
+    lightest = fit.option_text(preset, config, light)
     text = (f"{memory.describe(est, budget)} That is more than this GPU has. What fits: {option} (about "
             f"{need / GB:.1f} GiB)")
     text += "." if lightest == option else f"; the lightest setup, {lightest}, needs about {light.need / GB:.1f} GiB."
     if strict:
         raise HardwareError(f"{text} Choose it (or preset auto), or a smaller size or fewer frames.")
     return text
-
-
-def _kind(gpu: GpuInfo) -> str:
-    return "fp8" if gpu.has_fp8 else "int8"
-
-
-def _tiers(gpu: GpuInfo) -> list[str]:
-    return [f"{tier}-{_kind(gpu)}" for tier in TIERS]
-
-
-def _decoder_keys(config: dict) -> dict:
-    return {k: config[k] for k in DECODER_KEYS if k in config}
-
-
-def _decoder_kind(config: dict) -> str:
-    return memory.decoder_from_config(config).kind
-
-
-def _as_decoder(config: dict, kind: str) -> dict:
-    """`config` with the decoder switched to `kind` (the other decoders' flags dropped; each kind reads
-    only its own path key)."""
-    out = {k: v for k, v in config.items() if k not in ("decoder", "use_tae", "use_tiny_vae", "use_lightvae")}
-    out["decoder"] = kind
-    return out
-
-
-def _option_text(preset: str, config: dict, est) -> str:
-    dec = est.decoder.kind
-    what = {"full": "the full VAE", "light": "the light decoder (LightVAE)", "tiny": "the tiny decoder (LightTAE)"}
-    tiles = " in tiles" if est.tiled and dec != "tiny" else ""
-    extra = "" if dec == _decoder_kind(config) or dec == "full" else ", an extra download with lower quality"
-    return f"preset {preset} with {what[dec]}{tiles}{extra}"
-
-
-def _ladder(gpu, config):
-    """(preset, config) from the fastest fitting idea to the lightest: the tiers with this config's
-    decoder, then the lightest tier with each lighter decoder."""
-    keys = _decoder_keys(config)
-    for tier in _tiers(gpu):
-        yield tier, {**load_preset(tier), **keys}
-    current = _decoder_kind(config)
-    for kind in LIGHTER_DECODERS[LIGHTER_DECODERS.index(current) + 1 if current in LIGHTER_DECODERS else 0:]:
-        yield _tiers(gpu)[-1], _as_decoder({**load_preset(_tiers(gpu)[-1]), **keys}, kind)
-
-
-def _first_fit(gpu, model, config, size, budget):
-    for preset, cfg in _ladder(gpu, config):
-        est = plan_for(model, cfg, size, budget)
-        if est.need <= budget:
-            return _option_text(preset, config, est), est.need
-    return None
-
-
-def _lightest(gpu, model, config, size, budget):
-    """The setup with the smallest need (on a tie the one asking less of the user: earlier on the ladder)."""
-    best = None
-    for preset, cfg in _ladder(gpu, config):
-        est = plan_for(model, cfg, size, budget)
-        if best is None or est.need < best[2].need:
-            best = (preset, cfg, est)
-    return best
-
-
-def _does_not_fit(gpu, model, config, size, budget) -> str:
-    """One sentence: the lightest setup's need and the limit on this GPU (frames at this size, size at
-    these frames)."""
-    preset, cfg, est = _lightest(gpu, model, config, size, budget)
-    h, w, n = size
-    frames = next((f for f in range(n - 4, 0, -4) if plan_for(model, cfg, (h, w, f), budget).need <= budget), None)
-    side = None
-    for k in range(1, 64):  # shrink both sides by the same factor, in steps of 16 px on the shorter one
-        short = min(h, w) - 16 * k
-        if short < 16:
-            break
-        hh, ww = (short, max(16, w * short // h // 16 * 16)) if h <= w else (max(16, h * short // w // 16 * 16), short)
-        if plan_for(model, cfg, (hh, ww, n), budget).need <= budget:
-            side = (hh, ww)
-            break
-    limit = []
-    if frames:
-        limit.append(f"at {w}x{h} at most {frames} frames fit")
-    if side:
-        limit.append(f"{n} frames fit up to {side[1]}x{side[0]}")
-    return memory.refusal(*size, est, budget, _option_text(preset, config, est),
-                          " and ".join(limit) if limit else "the weights alone do not fit")
-
-
-def _faster_decoders(model, est, config, size, budget) -> str:
-    """When the full VAE must decode in tiles: the light and tiny decoders' predicted need, as the
-    faster (extra download, lower quality) options; empty otherwise."""
-    if est.decoder.kind != "full" or not est.tiled:
-        return ""
-    needs = [f"{plan_for(model, _as_decoder(config, kind), size, budget).phases['decode'] / GB:.1f}"
-             for kind in LIGHTER_DECODERS]
-    return (" Decoding in tiles keeps the full VAE and its quality but is slower; the light or tiny decoder "
-            "(decoder: light / tiny; an extra download from lightx2v/Autoencoders, lower quality) decodes faster: "
-            f"decode-phase peak about {est.phases['decode'] / GB:.1f} GiB tiled, {' and '.join(needs)} GiB with "
-            "light and tiny.")
 
 
 def _choice(name: str, reason: str) -> PresetChoice:

@@ -3,7 +3,9 @@
 A generation has three phases, each with its own working set on the GPU:
   encode   the text encoder (UMT5-XXL, 5.7B parameters; CLIP too for i2v) runs once on 512 tokens;
   denoise  the transformer runs `steps` times on tokens = latent frames x (h/16) x (w/16);
-  decode   the Wan VAE (fp32) turns the latents into frames, one latent frame at a time.
+  decode   the chosen decoder turns the latents into frames: the Wan VAE (fp32 unless `vae_dtype`),
+           one latent frame at a time, whole or in tiles; LightVAE; or the tiny decoder in chunks
+           (engine/memory_decode.py: those are counted from the code and not yet calibrated).
 Peak = max over phases of (weights resident in that phase + that phase's transient tensors).
 
 Weights are counted exactly from the architecture and the number format (engine.formats gives the
