@@ -17,6 +17,14 @@ bench/bench_e2e.py the decode phase's peak per row: refit the named constants be
   latent frame). The full VAE stays loaded beside it (it encodes).
 - `vae_dtype` bf16 / fp16 (or the -mixed modes, engine/vae/speed.py) halves the full and light
   decoders' activations; plain bf16 / fp16 halves their weights too.
+
+Refitting from bench/bench_e2e.py (480p rows; decode transient = measured decode-phase peak minus the
+predicted decode phase's resident weights, i.e. predicted decode peak minus `transient(...)` here):
+  LIGHT_CHANNEL_RATIO = (transient of `fp8+light` - 2 x output bytes) / (DECODE_BYTES_PER_PIXEL x h x w)
+  HALF_DECODE_RATIO   = (transient of `fp8+fastvae` - 2 x output bytes) / (DECODE_BYTES_PER_PIXEL x h x w)
+  TINY_PASS_FACTOR    = (transient of `fp8+tiny` - 2 B x output values) / (counted pass bytes)
+(output bytes: frames x 3 x h x w x 4). bench/bench_vae.py's per-decoder peaks (decoder alone, no
+pipeline postprocess) check the ratios between decoders at 480p and 720p.
 """
 from __future__ import annotations
 
