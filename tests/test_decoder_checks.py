@@ -139,3 +139,11 @@ def test_service_accepts_a_hub_decoder_and_a_local_one(presets, files, tmp_path)
     req = VideoRequest("a cat", height=480, width=832, num_frames=81, steps=4)
     service.check("wan2.1-t2v-14b", req, overrides={"decoder": "tiny"})  # no file: the Hub plan fetches it
     service.check("wan2.1-t2v-14b", req, preset=presets("local-tiny", use_tae=True, tae_path=files["tiny"]))
+
+
+def test_a_path_the_chosen_decoder_does_not_use_is_said(caplog):
+    from engine.vae.check import check_decoder_setting
+
+    with caplog.at_level("WARNING", logger="engine.vae"):
+        check_decoder_setting({"vae_path": "/models/Wan2.1_VAE.pth"}, from_hub=True)
+    assert "`vae_path` (/models/Wan2.1_VAE.pth) is not used" in caplog.text and "vae/ folder" in caplog.text

@@ -8,12 +8,14 @@ files are small: tens of MB), on the CPU; the result is remembered per file vers
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError, EngineError
 from .choice import DecoderChoice, decoder_choice
 from .speed import speed_settings
 
+log = logging.getLogger("engine.vae")
 FULL_WAN_WIDTH = 384  # decoder.conv1's output channels in the full Wan2.1 VAE (base 96 x 4); LightVAE: 96
 _checked: dict[tuple, None] = {}  # (kind, path, size, mtime_ns, z_dim) of files that loaded cleanly
 
@@ -31,6 +33,7 @@ def check_decoder_setting(cfg, *, from_hub: bool, z_dim: int | None = None) -> D
     (engine.infer on a local folder) it needs its path key. `z_dim`: the model's latent channels."""
     choice = decoder_choice(cfg)
     speed_settings(cfg)
+    _unused_paths(cfg, choice.kind)
     if choice.kind == "full":
         return choice
     key = path_key(cfg, choice.kind)
@@ -46,6 +49,17 @@ def check_decoder_setting(cfg, *, from_hub: bool, z_dim: int | None = None) -> D
     except EngineError as e:
         raise type(e)(f"config key `{key}`: {e}") from None
     return choice
+
+
+def _unused_paths(cfg, kind: str) -> None:
+    """LightX2V configs often carry `vae_path` to the full Wan VAE file; this engine reads the full VAE
+    from the model folder (diffusers format), so such a path is not used: said, not silently skipped."""
+    used = {"light": ("vae_path",), "tiny": ("tae_path", "tiny_vae_path")}.get(kind, ())
+    for key in ("vae_path", "tae_path", "tiny_vae_path"):
+        if cfg.get(key) and key not in used:
+            log.warning("`%s` (%s) is not used: the decoder is %r%s", key, cfg.get(key), kind,
+                        "; the full VAE is read from the model's vae/ folder" if key == "vae_path" else
+                        "; set use_tae or decoder tiny to decode with it")
 
 
 def _check_file(kind: str, path: Path, z_dim: int | None) -> None:
