@@ -21,8 +21,9 @@ placed by engine.builder.place_pipeline (fused block, offload), as the builder d
 built locally. generate()'s mp4 export is replaced by a function that keeps the frames (the device has
 no ffmpeg, and PSNR needs them): decode time ends when the frames are back as numpy.
 PSNR: frames against the bf16 row's (same weights, seed); "n/a (different decoder)" for light / tiny rows,
-whose random weights make that comparison meaningless. Per-step times are synchronized. Peak memory is measured per phase (encode, denoise, decode) next to
-engine.memory's prediction per phase, so a miss can be traced to its term and the calibration refitted.
+whose random weights make that comparison meaningless. Per-step times are synchronized. Peak memory is
+measured per phase (encode, denoise, decode) next to engine.memory's prediction per phase (counting the
+row's decoder; the `decoder` column is the one engine.memory counted), so a miss can be traced to its term and the calibration refitted.
 An out-of-memory error ends only its row ("OOM at <phase>").
 """
 from __future__ import annotations
@@ -358,8 +359,8 @@ def run_row(row: str, master, args, device, reference, warmed: set):
     return out, video
 
 
-COLUMNS = ("row", "status", "decoder", "total_s", "load_s", "encode_s", "step_s", "decode_s", "peak_GiB", "predicted_GiB",
-           "error_pct", "weight_GiB", "warmup_s", "psnr_dB", "tiled", "offload")
+COLUMNS = ("row", "status", "decoder", "total_s", "load_s", "encode_s", "step_s", "decode_s", "peak_GiB",
+           "predicted_GiB", "error_pct", "weight_GiB", "warmup_s", "psnr_dB", "tiled", "offload")
 
 
 def table(rows: list[dict]) -> str:

@@ -93,6 +93,8 @@ def load_preset(name: str) -> dict:
 
 TIERS = ("vram24", "vram16", "vram12")  # fastest first; each adds offloading or tiling (presets/vram*.json)
 DEFAULT_SIZE = (480, 832, 81)  # height, width, frames: the presets' target size
+
+
 def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None,
                   size: tuple[int, int, int] | None = None, decoder: str | None = None) -> PresetChoice:
     """The fastest preset whose predicted memory need (engine.memory) fits this GPU's free memory for
