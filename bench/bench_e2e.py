@@ -23,8 +23,8 @@ no ffmpeg, and PSNR needs them): decode time ends when the frames are back as nu
 PSNR: frames against the bf16 row's (same weights, seed); "n/a (different decoder)" for light / tiny rows,
 whose random weights make that comparison meaningless. Per-step times are synchronized. Peak memory is
 measured per phase (encode, denoise, decode) next to engine.memory's prediction per phase (counting the
-row's decoder; the `decoder` column is the one engine.memory counted), so a miss can be traced to its term and the calibration refitted.
-An out-of-memory error ends only its row ("OOM at <phase>").
+row's decoder; the `decoder` column is the one engine.memory counted), so a miss can be traced to its
+term and the calibration refitted. An out-of-memory error ends only its row ("OOM at <phase>").
 """
 from __future__ import annotations
 
