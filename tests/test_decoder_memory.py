@@ -110,7 +110,8 @@ def test_the_ui_decoder_reaches_the_preset_choice():
     light = choose_preset(gpu(12), E14, DEFAULT_SIZE, decoder="light")
     assert full.name == "vram12-fp8" and "decodes in tiles" in full.reason
     assert light.name == "vram16-fp8" and "light decoder (LightVAE) decodes whole frames" in light.reason
-    assert "tiny decoder (LightTAE) decodes 4 latent frames per pass" in choose_preset(gpu(12), E14, None, "tiny").reason
+    tiny = choose_preset(gpu(12), E14, None, "tiny")
+    assert "tiny decoder (LightTAE) decodes 4 latent frames per pass" in tiny.reason
 
 
 def test_a_tight_gpu_keeps_the_full_vae_tiled_and_names_the_faster_decoders():
