@@ -147,3 +147,11 @@ def test_a_path_the_chosen_decoder_does_not_use_is_said(caplog):
     with caplog.at_level("WARNING", logger="engine.vae"):
         check_decoder_setting({"vae_path": "/models/Wan2.1_VAE.pth"}, from_hub=True)
     assert "`vae_path` (/models/Wan2.1_VAE.pth) is not used" in caplog.text and "vae/ folder" in caplog.text
+
+
+def test_lightvae_for_a_48_channel_model_is_refused_before_the_hub_fetches_it():
+    from engine.vae.check import check_decoder_setting
+
+    with pytest.raises(ConfigError, match="16-channel.*48-channel.*tiny or full"):
+        check_decoder_setting({"decoder": "light"}, from_hub=True, z_dim=48)
+    assert check_decoder_setting({"decoder": "tiny"}, from_hub=True, z_dim=48).kind == "tiny"

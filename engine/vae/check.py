@@ -37,6 +37,9 @@ def check_decoder_setting(cfg, *, from_hub: bool, z_dim: int | None = None) -> D
     if choice.kind == "full":
         return choice
     key = path_key(cfg, choice.kind)
+    if choice.kind == "light" and z_dim not in (None, 16):
+        raise ConfigError(f"decoder 'light' (LightVAE) is made for 16-channel latents (Wan2.1, Wan2.2 A14B) but "
+                          f"this model's are {z_dim}-channel; choose decoder tiny or full")
     if not choice.path:
         if from_hub:
             return choice
