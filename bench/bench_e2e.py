@@ -5,17 +5,26 @@ setup (bf16, our presets, each memory tier under its cap), in one process.
     python bench/bench_e2e.py --model 1.3b --rows bf16,fp8,vram24-fp8@8,vram12-fp8@6
     python bench/bench_e2e.py --tiny          # CPU smoke run of the whole script (tests/test_bench_e2e.py)
 
-Rows: `bf16`, `fp8` (hopper-fp8), `int8` (ampere-int8), `fp8-tiled` (hopper-fp8 with use_tiling_vae),
-`torchao` (fp8 PerRow on the blocks + compile_repeated_blocks; skipped when torchao is not importable), or
-any preset name; `@N` caps the process at N GiB (torch.cuda.set_per_process_memory_fraction).
+Rows: `BASE[+OPTION...][@N]`. BASE: `bf16`, `fp8` (hopper-fp8), `int8` (ampere-int8), `fp8-tiled`
+(hopper-fp8 with use_tiling_vae), `torchao` (fp8 PerRow on the blocks + compile_repeated_blocks; skipped
+when torchao is not importable), or any preset name (the memory tiers: `vram12-fp8`, ...). OPTIONs, each
+one setup axis, combinable: `sage8` (LightX2V's 8-bit self-attention, engine.attention), `tiled`
+(use_tiling_vae), the decoder: `tiny` (LightTAE) or `light` (LightVAE), or `fastvae` (the full VAE with
+engine/vae/speed.py's FAST_SPEED). `@N` caps the process at N GiB (torch.cuda.set_per_process_memory_fraction).
+Examples: `fp8+sage8+tiny`, `vram12-fp8+tiny@8`, `fp8+fastvae`. (`fp8-sage8` is read as `fp8+sage8`.)
+The light and tiny decoders get seeded random weights from the engine's own modules (diffusers'
+AutoencoderKLWan at base width 24; engine.vae.tae.TinyDecoder at widths 256/128/64/64), written to
+safetensors files that the rows load through the config keys (vae_path / tae_path), as a user's would be.
 The weights are made once on the GPU with a fixed seed (bf16; the VAE fp32; diffusers' fp32 modules kept
 fp32) and kept on the CPU; every row aliases them, quantizes with engine.pipeline.quantize_pipeline and is
 placed by engine.builder.place_pipeline (fused block, offload), as the builder does. The tokenizer is
 built locally. generate()'s mp4 export is replaced by a function that keeps the frames (the device has
 no ffmpeg, and PSNR needs them): decode time ends when the frames are back as numpy.
-Per-step times are synchronized. Peak memory is measured per phase (encode, denoise, decode) next to
-engine.memory's prediction per phase, so a miss can be traced to its term and the calibration refitted.
-An out-of-memory error ends only its row ("OOM at <phase>").
+PSNR: frames against the bf16 row's (same weights, seed); "n/a (different decoder)" for light / tiny rows,
+whose random weights make that comparison meaningless. Per-step times are synchronized. Peak memory is
+measured per phase (encode, denoise, decode) next to engine.memory's prediction per phase (counting the
+row's decoder; the `decoder` column is the one engine.memory counted), so a miss can be traced to its
+term and the calibration refitted. An out-of-memory error ends only its row ("OOM at <phase>").
 """
 from __future__ import annotations
 
@@ -28,6 +37,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -37,6 +47,7 @@ from engine import generate as gen  # noqa: E402
 from engine import memory  # noqa: E402
 from engine.builder import LoadedModel, place_pipeline, use_distill_sampler  # noqa: E402
 from engine.config import load_config  # noqa: E402
+from engine.errors import EngineError  # noqa: E402
 from engine.presets import load_preset  # noqa: E402
 from engine.pipeline import quantize_pipeline  # noqa: E402
 from engine.request import Limits, VideoRequest  # noqa: E402
@@ -47,10 +58,14 @@ UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers
                 relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
                 decoder_start_token_id=0, tie_word_embeddings=False)
 SIZES = {"480p": (480, 832), "720p": (720, 1280)}
-DEFAULT_ROWS = {"14b": "bf16,fp8,int8,fp8-tiled,vram24-fp8@24,vram16-fp8@16,vram12-fp8@12,vram12-fp8@8",
-                "1.3b": "bf16,fp8,int8,fp8-tiled,vram24-fp8@8,vram12-fp8@8,vram12-fp8@6",
-                "tiny": "bf16,fp8,int8,fp8-tiled,vram24-fp8,vram12-int8"}
+DEFAULT_ROWS = {"14b": "bf16,fp8,int8,fp8-tiled,fp8+fastvae,fp8+sage8,fp8+sage8+tiny,fp8+sage8+light,"
+                       "vram24-fp8@24,vram16-fp8@16,vram12-fp8@12,vram12-fp8@8,vram12-fp8+tiny@8",
+                "1.3b": "bf16,fp8,int8,fp8-tiled,fp8+tiny,fp8+light,vram24-fp8@8,vram12-fp8@8,vram12-fp8@6,"
+                        "vram12-fp8+tiny@6",
+                "tiny": "bf16,fp8,int8,fp8-tiled,fp8+fastvae,fp8+tiny,fp8+light,vram24-fp8,vram12-int8"}
 ALIASES = {"fp8": "hopper-fp8", "int8": "ampere-int8", "fp8-tiled": "hopper-fp8"}
+OPTIONS = ("sage8", "tiled", "tiny", "light", "fastvae")
+DECODER_OPTIONS = ("tiny", "light", "fastvae")  # at most one: each is a different decode
 PROMPT = "a red fox runs through fresh snow at dawn, cinematic"
 
 
@@ -99,10 +114,42 @@ def alias(module):
     return copy.deepcopy(module, memo)
 
 
-def row_config(row: str):
-    name = row.split("@")[0]
-    sage8 = name.endswith("-sage8")  # the same row with LightX2V's 8-bit self-attention (engine.attention)
-    name = name[:-len("-sage8")] if sage8 else name
+class Row(NamedTuple):  # a NamedTuple: this script is also loaded by path (tests), outside sys.modules
+    text: str
+    base: str  # bf16 | torchao | an alias | a preset name
+    options: tuple[str, ...] = ()
+    cap: float | None = None
+
+    @property
+    def decoder(self) -> str:
+        return next((o for o in self.options if o in ("tiny", "light")), "full")
+
+
+def parse_row(text: str) -> Row:
+    """`BASE[+OPTION...][@N]` (module docstring); ValueError naming what is wrong."""
+    head, _, cap = text.partition("@")
+    base, *options = head.split("+")
+    if base.endswith("-sage8"):  # the older spelling
+        base, options = base[:-len("-sage8")], ["sage8", *options]
+    unknown = [o for o in options if o not in OPTIONS]
+    if unknown:
+        raise ValueError(f"row {text!r}: unknown option {unknown[0]!r}; options are {', '.join(OPTIONS)}")
+    if len([o for o in options if o in DECODER_OPTIONS]) > 1:
+        raise ValueError(f"row {text!r}: choose one of {', '.join(DECODER_OPTIONS)} (each is a different decode)")
+    if base not in ("bf16", "torchao") and base not in ALIASES:
+        load_preset(base)  # ConfigError naming the presets
+    try:
+        cap_gib = float(cap) if cap else None
+    except ValueError:
+        raise ValueError(f"row {text!r}: the cap after @ must be a number of GiB, got {cap!r}") from None
+    return Row(text, base, tuple(dict.fromkeys(options)), cap_gib)
+
+
+def row_config(row: str | Row, files: dict | None = None):
+    """The row's config: its base preset plus its options as the engine's config keys. `files`: the
+    decoder files {"tiny": path, "light": path} written by `decoder_files`."""
+    row = parse_row(row) if isinstance(row, str) else row
+    name = row.base
     if name == "bf16":
         raw = dict(load_preset("hopper-fp8"), dit_quantized=False, t5_quantized=False, clip_quantized=False)
         raw.pop("dit_quant_scheme")
@@ -111,25 +158,62 @@ def row_config(row: str):
         raw.pop("dit_quant_scheme")
     else:
         raw = dict(load_preset(ALIASES.get(name, name)))
-    if name == "fp8-tiled":
+    if name == "fp8-tiled" or "tiled" in row.options:
         raw["use_tiling_vae"] = True
-    if sage8:
+    if "sage8" in row.options:
         raw["self_attn_1_type"] = "sage_attn2"
+    if row.decoder != "full":
+        path = (files or {}).get(row.decoder)
+        if not path:
+            raise ValueError(f"row {row.text!r} needs the {row.decoder} decoder's file (decoder_files)")
+        raw.update(decoder=row.decoder, **{"tae_path" if row.decoder == "tiny" else "vae_path": str(path)})
+    if "fastvae" in row.options:
+        from engine.vae.speed import FAST_SPEED
+
+        raw.update(vae_dtype=FAST_SPEED.dtype, vae_channels_last=FAST_SPEED.channels_last,
+                   vae_cudnn_benchmark=FAST_SPEED.cudnn_benchmark, vae_compile=FAST_SPEED.compile)
     return load_config(raw)
 
 
-def build_row(row, master, device):
+def decoder_files(model: str, rows: list[Row], folder: Path) -> dict:
+    """Seeded random weights for the light / tiny decoders the rows use, from the engine's own module
+    classes, saved as safetensors (the tiny file named like LightX2V's, so it takes un-normalised
+    latents as lighttaew2_1 does)."""
+    from diffusers import AutoencoderKLWan
+    from safetensors.torch import save_file
+
+    from engine.vae.light import WAN_DIM_MULT
+    from engine.vae.tae import TinyDecoder
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files, wanted = {}, {r.decoder for r in rows} - {"full"}
+    if "tiny" in wanted:
+        torch.manual_seed(4)
+        module = TinyDecoder(widths=(32, 16, 8, 8) if model == "tiny" else (256, 128, 64, 64))
+        files["tiny"] = folder / "lighttaew2_1.safetensors"
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(files["tiny"]))
+    if "light" in wanted:
+        torch.manual_seed(5)
+        module = AutoencoderKLWan(base_dim=2 if model == "tiny" else 24, dim_mult=list(WAN_DIM_MULT))
+        files["light"] = folder / "lightvaew2_1.safetensors"
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(files["light"]))
+    return files
+
+
+def build_row(row, master, device, files=None):
     from diffusers import WanPipeline
 
+    from engine.builder import configure_decoder
     from engine.tiny import tiny_tokenizer
 
-    cfg = row_config(row)
+    cfg = row_config(row, files)
     pipe = WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=alias(master["text_encoder"]),
                        transformer=alias(master["transformer"]), vae=alias(master["vae"]), scheduler=None)
     use_distill_sampler(pipe, 5.0, [1000, 750, 500, 250])
     pipe.set_progress_bar_config(disable=True)
     work = device if device.type == "cuda" else None
     reports = {k: r.summary() for k, r in quantize_pipeline(pipe, cfg, work_device=work).items()}
+    configure_decoder(pipe, cfg, None, reports)  # as the builder does: before placement (offload hooks)
     offload = place_pipeline(pipe, cfg, device, reports)
     if row.startswith("torchao"):
         torchao_blocks(pipe)
@@ -196,6 +280,9 @@ def phase_of(marks: dict, steps: int) -> str:
     return "denoise" if len(marks.get("steps", [])) < steps else "decode"
 
 
+NOT_COMPARABLE = "n/a (different decoder)"  # random light/tiny weights: no relation to the full VAE's frames
+
+
 def psnr(a, b) -> float | None:
     if a is None or b is None or a.shape != b.shape:
         return None
@@ -204,7 +291,8 @@ def psnr(a, b) -> float | None:
 
 
 def run_row(row: str, master, args, device, reference, warmed: set):
-    cap = float(row.split("@")[1]) if "@" in row else None
+    parsed = parse_row(row)
+    cap = parsed.cap
     out = {"row": row, "cap_GiB": cap}
     cuda = device.type == "cuda"
     if cuda:
@@ -214,7 +302,7 @@ def run_row(row: str, master, args, device, reference, warmed: set):
     phase, loaded, video, marks = "load", None, None, {}
     try:
         t0 = time.perf_counter()
-        loaded = build_row(row, master, device)
+        loaded = build_row(row, master, device, getattr(args, "files", None))
         if cuda:
             torch.cuda.synchronize()
         out["load_s"] = round(time.perf_counter() - t0, 2)
@@ -231,6 +319,8 @@ def run_row(row: str, master, args, device, reference, warmed: set):
         phase = "run"
         est = memory.estimate_loaded(loaded, h, w, n, memory.gpu_budget(device) if cuda else None)
         req = VideoRequest(PROMPT, height=h, width=w, num_frames=n, steps=args.steps, seed=0)
+        # the decoder engine.memory counted for this row (it reads the row's config, as generate() does)
+        out["decoder"] = est.decoder.kind + ("" if est.decoder.dtype == "fp32" else f" ({est.decoder.dtype})")
         result, video = timed_generate(loaded, req, args.tmp, marks)
         steps = [b - a for a, b in zip([marks["denoise"]] + marks["steps"][:-1], marks["steps"])]
         peak = max(marks["peaks"].values()) if marks["peaks"] else None  # generate()'s own is the decode's only
@@ -241,7 +331,9 @@ def run_row(row: str, master, args, device, reference, warmed: set):
                    predicted_GiB=round(est.peak / 2**30, 2),
                    error_pct=round(100 * (est.peak - peak) / peak, 1) if peak else None,
                    weight_GiB=round(sum(result.stats.weight_bytes.values()) / 2**30, 2),
-                   psnr_dB=psnr(video, reference.get("video")), tiled=est.tiled, offload=loaded.offload or "none",
+                   psnr_dB=psnr(video, reference.get("video")) if parsed.decoder == "full" else NOT_COMPARABLE,
+                   tiled=est.tiled and parsed.decoder != "tiny",  # the tiny decoder decodes in chunks, not tiles
+                   offload=loaded.offload or "none",
                    measured_phases_GiB={k: round(v / 2**30, 2) for k, v in marks["peaks"].items()},
                    predicted_phases_GiB={k: round(v / 2**30, 2) for k, v in est.phases.items()})
     except (torch.OutOfMemoryError, gen.GenerationError) as e:
@@ -267,8 +359,8 @@ def run_row(row: str, master, args, device, reference, warmed: set):
     return out, video
 
 
-COLUMNS = ("row", "status", "total_s", "load_s", "encode_s", "step_s", "decode_s", "peak_GiB", "predicted_GiB",
-           "error_pct", "weight_GiB", "warmup_s", "psnr_dB", "tiled", "offload")
+COLUMNS = ("row", "status", "decoder", "total_s", "load_s", "encode_s", "step_s", "decode_s", "peak_GiB",
+           "predicted_GiB", "error_pct", "weight_GiB", "warmup_s", "psnr_dB", "tiled", "offload")
 
 
 def table(rows: list[dict]) -> str:
@@ -296,6 +388,10 @@ def main(argv=None) -> dict:
     if args.tiny:
         args.frames, args.steps = min(args.frames, 9), min(args.steps, 2)
     rows = (args.rows or DEFAULT_ROWS[model]).split(",")
+    try:  # a typo in a row ends the run before minutes of weight making
+        parsed = [parse_row(r) for r in rows]
+    except (ValueError, EngineError) as e:
+        ap.error(str(e))
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     import diffusers
 
@@ -307,6 +403,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     master = build_master(model, device)
     report["build_master_s"] = round(time.perf_counter() - t0, 2)
+    args.files = decoder_files(model, parsed, Path(args.tmp) / "decoders")
     print(f"weights made in {report['build_master_s']} s", flush=True)
     reference, warmed = {}, set()
     if args.reference and Path(args.reference).is_file() and "bf16" not in rows:

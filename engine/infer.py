@@ -98,6 +98,9 @@ def _check_before_loading(args, cfg, model_dir: Path):
     folder_task = "i2v" if "ImageToVideo" in pipeline_class else "t2v"
     if folder_task != args.task:
         raise EngineError(f"{model_dir} is a {folder_task} model but --task {args.task} was given")
+    from .vae.check import check_decoder_setting
+
+    check_decoder_setting(cfg, from_hub=False, z_dim=_folder_z_dim(model_dir))  # this command never downloads
     device = _device(args.device)
     if device.type == "cuda":
         gpu = detect_gpu(device.index or 0)
@@ -114,6 +117,16 @@ def _check_before_loading(args, cfg, model_dir: Path):
                                       "set target_height, target_width, target_video_length and infer_steps in the "
                                       "config, as presets/cpu-demo.json does")
     return validate(req, limits), device
+
+
+def _folder_z_dim(model_dir: Path) -> int | None:
+    import json
+
+    try:
+        z_dim = json.loads((model_dir / "vae" / "config.json").read_text()).get("z_dim", 16)
+    except (OSError, ValueError, AttributeError):
+        return None  # the loader names what is wrong with the folder
+    return z_dim if isinstance(z_dim, int) else None
 
 
 def _device(name):

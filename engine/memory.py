@@ -3,7 +3,9 @@
 A generation has three phases, each with its own working set on the GPU:
   encode   the text encoder (UMT5-XXL, 5.7B parameters; CLIP too for i2v) runs once on 512 tokens;
   denoise  the transformer runs `steps` times on tokens = latent frames x (h/16) x (w/16);
-  decode   the Wan VAE (fp32) turns the latents into frames, one latent frame at a time.
+  decode   the chosen decoder turns the latents into frames: the Wan VAE (fp32 unless `vae_dtype`),
+           one latent frame at a time, whole or in tiles; LightVAE; or the tiny decoder in chunks
+           (engine/memory_decode.py: those are counted from the code and not yet calibrated).
 Peak = max over phases of (weights resident in that phase + that phase's transient tensors).
 
 Weights are counted exactly from the architecture and the number format (engine.formats gives the
@@ -36,6 +38,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from . import memory_decode
+from .memory_decode import VAE_PARAMS, VAE_STRIDE, VAE_TILE, Decoder, decoder_from_config  # noqa: F401
+
 GIB = 2**30
 TEXT_TOKENS = 512  # the pipeline pads every prompt to 512 tokens
 
@@ -49,8 +54,6 @@ HEADROOM = 1.3  # allocator fragmentation on transients, for fit decisions only
 # UMT5-XXL encoder (Wan's text encoder) and CLIP ViT-H/14 (i2v image encoder)
 T5 = dict(layers=24, dim=4096, ffn=10240, vocab=256384, heads=64)
 CLIP = dict(layers=32, dim=1280, ffn=5120, extra_params=32e6)
-VAE_PARAMS = 126_892_531  # AutoencoderKLWan default config, counted
-VAE_TILE, VAE_STRIDE = 256, 192  # diffusers' Wan VAE tile size and stride in pixels
 
 
 @dataclass(frozen=True)
@@ -168,20 +171,13 @@ def dit_transient(a: Arch, n_tokens: int, fused: bool) -> int:
     return int(UNFUSED_FACTOR * n_tokens * per_token)
 
 
-def decode_transient(height: int, width: int, frames: int, tiled: bool) -> int:
-    """The decoder works on one latent frame (4 output frames) at a time, keeping a 2-frame cache per
-    causal convolution: ~22 KB per output pixel of fp32 activations, whatever the frame count. The
-    output (fp32, frames x 3 x h x w) is held twice while `torch.cat` grows it.
-    Tiled (diffusers: 256 px tiles, 192 px stride): one tile's activations, every decoded tile (they
-    overlap, so more pixels than the frame) and the blended output."""
-    out = frames * 3 * height * width * 4
-    if not tiled or (height <= VAE_TILE and width <= VAE_TILE):
-        return DECODE_BYTES_PER_PIXEL * height * width + 2 * out
-    lat_h, lat_w, tile, stride = height // 8, width // 8, VAE_TILE // 8, VAE_STRIDE // 8
-    rows = sum(min(tile, lat_h - i) * 8 for i in range(0, lat_h, stride))
-    cols = sum(min(tile, lat_w - j) * 8 for j in range(0, lat_w, stride))
-    tiles = frames * 3 * rows * cols * 4
-    return DECODE_BYTES_PER_PIXEL * min(height, VAE_TILE) * min(width, VAE_TILE) + tiles + 2 * out
+def decode_transient(height: int, width: int, frames: int, tiled: bool, decoder: Decoder = Decoder(),
+                     z_dim: int = 16) -> int:
+    """The full fp32 decoder works on one latent frame (4 output frames) at a time, keeping a 2-frame
+    cache per causal convolution: ~22 KB per output pixel of fp32 activations, whatever the frame count
+    (fitted, above). LightVAE, half-precision and the tiny decoder: engine/memory_decode.py (counted from
+    the code, not yet calibrated)."""
+    return memory_decode.transient(DECODE_BYTES_PER_PIXEL, decoder, height, width, frames, tiled, z_dim)
 
 
 # ---- plans ----------------------------------------------------------------------------------------
@@ -217,6 +213,7 @@ class Estimate:
     tiled: bool
     placement: Placement
     dominant: str = ""  # the phase that sets `need`
+    decoder: Decoder = Decoder()
 
 
 def formats_from_config(cfg) -> Formats:
@@ -251,9 +248,12 @@ def placement_from_config(raw: dict) -> Placement:
 
 
 def estimate(a: Arch, fm: Formats, place: Placement, height: int, width: int, frames: int,
-             budget: int | None = None) -> Estimate:
-    """Predicted peak for one request. `budget` (bytes) decides tiling when `place.tiling` is None."""
-    w = {"transformer": dit_bytes(a, fm.dit), "text_encoder": t5_bytes(fm.t5), "vae": VAE_BYTES}
+             budget: int | None = None, decoder: Decoder = Decoder()) -> Estimate:
+    """Predicted peak for one request. `budget` (bytes) decides tiling when `place.tiling` is None.
+    `decoder`: what decodes (and, for i2v, what encodes the conditioning video; engine/memory_decode.py)."""
+    z_dim = 48 if a.in_channels == 48 else 16  # Wan2.2 TI2V-5B's VAE; every other Wan model's is 16
+    w = {"transformer": dit_bytes(a, fm.dit), "text_encoder": t5_bytes(fm.t5),
+         "vae": memory_decode.decoder_weight_bytes(decoder, z_dim, 2 if z_dim == 48 else 1)}
     if a.i2v:
         w["image_encoder"] = clip_bytes(fm.clip)
     text = w["text_encoder"] + w.get("image_encoder", 0)
@@ -275,9 +275,11 @@ def estimate(a: Arch, fm: Formats, place: Placement, height: int, width: int, fr
     phases_t = {"encode": (resident + enc_w, ENCODE_TRANSIENT), "denoise": (resident + dit_w, act)}
 
     def with_decode(tiled):
-        p = dict(phases_t, decode=(resident + vae_w, decode_transient(height, width, frames, tiled)))
+        p = dict(phases_t, decode=(resident + vae_w, decode_transient(height, width, frames, tiled, decoder, z_dim)))
         if a.i2v:
-            p["encode"] = (p["encode"][0], max(p["encode"][1], p["decode"][1]))
+            encoder = memory_decode.encoder_decoder(decoder)  # the encode is counted like its VAE's decode
+            p["encode"] = (p["encode"][0], max(p["encode"][1],
+                                               decode_transient(height, width, frames, tiled, encoder, z_dim)))
         return p
 
     tiled = place.tiling
@@ -288,7 +290,7 @@ def estimate(a: Arch, fm: Formats, place: Placement, height: int, width: int, fr
     need = {k: int(r + t * HEADROOM) for k, (r, t) in phases.items()}
     peaks = {k: r + t for k, (r, t) in phases.items()}
     dominant = max(need, key=need.get)
-    return Estimate(max(peaks.values()), need[dominant], peaks, w, tiled, place, dominant)
+    return Estimate(max(peaks.values()), need[dominant], peaks, w, tiled, place, dominant, decoder)
 
 
 # ---- sentences for the UI -------------------------------------------------------------------------
@@ -297,25 +299,34 @@ def size_text(height: int, width: int, frames: int) -> str:
     return f"{width}x{height}, {frames} frames ({tokens(height, width, frames):,} tokens)"
 
 
+DECODE_TEXT = {"full": "the VAE", "light": "the light decoder (LightVAE)"}
+
+
 def describe(est: Estimate, budget: int | None, what: str = "") -> str:
     """One sentence: what is offloaded or tiled, and why."""
     parts = [DIT_MODES[est.placement.dit]]
     if est.placement.text == "stream":
         parts.append("the text encoder is streamed while it runs")
-    parts.append("the VAE decodes in tiles" if est.tiled else "the VAE decodes whole frames")
+    dec = est.decoder
+    if dec.kind == "tiny":
+        per = f"{dec.chunk} latent frames" if dec.chunk else "all frames"
+        parts.append(f"the tiny decoder (LightTAE) decodes {per} per pass")
+    else:
+        parts.append(f"{DECODE_TEXT[dec.kind]} decodes {'in tiles' if est.tiled else 'whole frames'}")
     room = f"{budget / GIB:.1f} GiB" if budget else "the GPU"
-    why = (f"because {what + ' ' if what else ''}needs about {est.need / GIB:.1f} GiB this way "
+    why = (f"because {what or 'this request'} needs about {est.need / GIB:.1f} GiB this way "
            f"(peak in the {est.dominant} phase) and {room} is available")
     return f"{_join(parts)}, {why}."
 
 
-def refusal(height: int, width: int, frames: int, est: Estimate, budget: int, preset: str) -> str:
-    """Why a size cannot run even on the lightest tier, naming the limit."""
-    phase = {"denoise": "the transformer's activations", "decode": "the VAE decode",
+def refusal(height: int, width: int, frames: int, est: Estimate, budget: int, setup: str, limit: str = "") -> str:
+    """Why a size cannot run even with the lightest setup (`setup`: its words), naming the limit."""
+    phase = {"denoise": "the transformer's activations", "decode": "the decode",
              "encode": "the text encoder"}[est.dominant]
-    return (f"{size_text(height, width, frames)} does not fit: even the lightest preset ({preset}) needs about "
-            f"{est.need / GIB:.1f} GiB, mostly {phase}, and {budget / GIB:.1f} GiB of GPU memory is available. "
-            "Lower the resolution or the frame count.")
+    limit = f"; on this GPU {limit}" if limit else ""
+    return (f"{size_text(height, width, frames)} does not fit: even the lightest setup ({setup}) needs about "
+            f"{est.need / GIB:.1f} GiB, mostly {phase}, and {budget / GIB:.1f} GiB of GPU memory is available"
+            f"{limit}. Lower the resolution or the frame count.")
 
 
 def _join(parts: list[str]) -> str:
@@ -342,7 +353,8 @@ def gpu_budget(device) -> int:
 def estimate_loaded(model, height: int, width: int, frames: int, budget: int | None = None) -> Estimate:
     """The estimate for a LoadedModel (engine.builder) and a request size."""
     return estimate(arch_of_pipe(model.pipe), formats_from_config(model.config),
-                    placement_from_config(model.config.raw), height, width, frames, budget)
+                    placement_from_config(model.config.raw), height, width, frames, budget,
+                    decoder_from_config(model.config.raw))
 
 
 def prepare_decode(model, req) -> Estimate | None:

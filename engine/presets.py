@@ -1,5 +1,6 @@
 """Pick a preset for a GPU and say why; check that a config's schemes can run on it; per-component overrides.
 
+What fits instead when a setup does not, and the decoder policy on a tight GPU: engine/fit.py.
 Every function takes the GPU as an input (engine.gpu's `GpuInfo`, or None for no GPU); what runs where is
 asked of the kernels' registry (engine.kernels).
 """
@@ -9,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import memory
+from . import fit, memory
 from .catalog import ModelEntry
 from .config import COMPONENTS, QuantConfig
 from .errors import ConfigError, HardwareError
@@ -45,9 +46,10 @@ DEFAULT_SIZE = (480, 832, 81)  # height, width, frames: the presets' target size
 
 
 def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None,
-                  size: tuple[int, int, int] | None = None) -> PresetChoice:
+                  size: tuple[int, int, int] | None = None, decoder: str | None = None) -> PresetChoice:
     """The fastest preset whose predicted memory need (engine.memory) fits this GPU's free memory for
-    `size` (height, width, frames; default: the model's default size, 81 frames), with the reason."""
+    `size` (height, width, frames; default: the model's default size, 81 frames) with `decoder` (the
+    UI's full / light / tiny; None or "preset": the preset's own), with the reason."""
     if gpu is None:
         return _choice("cpu-demo", "No CUDA GPU found, so the app runs the tiny built-in model on CPU.")
     family = {"blackwell": ("blackwell-fp8", "Blackwell has FP8 tensor cores: fastest with FP8 (the NVFP4 and "
@@ -59,18 +61,18 @@ def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None,
               "pre-ampere": ("pre-ampere-bf16", pre_ampere_reason(gpu))}
     name, why = family[gpu.family]
     size = size or ((*model.default_size, 81) if model else DEFAULT_SIZE)
-    kind = "fp8" if gpu.has_fp8 else "int8"
     budget = gpu.free_bytes
     what = f"{model.label if model else 'a 14B model'} at {memory.size_text(*size)}"
-    est = None
-    # only presets whose every format some kernel runs on this GPU (engine.kernels' registry)
-    candidates = [c for c in (name, *(f"{tier}-{kind}" for tier in TIERS)) if preset_runs(c, gpu)]
-    for candidate in candidates or ["pre-ampere-bf16"]:
-        est = plan_for(model, load_preset(candidate), size, budget)
+    for candidate in (name, *fit.tiers(gpu)):
+        config = apply_overrides(load_preset(candidate), decoder=decoder)
+        est = plan_for(model, config, size, budget)
         if est.need <= budget:
-            lead = f"{gpu.label}: {why}." if candidate == name else f"{gpu.label}, {kind.upper()}:"
-            return _choice(candidate, f"{lead} {memory.describe(est, budget, what)}")
-    return _choice(candidate, memory.refusal(*size, est, budget, candidate))
+            lead = f"{gpu.label}: {why}." if candidate == name else f"{gpu.label}, {fit.kind_of(gpu).upper()}:"
+            hint = fit.faster_decoders(model, est, config, size, budget)
+            return _choice(candidate, f"{lead} {memory.describe(est, budget, what)}{hint}")
+    lightest = fit.tiers(gpu)[-1]
+    user = apply_overrides(load_preset(lightest), decoder=decoder)
+    return _choice(lightest, fit.does_not_fit(gpu, model, user, size, budget))
 
 
 def preset_runs(name: str, gpu: GpuInfo) -> bool:
@@ -93,37 +95,40 @@ def pre_ampere_reason(gpu: GpuInfo) -> str:
 
 
 def plan_for(model: ModelEntry | None, config: dict, size: tuple[int, int, int], budget: int | None):
-    """engine.memory's estimate for a catalog model (None: Wan2.1 14B t2v) run with a preset config."""
+    """engine.memory's estimate for a catalog model (None: Wan2.1 14B t2v) run with a config (preset plus
+    overrides), counting the decoder the config chooses."""
     from .catalog import get_model
     from .config import load_config
 
     arch = memory.arch_of_entry(model or get_model("wan2.1-t2v-14b"))
     cfg = load_config(config)
     return memory.estimate(arch, memory.formats_from_config(cfg), memory.placement_from_config(cfg.raw), *size,
-                           budget=budget)
+                           budget=budget, decoder=memory.decoder_from_config(cfg.raw))
 
 
 def check_fits(gpu: GpuInfo | None, model: ModelEntry | None, config: dict, size: tuple[int, int, int],
                strict: bool = False) -> str:
-    """For the UI before a run: one sentence on what is offloaded or tiled and why, or HardwareError
-    naming the limit when the size cannot fit even on the lightest tier (`strict`: also when it does
-    not fit with this config, naming the preset that would)."""
+    """For the UI before a run: one sentence on what is offloaded or tiled and why (and the faster
+    decoders when the full VAE must tile), or, when this config does not fit, what would: the fastest
+    tier with this config's decoder, else a lighter decoder, and the lightest setup. HardwareError names
+    the limit (frames, size) when nothing fits; `strict` also raises when only another setup fits."""
     if gpu is None:
         return "The tiny built-in model runs on the CPU."
     budget = gpu.free_bytes
     est = plan_for(model, config, size, budget)
     if est.need <= budget:
-        return memory.describe(est, budget)
-    lightest = f"{TIERS[-1]}-{'fp8' if gpu.has_fp8 else 'int8'}"
-    if not preset_runs(lightest, gpu):  # before Ampere no 8-bit tier runs: the bf16 preset is the lightest
-        lightest = "pre-ampere-bf16"
-    light = plan_for(model, load_preset(lightest), size, budget)
-    if light.need > budget:
-        raise HardwareError(memory.refusal(*size, light, budget, lightest))
-    text = (f"{memory.describe(est, budget)} That is more than this GPU has: the preset {lightest} needs "
-            f"about {light.need / GB:.1f} GiB.")
+        return memory.describe(est, budget) + fit.faster_decoders(model, est, config, size, budget)
+    fits = fit.first_fit(gpu, model, config, size, budget)
+    if fits is None:
+        raise HardwareError(fit.does_not_fit(gpu, model, config, size, budget))
+    option, need = fits
+    preset, _, light = fit.lightest(gpu, model, config, size, budget)
+    lightest = fit.option_text(preset, config, light)
+    text = (f"{memory.describe(est, budget)} That is more than this GPU has. What fits: {option} (about "
+            f"{need / GB:.1f} GiB)")
+    text += "." if lightest == option else f"; the lightest setup, {lightest}, needs about {light.need / GB:.1f} GiB."
     if strict:
-        raise HardwareError(f"{text} Choose {lightest} (or auto), or a smaller size or fewer frames.")
+        raise HardwareError(f"{text} Choose it (or preset auto), or a smaller size or fewer frames.")
     return text
 
 

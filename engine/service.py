@@ -71,20 +71,22 @@ class VideoService:
     def tasks(self, model: str) -> tuple[str, ...]:
         return ("t2v", "i2v") if model == TINY else (self._entry(model).task,)
 
-    def preset_for(self, model: str, size: tuple[int, int, int] | None = None) -> PresetChoice:
-        """The preset auto picks for `model` at `size` (height, width, frames; default: the model's own)."""
+    def preset_for(self, model: str, size: tuple[int, int, int] | None = None,
+                   decoder: str | None = None) -> PresetChoice:
+        """The preset auto picks for `model` at `size` (height, width, frames; default: the model's own)
+        with `decoder` (the UI's choice; None or "preset": the preset's own)."""
         if model == TINY:
             return PresetChoice("cpu-demo", load_preset("cpu-demo"),
                                 "The built-in model runs on the CPU; auto picks the CPU demo preset (every format "
                                 "runs there on the reference kernels).")
-        return choose_preset(self.gpu, self._entry(model), size)
+        return choose_preset(self.gpu, self._entry(model), size, decoder)
 
     def config(self, model: str, preset: str | None = None, dit: str | None = None, t5: str | None = None,
                clip: str | None = None, attention: str | None = None,
                decoder: str | None = None, size: tuple[int, int, int] | None = None) -> tuple[str, QuantConfig]:
         """(preset name, config) after per-component overrides and run options, checked against this GPU;
         auto picks its preset for `size` (height, width, frames)."""
-        name = preset if preset and preset != "auto" else self.preset_for(model, size).name
+        name = preset if preset and preset != "auto" else self.preset_for(model, size, decoder).name
         cfg = load_config(apply_overrides(load_preset(name), dit=dit, t5=t5, clip=clip, attention=attention,
                                           decoder=decoder))
         _tiny_takes_no_decoder(model, cfg)
@@ -99,7 +101,7 @@ class VideoService:
         """Markdown saying what will really run: the preset (chosen or auto, and why), the overrides, the
         resulting schemes and where they run, and the notices for this GPU (emulated formats), or why this
         combination cannot run here."""
-        auto = self.preset_for(model)
+        auto = self.preset_for(model, decoder=(overrides or {}).get("decoder"))
         chosen = bool(preset) and preset != "auto"
         lines = [f"**Preset:** {preset}, chosen by you (auto would pick {auto.name}: {auto.reason})" if chosen
                  else f"**Preset:** {auto.name} (auto). {auto.reason}"]
@@ -170,17 +172,27 @@ class VideoService:
         req = validate(req, self.limits(model))
         size = (req.height, req.width, req.num_frames)
         name, cfg = self.config(model, preset, **(overrides or {}), size=size)
-        if model != TINY:  # engine.memory's estimate: refuse what cannot fit, before any download
+        if model != TINY:
+            # the decoder keys (decoder, tae_path / vae_path, vae_dtype, ...): before any download
+            from .vae.check import check_decoder_setting
+
+            check_decoder_setting(cfg, from_hub=True, z_dim=_z_dim(self._entry(model)))
+            # engine.memory's estimate with the chosen decoder: refuse what cannot fit, before any download
             check_fits(self.gpu, self._entry(model), cfg.raw, size, strict=True)
         return name, cfg, req
 
-    def plan_text(self, model: str, req: VideoRequest) -> str:
-        """One sentence on what the auto preset offloads or tiles for `req` on this GPU, and why."""
+    def plan_text(self, model: str, req: VideoRequest, *, preset: str | None = None,
+                  overrides: dict | None = None) -> str:
+        """One sentence on what the preset (auto: the one picked for this size and decoder) offloads or
+        tiles for `req` on this GPU with the chosen decoder, and why; or what would fit instead."""
         if model == TINY:
             return ""
         try:
-            return check_fits(self.gpu, self._entry(model), self.preset_for(model).config,
-                              (req.height, req.width, req.num_frames))
+            size, changed = (req.height, req.width, req.num_frames), dict(overrides or {})
+            name = preset if preset and preset != "auto" else self.preset_for(model, size, changed.get("decoder")).name
+            raw = apply_overrides(load_preset(name), **changed)
+            load_config(raw)  # a bad key is said here as it would be at run time
+            return check_fits(self.gpu, self._entry(model), raw, size)
         except EngineError as e:
             return str(e)
 
@@ -333,6 +345,13 @@ class VideoService:
         with GPU_LOCK:
             name, cfg = self.config(model)
             self._load(model, self.tasks(model)[0], name, cfg, on_download)
+
+
+def _z_dim(entry) -> int:
+    """Latent channels of a catalog model: Wan2.2 TI2V-5B's VAE has 48, every other Wan VAE 16."""
+    from .memory import arch_of_entry
+
+    return 48 if arch_of_entry(entry).in_channels == 48 else 16
 
 
 def _tiny_takes_no_decoder(model: str, cfg: QuantConfig) -> None:

@@ -38,7 +38,7 @@ def test_emulated_formats_and_impossible_combinations_are_said(tmp_path):
 
 def test_a_memory_plan_is_shown_when_the_service_has_one(tmp_path):
     service = VideoService(RTX_4090, demo=False, out_dir=tmp_path)
-    service.plan_text = lambda model, req: f"{model} at {req.width}x{req.height}: fits"
+    service.plan_text = lambda model, req, **_: f"{model} at {req.width}x{req.height}: fits"
     assert "**Memory:** wan2.1-t2v-14b at 832x480: fits" in Handlers(service).preset_text("wan2.1-t2v-14b", "auto")
 
 

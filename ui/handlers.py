@@ -46,14 +46,15 @@ class Handlers:
     def preset_text(self, model: str, preset: str, dit: str = "preset", t5: str = "preset",
                     clip: str = "preset", attention: str = "preset", decoder: str = "preset") -> str:
         """What will really run, including overrides and this GPU's notices; the memory plan when the
-        service has one (`plan_text(model, request)`)."""
+        service has one (`plan_text(model, request, preset=, overrides=)`): it counts the chosen decoder."""
         try:
             text = self.service.explain(model, preset, dict(dit=dit, t5=t5, clip=clip, attention=attention,
                                                               decoder=decoder))
             text += f"\n\n**Schedule:** {self.service.schedule(model)}"
             plan = getattr(self.service, "plan_text", None)
             if callable(plan):
-                extra = plan(model, self.service.defaults(model))
+                extra = plan(model, self.service.defaults(model), preset=preset,
+                             overrides=dict(dit=dit, t5=t5, clip=clip, attention=attention, decoder=decoder))
                 if extra:
                     text += f"\n\n**Memory:** {extra}"
         except EngineError as e:
