@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import memory
+from .preset_files import TIERS, load_preset, plan_for, preset_runs
 
 if TYPE_CHECKING:
     from .gpu import GpuInfo
@@ -27,20 +28,6 @@ LIGHTER_DECODERS = ("light", "tiny")
 DECODE_SECONDS = {"full": 5.5, "light": 2.1, "tiny": 0.25}
 
 
-def _hw():
-    from . import presets  # presets imports this module; the reverse is resolved at call time
-
-    return presets
-
-
-def plan_for(*args):
-    return _hw().plan_for(*args)
-
-
-def load_preset(name: str) -> dict:
-    return _hw().load_preset(name)
-
-
 def kind_of(gpu: GpuInfo) -> str:
     return "fp8" if gpu.has_fp8 else "int8"
 
@@ -48,7 +35,7 @@ def kind_of(gpu: GpuInfo) -> str:
 def tiers(gpu: GpuInfo) -> list[str]:
     """The memory tiers whose every format some kernel runs on this GPU, fastest first; before Ampere
     (no 8-bit kernel) the bf16 preset alone."""
-    runs = [name for tier in _hw().TIERS if _hw().preset_runs(name := f"{tier}-{kind_of(gpu)}", gpu)]
+    runs = [name for tier in TIERS if preset_runs(name := f"{tier}-{kind_of(gpu)}", gpu)]
     return runs or ["pre-ampere-bf16"]
 
 

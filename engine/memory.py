@@ -309,7 +309,7 @@ def describe(est: Estimate, budget: int | None, what: str = "") -> str:
         parts.append("the text encoder is streamed while it runs")
     dec = est.decoder
     if dec.kind == "tiny":
-        per = f"{dec.chunk} latent frames" if dec.chunk else "all frames"
+        per = (f"{dec.chunk} latent frame{'s' if dec.chunk > 1 else ''}" if dec.chunk else "all frames")
         parts.append(f"the tiny decoder (LightTAE) decodes {per} per pass")
     else:
         parts.append(f"{DECODE_TEXT[dec.kind]} decodes {'in tiles' if est.tiled else 'whole frames'}")

@@ -18,9 +18,7 @@ from .formats import get_format
 from .gpu import GB, GENERATIONS, GpuInfo
 from .kernels import capable, formats_for, runnable
 from .kernels.base import min_capability
-
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
-
+from .preset_files import PRESET_DIR, TIERS, list_presets, load_preset, plan_for, preset_runs  # noqa: F401
 
 @dataclass(frozen=True)
 class PresetChoice:
@@ -29,19 +27,6 @@ class PresetChoice:
     reason: str
 
 
-def list_presets() -> dict[str, str]:
-    """Preset name -> its one-line description."""
-    return {p.stem: json.loads(p.read_text()).get("_about", "") for p in sorted(PRESET_DIR.glob("*.json"))}
-
-
-def load_preset(name: str) -> dict:
-    path = PRESET_DIR / f"{name}.json"
-    if "/" in name or "\\" in name or not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(list_presets())}")
-    return json.loads(path.read_text())
-
-
-TIERS = ("vram24", "vram16", "vram12")  # fastest first; each adds offloading or tiling (presets/vram*.json)
 DEFAULT_SIZE = (480, 832, 81)  # height, width, frames: the presets' target size
 
 
@@ -75,14 +60,6 @@ def choose_preset(gpu: GpuInfo | None, model: ModelEntry | None = None,
     return _choice(lightest, fit.does_not_fit(gpu, model, user, size, budget))
 
 
-def preset_runs(name: str, gpu: GpuInfo) -> bool:
-    """Every quantized format of preset `name` runs on `gpu` without being asked for by kernel name."""
-    from .config import load_config
-
-    cfg = load_config(load_preset(name))
-    return all(runnable(getattr(cfg, c).scheme.format, gpu.capability) for c in COMPONENTS if getattr(cfg, c).quantized)
-
-
 def pre_ampere_reason(gpu: GpuInfo) -> str:
     """The sentence for a GPU on which no 8-bit format runs: what runs instead and what that costs."""
     major, minor = gpu.capability
@@ -92,18 +69,6 @@ def pre_ampere_reason(gpu: GpuInfo) -> str:
             f"needs: {needs}), so nothing is quantized: the model runs in bf16, streamed to the GPU block by block. "
             "bf16 weights take twice the memory of 8-bit ones, and this GPU has no bf16 tensor cores, so expect "
             "it to be slow (not measured)")
-
-
-def plan_for(model: ModelEntry | None, config: dict, size: tuple[int, int, int], budget: int | None):
-    """engine.memory's estimate for a catalog model (None: Wan2.1 14B t2v) run with a config (preset plus
-    overrides), counting the decoder the config chooses."""
-    from .catalog import get_model
-    from .config import load_config
-
-    arch = memory.arch_of_entry(model or get_model("wan2.1-t2v-14b"))
-    cfg = load_config(config)
-    return memory.estimate(arch, memory.formats_from_config(cfg), memory.placement_from_config(cfg.raw), *size,
-                           budget=budget, decoder=memory.decoder_from_config(cfg.raw))
 
 
 def check_fits(gpu: GpuInfo | None, model: ModelEntry | None, config: dict, size: tuple[int, int, int],

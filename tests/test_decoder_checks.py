@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from engine import infer, presets as hardware
+from engine import infer, preset_files, presets as hardware
 from engine.errors import CheckpointError, ConfigError
 from engine.presets import GB, GpuInfo
 from engine.request import VideoRequest
@@ -106,7 +106,7 @@ def presets(tmp_path, monkeypatch):
     """The preset folder with one more preset: a decoder setting can come from a preset file."""
     folder = tmp_path / "presets"
     shutil.copytree(hardware.PRESET_DIR, folder)
-    monkeypatch.setattr(hardware, "PRESET_DIR", folder)
+    monkeypatch.setattr(preset_files, "PRESET_DIR", folder)
 
     def add(name, **keys):
         (folder / f"{name}.json").write_text(json.dumps({**hardware.load_preset("vram24-fp8"), **keys}))

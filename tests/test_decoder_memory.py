@@ -111,7 +111,7 @@ def test_the_ui_decoder_reaches_the_preset_choice():
     assert full.name == "vram12-fp8" and "decodes in tiles" in full.reason
     assert light.name == "vram16-fp8" and "light decoder (LightVAE) decodes whole frames" in light.reason
     tiny = choose_preset(gpu(12), E14, None, "tiny")
-    assert "tiny decoder (LightTAE) decodes 4 latent frames per pass" in tiny.reason
+    assert "tiny decoder (LightTAE) decodes 1 latent frame per pass" in tiny.reason
 
 
 def test_a_tight_gpu_keeps_the_full_vae_tiled_and_names_the_faster_decoders():

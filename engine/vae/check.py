@@ -66,7 +66,7 @@ def _unused_paths(cfg, kind: str) -> None:
 
 
 def _check_file(kind: str, path: Path, z_dim: int | None) -> None:
-    from ..checkpoint_files import regular_file
+    from ..checkpoint.files import regular_file
 
     st = regular_file(path, "decoder file")
     memo = (kind, str(path.resolve()), st.st_size, st.st_mtime_ns, z_dim)
