@@ -227,8 +227,8 @@ def test_unforeseen_failure_reaches_the_user_as_a_sentence(service, monkeypatch)
 
     monkeypatch.setattr(service, "run", broken)
     with pytest.raises(gr.Error, match="Generation failed: RuntimeError: CUDA error.*lighter preset"):
-        Handlers(service).generate(TINY, "auto", "preset", "preset", "preset", "Text to video", None, "a boat",
-                                   "", 32, 32, 5, 2, 1.0, 5.0, 0, progress=lambda *a, **k: None)
+        list(Handlers(service).generate(TINY, "auto", "preset", "preset", "preset", "Text to video", None, "a boat",
+                                        "", 32, 32, 5, 2, 1.0, 5.0, 0, progress=lambda *a, **k: None))
 
 
 def test_models_without_a_distilled_file_default_to_their_base_schedule(tmp_path):
