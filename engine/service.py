@@ -271,6 +271,16 @@ class VideoService:
         if self._loaded and self._loaded[0] == key:
             self._last_load = (False, 0.0)
             return self._loaded[1]
+        if self._loaded and _differs_only_in_attention(self._loaded[0], key):
+            # install_for_pipeline replaces (or removes) attn1's processor; the fused block reads the
+            # choice at every call, so the loaded weights stay as they are
+            from .attention import install_for_pipeline
+
+            loaded = self._loaded[1]
+            install_for_pipeline(loaded.pipe, cfg)
+            loaded.config = cfg
+            self._loaded, self._last_load = (key, loaded), (False, 0.0)
+            return loaded
         self._unload()  # one model in memory at a time
         if model == TINY:
             loaded, download_s = build_tiny(task, cfg, preset=preset), 0.0
@@ -331,6 +341,22 @@ class VideoService:
         with GPU_LOCK:
             name, cfg = self.config(model)
             self._load(model, self.tasks(model)[0], name, cfg, on_download)
+
+
+ATTENTION_KEYS = ("self_attn_1_type", "cross_attn_1_type", "cross_attn_2_type", "attn_bf16_first_steps",
+                  "attn_bf16_last_steps", "attn_bf16_blocks")
+
+
+def _differs_only_in_attention(old: LoadKey, new: LoadKey) -> bool:
+    """The same model and weights with another attention choice: swapped on the loaded pipeline. (The
+    decoder is not swapped: a LightVAE replaces the full VAE, which a later "full" would need back, and
+    offload hooks are placed around the decoder when the model is built.)"""
+    import json
+
+    if (old.model, old.task) != (new.model, new.task):
+        return False
+    a, b = json.loads(old.config_json), json.loads(new.config_json)
+    return a != b and all(a.get(k) == b.get(k) for k in set(a) | set(b) if k not in ATTENTION_KEYS)
 
 
 def _tiny_takes_no_decoder(model: str, cfg: QuantConfig) -> None:
