@@ -152,7 +152,8 @@ def screenshot(browser, name):
 @pytest.mark.slow
 def test_page_in_headless_chromium(app_url):
     """Errors stay in the status line (20 s later too), an empty Shift box means the scheduler's own shift,
-    an emptied Number field arrives as 0 and is named, and a run shows the statistics table."""
+    an emptied Number field arrives as 0 and is named, a run shows the statistics table, and a run with
+    the live preview on shows its picture."""
     browser = chromium_driver()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -190,5 +191,13 @@ def test_page_in_headless_chromium(app_url):
         table = table_box.text
         assert "Time per step" in table and "Model load" in table and "int8" in table
         screenshot(browser, "app-chromium.png")
+        # Live preview on: the picture box shows the last step's latents beside the video.
+        box = browser.find_element(By.CSS_SELECTOR, "#live-preview input[type=checkbox]")
+        assert box.is_enabled() and "own (tiny) VAE" in browser.find_element(By.ID, "live-preview").text
+        box.click()
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda b: "Done:" in status_text(b) and b.find_elements(By.CSS_SELECTOR, "#preview img"))
+        assert browser.find_element(By.CSS_SELECTOR, "#preview img").get_attribute("src")
+        screenshot(browser, "app-live-preview.png")
     finally:
         browser.quit()

@@ -78,9 +78,14 @@ def frames_for(pipe, latents: torch.Tensor, own_vae: bool = False) -> np.ndarray
     return None
 
 
+PICTURE_SIDE = 256  # small previews (the demo's 32x32) are enlarged to about this, pixel for pixel
+
+
 def picture(frames: np.ndarray) -> np.ndarray:
-    """The middle frame, the preview shown."""
-    return frames[len(frames) // 2]
+    """The middle frame, the preview shown; enlarged by a whole factor (nearest) when it is small."""
+    frame = frames[len(frames) // 2]
+    factor = max(1, PICTURE_SIDE // max(frame.shape[:2]))
+    return frame.repeat(factor, 0).repeat(factor, 1) if factor > 1 else frame
 
 
 def _own_vae_frames(vae, latents: torch.Tensor) -> np.ndarray:
