@@ -125,8 +125,8 @@ class Handlers:
         finally:
             if watch is not None:
                 watch.set()
-            if not finished:  # the client went away mid-run (Gradio closed this generator)
-                self.stops.stop_job(owner, job_id)
+            if not finished and self._forked:  # the client went away mid-run (Gradio closed this generator);
+                self.stops.stop_job(owner, job_id)  # in this process `_job` itself stops the run when closed
 
     def _job(self, model, preset, dit, t5, clip, task_label, image, prompt, negative, width, height, frames, steps,
              guidance, shift, seed, random_seed, attention, decoder, preview, owner, job_id, progress):
@@ -175,7 +175,8 @@ class Handlers:
             req = self._request(model, task_label, image, prompt, negative, width, height, frames, steps,
                                 guidance, shift, seed, random_seed)
             show, why = preview_availability(self.service, model, preset, decoder) if preview else (False, "")
-            note = f"\n\n**No live preview:** {why}" if preview and not show else ""
+            notes = [f"**No live preview:** {why}"] if preview and not show else []
+            shown = [show]  # turned off for the rest of the run if a preview decode fails
 
             def downloading(p):
                 progress(p.fraction, desc=f"downloading {p.filename or 'done'} "
@@ -184,8 +185,14 @@ class Handlers:
             def stepped(s):
                 progress((s.step, s.total), desc=f"denoising step {s.step}/{s.total} ({s.seconds:.2f} s)",
                          unit="steps")
-                if show and s.latents is not None:
-                    frames_ = preview_frames(s.pipe, s.latents, own_vae=model == TINY)
+                if shown[0] and s.latents is not None:
+                    try:
+                        frames_ = preview_frames(s.pipe, s.latents, own_vae=model == TINY)
+                    except Exception as e:  # noqa: BLE001 - a preview must not end the video; said below
+                        log.exception("live preview failed")
+                        shown[0] = False
+                        notes.append(f"**Live preview stopped** at step {s.step}: {type(e).__name__}: {e}")
+                        return
                     if frames_ is not None:
                         updates.put(("preview", preview_picture(frames_)))
 
@@ -203,8 +210,10 @@ class Handlers:
             raise self._fail(owner, f"Generation failed: {type(e).__name__}: {e}. The server log has the details; "
                                     "a lighter preset, fewer frames or a smaller size may help.") from None
         stats = result.stats.as_dict()
+        extra = "".join(f"\n\n{n}" for n in notes)
         status = (f"**Done:** {result.frames} frames at {result.width}x{result.height}, seed {req.seed}, in "
-                  f"{stats['total_s']} s ({stats['mean_step_s']} s per step).{note}\n\n"
+                  f"{stats['total_s']} s ({stats['mean_step_s']} s per step"
+                  f"{', each with its preview decode' if show else ''}).{extra}\n\n"
                   f"{self.service.loaded_summary()}")
         return str(result.path), stats_table(stats), stats, status, req.seed, gr.update()
 
