@@ -22,7 +22,7 @@ from engine.request import VideoRequest
 
 from engine.service import TINY
 
-from .jobs import event_alive
+from .jobs import event_alive, event_id, watch_client
 from .preview import availability as preview_availability
 from .preview import frames_for as preview_frames
 from .preview import picture as preview_picture
@@ -110,8 +110,8 @@ class Handlers:
         runs in `_job`, which on ZeroGPU is the `spaces.GPU` call in a forked worker."""
         owner = getattr(request, "session_hash", None)
         self._errors.pop(owner, None)
-        job_id = _event_id()
-        watch = _watch_client(self.stops, owner, job_id) if self._forked else None
+        job_id = event_id()
+        watch = watch_client(self.stops, owner, job_id, WATCH_S) if self._forked else None
         finished = False
         try:
             yield from self._gpu_job(model, preset, dit, t5, clip, task_label, image, prompt, negative, width,
@@ -265,30 +265,6 @@ class Handlers:
         if marked or cancelled:
             return "**Stopping** after the current step…"
         return "Nothing of yours is running."
-
-
-def _event_id() -> str | None:
-    """Gradio's id of the event running this handler (ZeroGPU hands the same id to its worker)."""
-    from gradio.context import LocalContext
-
-    return LocalContext.event_id.get(None)
-
-
-def _watch_client(stops: StopBoard, owner, job_id) -> threading.Event | None:
-    """On ZeroGPU the worker cannot see Gradio's queue: this process watches whether the client is still
-    there and, when it leaves, marks the job to stop. Returns the event that ends the watch."""
-    alive = event_alive()
-    if alive is None:
-        return None
-    done = threading.Event()
-
-    def watch():
-        while not done.wait(WATCH_S):
-            if not alive():
-                stops.stop_job(owner, job_id)
-                return
-    threading.Thread(target=watch, daemon=True, name="client-watch").start()
-    return done
 
 
 def number_updates(req: VideoRequest, limits) -> list:
