@@ -43,6 +43,8 @@ class StepInfo:
     step: int  # 1-based
     total: int
     seconds: float  # this step's duration
+    latents: object = None  # the latents after this step (normalised, as the DiT sees them): live previews
+    pipe: object = None  # the pipeline that made them (its VAE config un-normalises them)
 
 
 @dataclass
@@ -126,7 +128,7 @@ def _run(model, req, out_dir, on_step, cancel) -> VideoResult:
         marks.setdefault("steps", []).append(now - last)
         marks["last"] = now
         if on_step:
-            on_step(StepInfo(index + 1, req.steps, now - last))
+            on_step(StepInfo(index + 1, req.steps, now - last, kwargs.get("latents"), pipe))
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"stopped after step {index + 1} of {req.steps}")
         return kwargs

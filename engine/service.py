@@ -285,6 +285,16 @@ class VideoService:
         if self._loaded and self._loaded[0] == key:
             self._last_load = (False, 0.0)
             return self._loaded[1]
+        if self._loaded and _differs_only_in_attention(self._loaded[0], key):
+            # install_for_pipeline replaces (or removes) attn1's processor; the fused block reads the
+            # choice at every call, so the loaded weights stay as they are
+            from .attention import install_for_pipeline
+
+            loaded = self._loaded[1]
+            install_for_pipeline(loaded.pipe, cfg)
+            loaded.config = cfg
+            self._loaded, self._last_load = (key, loaded), (False, 0.0)
+            return loaded
         self._unload()  # one model in memory at a time
         if model == TINY:
             loaded, download_s = build_tiny(task, cfg, preset=preset), 0.0
@@ -352,6 +362,22 @@ def _z_dim(entry) -> int:
     from .memory import arch_of_entry
 
     return 48 if arch_of_entry(entry).in_channels == 48 else 16
+
+
+ATTENTION_KEYS = ("self_attn_1_type", "cross_attn_1_type", "cross_attn_2_type", "attn_bf16_first_steps",
+                  "attn_bf16_last_steps", "attn_bf16_blocks")
+
+
+def _differs_only_in_attention(old: LoadKey, new: LoadKey) -> bool:
+    """The same model and weights with another attention choice: swapped on the loaded pipeline. (The
+    decoder is not swapped: a LightVAE replaces the full VAE, which a later "full" would need back, and
+    offload hooks are placed around the decoder when the model is built.)"""
+    import json
+
+    if (old.model, old.task) != (new.model, new.task):
+        return False
+    a, b = json.loads(old.config_json), json.loads(new.config_json)
+    return a != b and all(a.get(k) == b.get(k) for k in set(a) | set(b) if k not in ATTENTION_KEYS)
 
 
 def _tiny_takes_no_decoder(model: str, cfg: QuantConfig) -> None:

@@ -89,7 +89,7 @@ def test_another_tabs_stop_leaves_the_job_running_to_the_end(app):
     assert gates["held"].wait(120)
     assert b.predict(api_name="/stop") == "Nothing of yours is running."
     gates["release"].set()
-    _video, table, stats, status, seed = job.result(timeout=120)
+    _video, table, stats, status, seed, _preview = job.result(timeout=120)
     assert status.startswith("**Done:** 5 frames") and len(stats["per_step_s"]) == 3 and seed == 1
     assert "| Time per step |" in table
     # one copy: the video is written into Gradio's cache, which serves it from there
@@ -109,7 +109,7 @@ def test_the_owner_stops_its_own_job(app):
     assert gates["held"].wait(120)
     assert a.predict(api_name="/stop").startswith("**Stopping**")
     gates["release"].set()
-    video, _table, _stats, status, _seed = job.result(timeout=120)
+    video, _table, _stats, status, _seed, _preview = job.result(timeout=120)
     assert video is None and status == "**Stopped:** stopped after step 1 of 3"
 
 
@@ -125,7 +125,7 @@ def test_a_cancelled_job_lets_the_queued_jobs_run(app):
     held_job.cancel()  # Gradio's /cancel: the tab gives up; its worker thread still sits at step 1
     assert gates["waited"].wait(120)  # the queued job started and waits for the GPU, not refused
     gates["release"].set()  # the abandoned job reaches its next step check and ends itself
-    _video, _table, stats, status, _seed = queued.result(timeout=180)
+    _video, _table, stats, status, _seed, _preview = queued.result(timeout=180)
     assert status.startswith("**Done:**") and len(stats["per_step_s"]) == 3
     assert len(set(service.out_dir.glob("video-*.mp4")) - before) == 1  # only the queued job's video
     assert service.outcomes == [(HOLD, "Cancelled: stopped after step 1 of 3"), ("a queued boat", "done")]
@@ -145,7 +145,7 @@ def test_a_closed_tab_stops_its_job_at_the_next_step(app):
     config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
     fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
     data = [TINY, "auto", "preset", "preset", "preset", "Text to video", None, HOLD, "", 32, 32, 5, 3, 1.0, "5", 1,
-            False, "preset", "preset"]  # ..., random seed, self-attention, decoder
+            False, "preset", "preset", False]  # ..., random seed, self-attention, decoder, live preview
     join = urllib.request.Request(url + "gradio_api/queue/join", json.dumps(
         {"data": data, "fn_index": fn_index, "session_hash": "closing-tab", "trigger_id": None}).encode(),
         headers={"Content-Type": "application/json"})
@@ -163,7 +163,7 @@ def test_a_closed_tab_stops_its_job_at_the_next_step(app):
         assert time.monotonic() < deadline, "Gradio did not notice the closed stream"
         time.sleep(0.2)
     gates["release"].set()
-    _video, _table, _stats, status, _seed = submit(client(url), "the next boat").result(timeout=180)
+    _video, _table, _stats, status, _seed, _preview = submit(client(url), "the next boat").result(timeout=180)
     assert status.startswith("**Done:**")
     assert service.outcomes == [(HOLD, "Cancelled: stopped after step 1 of 3"), ("the next boat", "done")]
 
@@ -206,3 +206,24 @@ def test_request_bodies_are_bounded(app):
     finally:
         conn.close()
     assert status != 200
+
+
+def test_live_previews_arrive_before_the_video(app):
+    """The handler streams: with "Live preview" on, a decoded picture of the latents comes after each of
+    the 3 steps, before the output that carries the video."""
+    from PIL import Image
+
+    url, _service, gates = app
+    reset(gates)
+    c = client(url)
+    job = c.submit(model=TINY, preset="auto", dit="preset", t5="preset", clip="preset", task_label="Text to video",
+                   image=None, prompt="a previewed boat", negative="", width=48, height=32, frames=5, steps=3,
+                   guidance=1.0, shift="5", seed=1, random_seed=False, attention="preset", decoder="preset",
+                   preview=True, api_name="/generate")
+    video, _table, _stats, status, _seed, _preview = job.result(timeout=180)
+    outputs = job.outputs()
+    assert status.startswith("**Done:**") and video and outputs[-1][0] == video
+    early = [o for o in outputs[:-1] if isinstance(o[5], str)]
+    assert len(early) == 3 and all(not isinstance(o[0], str) for o in early)  # a picture per step, no video yet
+    sizes = {Image.open(o[5]).size for o in early}
+    assert len(sizes) == 1 and all(w * 32 == h * 48 and w >= 48 for w, h in sizes)  # the video's shape

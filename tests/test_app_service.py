@@ -227,8 +227,8 @@ def test_unforeseen_failure_reaches_the_user_as_a_sentence(service, monkeypatch)
 
     monkeypatch.setattr(service, "run", broken)
     with pytest.raises(gr.Error, match="Generation failed: RuntimeError: CUDA error.*lighter preset"):
-        Handlers(service).generate(TINY, "auto", "preset", "preset", "preset", "Text to video", None, "a boat",
-                                   "", 32, 32, 5, 2, 1.0, 5.0, 0, progress=lambda *a, **k: None)
+        list(Handlers(service).generate(TINY, "auto", "preset", "preset", "preset", "Text to video", None, "a boat",
+                                        "", 32, 32, 5, 2, 1.0, 5.0, 0, progress=lambda *a, **k: None))
 
 
 def test_models_without_a_distilled_file_default_to_their_base_schedule(tmp_path):
@@ -271,3 +271,30 @@ def test_load_time_is_reported_apart_from_the_run(service):
     assert first.stats.seconds_load > 0 and first.stats.seconds_download == 0.0
     assert again.stats.seconds_load is None and again.stats.as_dict()["load_s"] is None
     assert first.stats.as_dict()["load_s"] == round(first.stats.seconds_load, 3)
+
+
+def test_changing_only_the_attention_swaps_it_on_the_loaded_model(service):
+    """8-bit self-attention and back: the same loaded pipeline (no rebuild), its processors swapped; a
+    scheme change still rebuilds."""
+    from engine.attention.install import EightBitSelfAttnProcessor
+
+    first = service.run(TINY, tiny_request(), overrides=dict(attention="bf16"))
+    pipe = service._loaded[1].pipe
+    procs = lambda: {type(b.attn1.processor) for b in pipe.transformer.blocks}  # noqa: E731
+    assert EightBitSelfAttnProcessor not in procs()
+    eight = service.run(TINY, tiny_request(), overrides=dict(attention="8-bit"))
+    assert service._loaded[1].pipe is pipe and eight.stats.seconds_load is None
+    assert procs() == {EightBitSelfAttnProcessor}
+    assert service._loaded[1].config.get("self_attn_1_type") == "sage_attn2"
+    back = service.run(TINY, tiny_request(), overrides=dict(attention="bf16"))
+    assert service._loaded[1].pipe is pipe and EightBitSelfAttnProcessor not in procs()
+    assert first.stats.seconds_load is not None
+    import imageio.v2 as imageio
+    import numpy as np
+
+    def frames(result):
+        with imageio.get_reader(result.path, format="ffmpeg") as reader:
+            return np.stack([reader.get_data(i) for i in range(reader.count_frames())])
+    assert np.array_equal(frames(back), frames(first))  # swapped back: the same video as the first bf16 run
+    service.run(TINY, tiny_request(), overrides=dict(attention="bf16", dit="int8", t5="bf16"))
+    assert service._loaded[1].pipe is not pipe  # another scheme: built anew

@@ -68,12 +68,12 @@ def test_generate_through_gradio_client(app_url, tmp_path):
     client = Client(app_url, verbose=False)
     common = dict(model="tiny", preset="auto", dit="preset", t5="preset", clip="preset", negative="",
                   guidance=1.0, shift="5", seed=3, random_seed=False)
-    video, _table, stats, status, _seed = client.predict(**common, task_label="Text to video", image=None, prompt="a red kite",
+    video, _table, stats, status, _seed, _preview = client.predict(**common, task_label="Text to video", image=None, prompt="a red kite",
                                           width=48, height=32, frames=9, steps=2, api_name="/generate")
     assert read_mp4(video) == (9, (32, 48, 3))
     assert len(stats["per_step_s"]) == 2 and "transformer" in stats["kernels"] and "Done:** 9 frames" in status
     Image.new("RGB", (64, 64), "green").save(tmp_path / "in.png")
-    video, _table, stats, _status, _seed = client.predict(**common, task_label="Image to video", image=handle_file(str(tmp_path / "in.png")),
+    video, _table, stats, _status, _seed, _preview = client.predict(**common, task_label="Image to video", image=handle_file(str(tmp_path / "in.png")),
                                      prompt="grass waving", width=32, height=32, frames=5, steps=2,
                                      api_name="/generate")
     assert read_mp4(video)[0] == 5 and "image_encoder" in stats["kernels"]
@@ -100,7 +100,7 @@ def test_a_server_path_in_the_request_is_refused(app_url, tmp_path):
     Image.new("RGB", (32, 32), "red").save(tmp_path / "private.png")
     image = {"path": str(tmp_path / "private.png"), "meta": {"_type": "gradio.FileData"}}
     data = ["tiny", "auto", "preset", "preset", "preset", "Image to video", image, "x", "", 32, 32, 5, 1, 1.0, "5", 1,
-            False, "preset", "preset"]  # ..., random seed, self-attention, decoder
+            False, "preset", "preset", False]  # ..., random seed, self-attention, decoder, live preview
     post = urllib.request.Request(app_url + "gradio_api/call/generate", json.dumps({"data": data}).encode(),
                                   headers={"Content-Type": "application/json"})
     event = json.loads(urllib.request.urlopen(post, timeout=30).read())["event_id"]
@@ -152,7 +152,8 @@ def screenshot(browser, name):
 @pytest.mark.slow
 def test_page_in_headless_chromium(app_url):
     """Errors stay in the status line (20 s later too), an empty Shift box means the scheduler's own shift,
-    an emptied Number field arrives as 0 and is named, and a run shows the statistics table."""
+    an emptied Number field arrives as 0 and is named, a run shows the statistics table, and a run with
+    the live preview on shows its picture."""
     browser = chromium_driver()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -190,5 +191,13 @@ def test_page_in_headless_chromium(app_url):
         table = table_box.text
         assert "Time per step" in table and "Model load" in table and "int8" in table
         screenshot(browser, "app-chromium.png")
+        # Live preview on: the picture box shows the last step's latents beside the video.
+        box = browser.find_element(By.CSS_SELECTOR, "#live-preview input[type=checkbox]")
+        assert box.is_enabled() and "own (tiny) VAE" in browser.find_element(By.ID, "live-preview").text
+        box.click()
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda b: "Done:" in status_text(b) and b.find_elements(By.CSS_SELECTOR, "#preview img"))
+        assert browser.find_element(By.CSS_SELECTOR, "#preview img").get_attribute("src")
+        screenshot(browser, "app-live-preview.png")
     finally:
         browser.quit()

@@ -65,9 +65,10 @@ def click_generate(service, model, prompt, **changed):
         from PIL import Image
 
         image = Image.open(f"{ROOT}/assets/example-lake.png")
-    return Handlers(service).generate(model, v["preset"], "preset", "preset", "preset", v["task"], image, prompt, "",
-                                      v["width"], v["height"], v["frames"], v["steps"], v["guidance"], v["shift"],
-                                      v["seed"], v["random-seed"], progress=lambda *a, **k: None)
+    outputs = Handlers(service).generate(model, v["preset"], "preset", "preset", "preset", v["task"], image, prompt,
+                                         "", v["width"], v["height"], v["frames"], v["steps"], v["guidance"],
+                                         v["shift"], v["seed"], v["random-seed"], progress=lambda *a, **k: None)
+    return list(outputs)[-1]  # the handler streams (live previews); the last output is the result
 
 
 @pytest.mark.parametrize("model", list(CATALOG))

@@ -102,5 +102,18 @@ def test_preload_from_hub_is_exactly_what_the_default_model_downloads(card, monk
         exact = [p for p in patterns if not any(ch in p for ch in "*?[")]
         assert set(exact) <= set(files), f"{repo}: {set(exact) - set(files)} not preloaded"
         for folder in ("transformer", "vae"):
-            if f"{folder}/*" in patterns:
-                assert f"{folder}/diffusion_pytorch_model.safetensors" in files  # the weights themselves
+            if f"{folder}/*" in patterns:  # the weights themselves: one file, or an index and every shard
+                assert weights_listed(folder, files), f"{repo}/{folder}: weights not preloaded"
+
+
+def weights_listed(folder: str, files: list[str]) -> bool:
+    """diffusers names a folder's weights `diffusion_pytorch_model.safetensors`, or shards
+    `diffusion_pytorch_model-0000K-of-0000N.safetensors` with `diffusion_pytorch_model.safetensors.index.json`."""
+    if f"{folder}/diffusion_pytorch_model.safetensors" in files:
+        return True
+    shards = [m for f in files if (m := re.fullmatch(rf"{folder}/diffusion_pytorch_model-(\d{{5}})-of-(\d{{5}})"
+                                                     r"\.safetensors", f))]
+    if not shards or f"{folder}/diffusion_pytorch_model.safetensors.index.json" not in files:
+        return False
+    total = {int(m.group(2)) for m in shards}
+    return len(total) == 1 and sorted(int(m.group(1)) for m in shards) == list(range(1, total.pop() + 1))

@@ -6,8 +6,11 @@ No model code here: everything goes through engine.service.VideoService. A faile
 """
 from __future__ import annotations
 
+import contextvars
 import logging
+import queue
 import secrets
+import threading
 from collections import OrderedDict
 
 import gradio as gr
@@ -17,20 +20,33 @@ from engine.generate import Cancelled
 from engine.presets import list_presets
 from engine.request import VideoRequest
 
-from .jobs import event_alive
+from engine.service import TINY
+
+from .jobs import event_alive, event_id, watch_client
+from .preview import availability as preview_availability
+from .preview import frames_for as preview_frames
+from .preview import picture as preview_picture
 from .stats_view import stats_table
+from .stops import StopBoard
+from .zerogpu import on_gpu
 
 log = logging.getLogger("ui")
 TASK_LABELS = {"t2v": "Text to video", "i2v": "Image to video"}
 TASK_OF = {label: task for task, label in TASK_LABELS.items()}
 MAX_SEED = 2**32 - 1
-KEPT_ERRORS = 256  # per-tab error sentences kept for the status line (oldest dropped)
+KEPT_ERRORS = 256
+WATCH_S = 0.5  # how often the app looks whether a ZeroGPU job's client is still there  # per-tab error sentences kept for the status line (oldest dropped)
 
 
 class Handlers:
-    def __init__(self, service):
+    def __init__(self, service, stops: StopBoard | None = None):
         self.service = service
         self._errors: OrderedDict[str, str] = OrderedDict()
+        # Made here, before ZeroGPU forks its worker (at the first GPU call), so both processes share it.
+        self.stops = stops or StopBoard()
+        job = self._job
+        self._gpu_job = on_gpu(job)  # the job itself: ZeroGPU's `spaces.GPU` call, or plain
+        self._forked = self._gpu_job is not job
 
     # ---- texts -------------------------------------------------------------------------------
     def hardware_text(self) -> str:
@@ -89,14 +105,79 @@ class Handlers:
     # ---- a run -----------------------------------------------------------------------------------
     def generate(self, model, preset, dit, t5, clip, task_label, image, prompt, negative, width, height, frames,
                  steps, guidance, shift, seed, random_seed=False, attention="preset", decoder="preset",
-                 request: gr.Request = None,
-                 progress=gr.Progress()):
-        """Returns (video path, stats table, stats dict, status markdown, seed used)."""
+                 preview=False, request: gr.Request = None, progress=gr.Progress()):
+        """Yields (video path, stats table, stats dict, status markdown, seed used, preview picture): a
+        preview after each step when asked for, then the result. Runs in the app's process; the job itself
+        runs in `_job`, which on ZeroGPU is the `spaces.GPU` call in a forked worker."""
         owner = getattr(request, "session_hash", None)
         self._errors.pop(owner, None)
+        job_id = event_id()
+        watch = watch_client(self.stops, owner, job_id, WATCH_S) if self._forked else None
+        finished = False
+        try:
+            yield from self._gpu_job(model, preset, dit, t5, clip, task_label, image, prompt, negative, width,
+                                     height, frames, steps, guidance, shift, seed, random_seed, attention, decoder,
+                                     preview, owner, job_id, progress)
+            finished = True
+        except gr.Error as e:
+            finished = True
+            self._keep_error(owner, getattr(e, "message", str(e)))  # the status line reads it here
+            raise
+        finally:
+            if watch is not None:
+                watch.set()
+            if not finished and self._forked:  # the client went away mid-run (Gradio closed this generator);
+                self.stops.stop_job(owner, job_id)  # in this process `_job` itself stops the run when closed
+
+    def _job(self, model, preset, dit, t5, clip, task_label, image, prompt, negative, width, height, frames, steps,
+             guidance, shift, seed, random_seed, attention, decoder, preview, owner, job_id, progress):
+        """The run, as a generator of output tuples. Under ZeroGPU it runs in the forked worker: Stop
+        reaches it through `self.stops` (a flag on disk), never through this process's memory."""
+        # Gradio's queue lives in the app's process; a forked worker has only a stale copy of it.
+        client_alive = event_alive() if self.stops.in_app_process() else None
+        updates: queue.Queue = queue.Queue()
+        with self.stops.job(owner, job_id) as job:
+            def alive() -> bool:
+                return not job.stopped() and (client_alive is None or client_alive())
+
+            def work():
+                try:
+                    updates.put(("done", self._run(model, preset, dit, t5, clip, task_label, image, prompt,
+                                                   negative, width, height, frames, steps, guidance, shift, seed,
+                                                   random_seed, attention, decoder, preview, owner, alive,
+                                                   progress, updates)))
+                except BaseException as e:  # noqa: BLE001 - handed to the generator, which raises it
+                    updates.put(("error", e))
+
+            # The run goes on in a thread so that this generator can yield previews while it works;
+            # the copied context carries Gradio's progress and event to it.
+            worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True,
+                                      name="video-job")
+            worker.start()
+            try:
+                while True:
+                    kind, value = updates.get()
+                    if kind == "preview":
+                        yield gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), value
+                    elif kind == "done":
+                        yield value
+                        return
+                    else:
+                        raise value
+            finally:
+                if worker.is_alive():  # closed early: stop at the next step, then let the marks go
+                    job.stop()
+                    worker.join()
+
+    def _run(self, model, preset, dit, t5, clip, task_label, image, prompt, negative, width, height, frames, steps,
+             guidance, shift, seed, random_seed, attention, decoder, preview, owner, alive, progress, updates):
+        """One run in the job's thread: the final output tuple, or gr.Error with a sentence."""
         try:
             req = self._request(model, task_label, image, prompt, negative, width, height, frames, steps,
                                 guidance, shift, seed, random_seed)
+            show, why = preview_availability(self.service, model, preset, decoder) if preview else (False, "")
+            notes = [f"**No live preview:** {why}"] if preview and not show else []
+            shown = [show]  # turned off for the rest of the run if a preview decode fails
 
             def downloading(p):
                 progress(p.fraction, desc=f"downloading {p.filename or 'done'} "
@@ -105,14 +186,24 @@ class Handlers:
             def stepped(s):
                 progress((s.step, s.total), desc=f"denoising step {s.step}/{s.total} ({s.seconds:.2f} s)",
                          unit="steps")
+                if shown[0] and s.latents is not None:
+                    try:
+                        frames_ = preview_frames(s.pipe, s.latents, own_vae=model == TINY)
+                    except Exception as e:  # noqa: BLE001 - a preview must not end the video; said below
+                        log.exception("live preview failed")
+                        shown[0] = False
+                        notes.append(f"**Live preview stopped** at step {s.step}: {type(e).__name__}: {e}")
+                        return
+                    if frames_ is not None:
+                        updates.put(("preview", preview_picture(frames_)))
 
             progress(0, desc="loading the model")
-            result = self.service.run(model, req, preset=preset, overrides=dict(dit=dit, t5=t5, clip=clip, attention=attention,
-                                                                          decoder=decoder),
-                                      on_download=downloading, on_step=stepped, owner=owner, alive=event_alive(),
+            result = self.service.run(model, req, preset=preset, overrides=dict(dit=dit, t5=t5, clip=clip,
+                                                                                attention=attention, decoder=decoder),
+                                      on_download=downloading, on_step=stepped, owner=owner, alive=alive,
                                       on_wait=lambda: progress(0, desc="waiting for the job ahead to finish"))
         except Cancelled as e:
-            return None, "", None, f"**Stopped:** {e}", gr.update()
+            return None, "", None, f"**Stopped:** {e}", gr.update(), gr.update()
         except EngineError as e:
             raise self._fail(owner, str(e)) from None
         except Exception as e:  # an unforeseen failure (driver, CUDA, library): a sentence, not a traceback
@@ -120,9 +211,17 @@ class Handlers:
             raise self._fail(owner, f"Generation failed: {type(e).__name__}: {e}. The server log has the details; "
                                     "a lighter preset, fewer frames or a smaller size may help.") from None
         stats = result.stats.as_dict()
+        extra = "".join(f"\n\n{n}" for n in notes)
         status = (f"**Done:** {result.frames} frames at {result.width}x{result.height}, seed {req.seed}, in "
-                  f"{stats['total_s']} s ({stats['mean_step_s']} s per step).\n\n{self.service.loaded_summary()}")
-        return str(result.path), stats_table(stats), stats, status, req.seed
+                  f"{stats['total_s']} s ({stats['mean_step_s']} s per step"
+                  f"{', each with its preview decode' if show else ''}).{extra}\n\n"
+                  f"{self.service.loaded_summary()}")
+        return str(result.path), stats_table(stats), stats, status, req.seed, gr.update()
+
+    def preview_box(self, model: str, preset: str = "auto", decoder: str = "preset"):
+        """The preview checkbox for this model and decoder: usable, or greyed out with the reason."""
+        ok, why = preview_availability(self.service, model, preset, decoder)
+        return gr.update(interactive=ok, info=why, **({} if ok else {"value": False}))
 
     def _request(self, model, task_label, image, prompt, negative, width, height, frames, steps, guidance, shift,
                  seed, random_seed) -> VideoRequest:
@@ -141,11 +240,14 @@ class Handlers:
                             fps=default.fps, guidance_2=guidance_2)
 
     def _fail(self, owner, message: str) -> gr.Error:
+        self._keep_error(owner, message)
+        return gr.Error(message)
+
+    def _keep_error(self, owner, message: str) -> None:
         if owner:
             self._errors[owner] = message
             while len(self._errors) > KEPT_ERRORS:
                 self._errors.popitem(last=False)
-        return gr.Error(message)
 
     def last_error(self, request: gr.Request = None):
         """(status line, video) after a failed run: this tab's sentence, kept until its next run; the
@@ -156,8 +258,12 @@ class Handlers:
         return "**Error:** " + _plain(message), None
 
     def stop(self, request: gr.Request = None):
-        """Stops this tab's job only (its session), running or waiting."""
-        if self.service.cancel(getattr(request, "session_hash", None) or "-"):
+        """Stops this tab's job only (its session), running or waiting, in this process or in a ZeroGPU
+        worker (through the stop board, which both see)."""
+        owner = getattr(request, "session_hash", None) or "-"
+        marked = self.stops.stop(owner)
+        cancelled = self.service.cancel(owner)
+        if marked or cancelled:
             return "**Stopping** after the current step…"
         return "Nothing of yours is running."
 

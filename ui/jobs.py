@@ -7,6 +7,7 @@ Gradio keeps the event in contextvars (`LocalContext`) for the handler's thread,
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 
@@ -24,3 +25,27 @@ def event_alive() -> Callable[[], bool] | None:
         return event is not None and bool(getattr(event, "alive", True))
 
     return alive
+
+
+def event_id() -> str | None:
+    """Gradio's id of the event running this handler (ZeroGPU hands the same id to its worker)."""
+    from gradio.context import LocalContext
+
+    return LocalContext.event_id.get(None)
+
+
+def watch_client(stops, owner, job_id, every_s: float) -> threading.Event | None:
+    """On ZeroGPU the worker cannot see Gradio's queue: this process watches whether the client is still
+    there and, when it leaves, marks the job to stop. Returns the event that ends the watch."""
+    alive = event_alive()
+    if alive is None:
+        return None
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(every_s):
+            if not alive():
+                stops.stop_job(owner, job_id)
+                return
+    threading.Thread(target=watch, daemon=True, name="client-watch").start()
+    return done

@@ -11,7 +11,7 @@ from engine.service import SCHEME_CHOICES
 from engine.vae.choice import DECODER_NOTES
 
 from .handlers import MAX_SEED, TASK_LABELS, Handlers, number_updates, size_labels
-from .zerogpu import on_gpu
+from .preview import availability as preview_availability
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 CACHE_BOUNDS = (3600, 24 * 3600)  # Gradio's copies of videos and uploads: checked hourly, kept a day
@@ -81,6 +81,9 @@ def build_ui(service) -> gr.Blocks:
                 with gr.Row():
                     seed = gr.Number(42, label=f"Seed (0–{MAX_SEED})", precision=0, elem_id="seed")
                     random_seed = gr.Checkbox(False, label="Random seed", elem_id="random-seed")
+                preview_ok, preview_why = preview_availability(service, model0)
+                preview = gr.Checkbox(False, label="Live preview (tiny decoder)", info=preview_why,
+                                      interactive=preview_ok, elem_id="live-preview")
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -89,6 +92,8 @@ def build_ui(service) -> gr.Blocks:
                 gr.Examples(images, [image, prompt], label="Example image (for image to video)")
             with gr.Column():
                 video = gr.Video(label="Video", format="mp4", elem_id="video", autoplay=False)
+                picture = gr.Image(label="Live preview (latest step)", type="numpy", interactive=False,
+                                   height=240, elem_id="preview")
                 status = gr.Markdown("", elem_id="status")
                 table = gr.Markdown("", elem_id="stats-table")
                 with gr.Accordion("Raw statistics (JSON)", open=False):
@@ -101,12 +106,14 @@ def build_ui(service) -> gr.Blocks:
                      [task, image, width, height, frames, steps, guidance, shift, size, preset_info], api_name=False)
         for box in (preset, *overrides):
             box.change(h.preset_text, [model, preset, *overrides], preset_info, api_name=False)
+        for box in (model, preset, decoder):
+            box.change(h.preview_box, [model, preset, decoder], preview, api_name=False)
         task.change(h.on_task, task, image, api_name=False)
         size.change(h.on_size, size, [width, height], api_name=False)
-        job = run.click(on_gpu(h.generate), [model, preset, dit, t5, clip, task, image, prompt, negative, width,
-                                             height, frames, steps, guidance, shift, seed, random_seed, attention,
-                                             decoder],
-                        [video, table, stats, status, seed], api_name="generate", concurrency_limit=1,
+        # New inputs and outputs go last: API clients call /generate by position.
+        job = run.click(h.generate, [model, preset, dit, t5, clip, task, image, prompt, negative, width, height,
+                                     frames, steps, guidance, shift, seed, random_seed, attention, decoder, preview],
+                        [video, table, stats, status, seed, picture], api_name="generate", concurrency_limit=1,
                         show_progress_on=[video])
         job.failure(h.last_error, None, [status, video], api_name=False, show_progress="hidden")
         # Stop runs beside the job (its own concurrency group) and ends only this tab's job.

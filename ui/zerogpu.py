@@ -1,6 +1,18 @@
 """ZeroGPU on Hugging Face Spaces: a GPU is attached only while a `spaces.GPU` function runs, in a
 forked process; the model is loaded at start-up, outside it (app.py).
 
+What `spaces` 0.51.3 (PyPI) does with a decorated function, read from its source (spaces/zero/):
+- `spaces.GPU` returns the function unchanged unless the ZeroGPU config is on (`SPACES_ZERO_GPU`).
+- The first call forks a worker with multiprocessing's 'fork' context (wrappers.py `Worker`); the
+  worker is kept per GPU index and reused by later calls while it is idle and healthy, so memory made
+  in the app before that first fork (the preloaded model, ui/stops.py's folder) is there, but anything
+  changed in the app afterwards is not.
+- Each call's (args, kwargs) and a partial Gradio context (event id, progress; not the Blocks or its
+  queue) are pickled through a multiprocessing queue; `gr.Progress` updates travel back as queue RPCs.
+- A generator function streams: each yield is pickled back and re-yielded in the app; when the app's
+  generator is closed the worker's `stop_event` is set and the task's generator is closed at its next
+  yield. A plain function returns once. `gr.Error` raised in the worker is re-raised in the app.
+
 Outside a Space the `spaces` package is not used. On a Space without it (or with one that cannot
 start), a log line says so and the app runs without ZeroGPU: never a traceback.
 """
