@@ -3,7 +3,7 @@ preview decoder is at hand."""
 import numpy as np
 import torch
 
-from engine.hardware import GpuInfo
+from engine.gpu import GpuInfo
 from engine.service import TINY, VideoService
 from engine.tiny import build_tiny_pipeline
 from ui.preview import availability, frames_for

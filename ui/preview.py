@@ -34,7 +34,7 @@ def cached_tiny_file(z_dim: int = 16) -> str | None:
 def availability(service, model: str, preset: str = "auto", decoder: str = "preset") -> tuple[bool, str]:
     """(can preview, one sentence for the checkbox) for `model` with the chosen preset and decoder."""
     from engine.errors import EngineError
-    from engine.hardware import load_preset
+    from engine.presets import load_preset
     from engine.service import TINY
 
     if model == TINY:
