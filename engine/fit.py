@@ -23,9 +23,9 @@ DECODER_KEYS = ("decoder", "use_tae", "use_tiny_vae", "tae_path", "tiny_vae_path
 # decoder are offered, with their predicted need, as the faster options: each is an extra download from
 # lightx2v/Autoencoders and gives lower quality, so it is the user's choice, never a silent switch.
 LIGHTER_DECODERS = ("light", "tiny")
-# Decode seconds at 480p x 81 frames said next to them: LightX2V's published H100 bf16 numbers until
-# bench/bench_vae.py's GPU rows replace them (then also change the words "published, H100" below).
-DECODE_SECONDS = {"full": 5.5, "light": 2.1, "tiny": 0.25}
+# Decode seconds at 480p x 81 frames said next to them, measured with bench/bench_vae.py on an H200
+# (2026-12-03, docs/benchmarks.md): full VAE at the GPU default (fp16), LightVAE bf16, LightTAE bf16
+DECODE_SECONDS = {"full": 1.53, "light": 0.53, "tiny": 0.10}
 
 
 def kind_of(gpu: GpuInfo) -> str:
@@ -127,5 +127,5 @@ def faster_decoders(model, est, config, size, budget) -> str:
     return (" Decoding in tiles keeps the full VAE and its quality but is slower; the light or tiny decoder "
             "(decoder: light / tiny; an extra download from lightx2v/Autoencoders, lower quality) decodes faster "
             f"({secs['light']} s and {secs['tiny']} s against {secs['full']} s for the full VAE at 480p x 81, "
-            f"published, H100): decode-phase peak about {est.phases['decode'] / GB:.1f} GiB tiled, "
+            f"measured on an H200): decode-phase peak about {est.phases['decode'] / GB:.1f} GiB tiled, "
             f"{' and '.join(needs)} GiB with light and tiny.")
