@@ -224,7 +224,18 @@ def formats_from_config(cfg) -> Formats:
 
     # fused Wan blocks (engine/fused.py) take formats whose GEMMs read a row/group-quantized activation
     fused = dit is not None and get_format(dit).act_kind in ACT_KINDS and cfg.get("fused_wan", True) is not False
-    return Formats(dit, fmt("t5"), fmt("clip"), fused)
+    return Formats(_heaviest(cfg, "dit", dit), _heaviest(cfg, "t5", fmt("t5")), _heaviest(cfg, "clip", fmt("clip")), fused)
+
+
+def _heaviest(cfg, comp: str, fmt: str | None) -> str | None:
+    """With per-layer rules (`<comp>_layer_schemes`) the component is counted as if every linear took the
+    heaviest format among its scheme and its rules (bf16 when a rule keeps layers unquantized): an upper
+    bound, so a rule never makes the chosen tier run out of memory; the rules' layer counts are not modelled."""
+    rules = getattr(getattr(cfg, comp, None), "rules", ())
+    if not rules:
+        return fmt
+    options = [fmt] + [r.scheme.format if r.scheme is not None else None for r in rules]
+    return max(options, key=lambda f: linear_bytes(5120, 5120, f))
 
 
 def placement_from_config(raw: dict) -> Placement:

@@ -148,3 +148,14 @@ def test_hub_plan_takes_the_bf16_distilled_dit_when_rules_decide_per_layer():
     assert hub.plan_downloads(entry, plain, loadable_components()).prequantized.get("dit")
     plan = hub.plan_downloads(entry, ruled, loadable_components())
     assert "dit" not in plan.prequantized and plan.distilled_dit == list(entry.distilled_bf16_files())
+
+
+def test_memory_model_counts_rules_at_their_heaviest_format():
+    """A rule keeping layers in bf16 under an fp8 scheme must not shrink the predicted weights."""
+    from engine import memory
+    from engine.config import load_config
+
+    plain = memory.formats_from_config(load_config({"dit_quant_scheme": "fp8"}))
+    ruled = memory.formats_from_config(load_config({"dit_quant_scheme": "fp8",
+                                                    "dit_layer_schemes": [["blocks\\.0\\..*", "bf16"]]}))
+    assert plain.dit == "fp8" and ruled.dit is None and ruled.fused == plain.fused
