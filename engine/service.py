@@ -281,9 +281,13 @@ class VideoService:
         import json
 
         stopped = stopped or (lambda: False)
-        key = LoadKey(model, task, json.dumps(cfg.raw, sort_keys=True))
+        # comments (`_about`) left out: two presets that configure the same thing share one loaded model
+        key = LoadKey(model, task, json.dumps({k: v for k, v in cfg.raw.items() if not str(k).startswith("_")},
+                                              sort_keys=True))
         if self._loaded and self._loaded[0] == key:
             self._last_load = (False, 0.0)
+            # another preset may configure the same thing: the status line names the one chosen
+            self._loaded[1].config, self._loaded[1].preset = cfg, preset
             return self._loaded[1]
         if self._loaded and _differs_only_in_attention(self._loaded[0], key):
             # install_for_pipeline replaces (or removes) attn1's processor; the fused block reads the
@@ -292,7 +296,7 @@ class VideoService:
 
             loaded = self._loaded[1]
             install_for_pipeline(loaded.pipe, cfg)
-            loaded.config = cfg
+            loaded.config, loaded.preset = cfg, preset
             self._loaded, self._last_load = (key, loaded), (False, 0.0)
             return loaded
         self._unload()  # one model in memory at a time

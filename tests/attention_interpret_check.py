@@ -10,6 +10,33 @@ from engine.attention import triton_sage as ts
 
 interpret_fix.install()
 seed = int(sys.argv[1])
+
+
+def at_ties(mine, ref, pre, what):
+    """The kernel's copy where it differs from the reference's only at rounding ties: each differing
+    value must have its unrounded value (`pre`, float64) at the midpoint of the two choices."""
+    diff = mine != ref
+    mid = (mine + ref)[diff] / 2
+    assert ((pre[diff] - mid).abs() <= 1e-5 * mid.abs().clamp_min(1)).all(), f"{what} differs away from a tie"
+    return mine
+
+
+def reference_with_kernel_ties(q, k, v, recipe):
+    """The reference over the kernel's own 8-bit copies, which may differ from the reference's at
+    rounding ties: the kernel divides by float32 scales and smooths K with a float32 mean, the
+    reference does both in float64. A tie in K or V moves every row of its head (seen: K of head
+    (1, 2) at seed 106490), a tie in Q one row; any other difference is a bug and fails here."""
+    q8, sq, k8, sk, v8, sv = R.sage_quantize(q, k, v, recipe)
+    x = ts.quantize_qkv(q, k, v, None, recipe.block_q, recipe.block_k)
+    n = k.shape[1]
+    per_token = lambda s, block: s.repeat_interleave(block, dim=1)[:, :n, :, None]  # noqa: E731
+    kd = k.double() - k.double().mean(dim=1, keepdim=True)
+    q8 = at_ties(x.q8[:, :, :n].permute(0, 2, 1, 3).double(), q8, q.double() / per_token(sq, recipe.block_q), "INT8 Q")
+    k8 = at_ties(x.k8[:, :, :n].permute(0, 2, 1, 3).double(), k8, kd / per_token(sk, recipe.block_k), "INT8 K")
+    v8 = at_ties(x.v8[..., :n].permute(0, 3, 1, 2).double(), v8, v.double() / sv[:, None], "FP8 V")
+    return R.sage_attend(q8, sq, k8, sk, v8, sv, recipe=recipe)
+
+
 cases = [((1, 1, 1, 64), ts.DEFAULT, (1, 1)),
          ((1, 200, 2, 64), ts.DEFAULT, (1, 1)),
          ((2, 77, 3, 32), ts.Config(128, 64, 4, 3, tma=False, fast_convert=False), (128, 64)),
@@ -19,13 +46,15 @@ for i, (shape, cfg, blocks) in enumerate(cases):
     out = torch.full_like(q, float("nan"))
     ts.attention_8bit(q, k, v, config=cfg, q_block=blocks[0], k_block=blocks[1], out=out)
     assert not torch.isnan(out).any(), (shape, cfg)
-    ref = R.sage_reference(q, k, v, recipe=R.Recipe(*blocks, cfg.block_n))
+    ref = reference_with_kernel_ties(q, k, v, R.Recipe(*blocks, cfg.block_n))
     err = R.rel_error(out, ref)
-    # the fast form folds scales into exp2 (fp32 rounding moves a few P values across an FP8 step)
-    assert err < (1e-3 if not cfg.fast_convert else 5e-3), (shape, cfg.label(), err)
+    # a P value across an FP8 step moves its row by up to a few percent: in the fast form (scales
+    # folded into exp2) a few such, in the exact form one on a tie (seen: 2.9% in one row of 462,
+    # 1.2e-3 overall, at seed 8037785); the row check below is the exact form's strict one
+    assert err < 5e-3, (shape, cfg.label(), err)
     if not cfg.fast_convert:
-        # exact form: every row equal to float32 rounding, but for a value that sits on a rounding tie
-        # (an INT8 or FP8 step; seen: one row of 462 at seed 1027861), which moves that one row only
+        # exact form: every row equal to float32 rounding, but for a Q or P value on a rounding tie,
+        # which moves its one row (seen: one row of 462 at seed 1027861)
         rows = ((out - ref).abs().amax(-1) / ref.abs().amax(-1).clamp_min(1e-30)).reshape(-1)
         assert (rows > 1e-5).float().mean() <= 0.01, (shape, cfg.label(), int((rows > 1e-5).sum()))
     print(f"ok {shape} {cfg.label()} {err:.1e}")

@@ -136,16 +136,16 @@ def test_an_abandoned_job_stops_at_its_next_step_and_frees_the_gpu(service):
 
 
 def test_out_of_memory_frees_and_suggests_a_lighter_preset(service, monkeypatch):
-    service.run(TINY, tiny_request())  # the model the next run will reuse
+    over = dict(dit="int8", t5="bf16", clip="bf16")  # hopper-fp8's layout, with schemes the CPU runs
+    service.run(TINY, tiny_request(), preset="hopper-fp8", overrides=over)  # the model the next run reuses
     loaded = service._loaded[1]
-    monkeypatch.setattr(loaded, "preset", "hopper-fp8")
 
     def boom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(type(loaded.pipe), "__call__", boom)
     with pytest.raises(GenerationError, match="lighter preset 'vram24-fp8'"):
-        service.run(TINY, tiny_request())
+        service.run(TINY, tiny_request(), preset="hopper-fp8", overrides=over)
 
 
 def test_fp8_preset_on_ampere_is_refused_with_a_sentence(tmp_path):
@@ -298,3 +298,21 @@ def test_changing_only_the_attention_swaps_it_on_the_loaded_model(service):
     assert np.array_equal(frames(back), frames(first))  # swapped back: the same video as the first bf16 run
     service.run(TINY, tiny_request(), overrides=dict(attention="bf16", dit="int8", t5="bf16"))
     assert service._loaded[1].pipe is not pipe  # another scheme: built anew
+
+
+def test_a_preset_that_configures_the_same_reuses_the_model_and_is_named(service):
+    """hopper-fp8 and blackwell-fp8 differ only in their `_about` text: the second reuses the loaded
+    model (no rebuild), and the status line names the preset chosen last, not the one that built it."""
+    from engine.presets import load_preset
+
+    differ = {k for k in load_preset("hopper-fp8").keys() | load_preset("blackwell-fp8").keys()
+              if load_preset("hopper-fp8").get(k) != load_preset("blackwell-fp8").get(k)}
+    assert differ == {"_about"}
+    over = dict(dit="int8", t5="bf16", clip="bf16")  # runnable on the CPU
+    service.run(TINY, tiny_request(), preset="hopper-fp8", overrides=over)
+    pipe = service._loaded[1].pipe
+    again = service.run(TINY, tiny_request(), preset="blackwell-fp8", overrides=over)
+    assert service._loaded[1].pipe is pipe and again.stats.seconds_load is None
+    assert "preset blackwell-fp8" in service.loaded_summary()
+    service.run(TINY, tiny_request(), preset="cpu-demo", overrides=dict(over, attention="8-bit"))
+    assert "preset cpu-demo" in service.loaded_summary()

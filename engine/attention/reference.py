@@ -70,17 +70,21 @@ class Recipe:
     sum_fp8_p: bool = False
 
 
-def sage_reference(q, k, v, scale: float | None = None, recipe: Recipe = Recipe()) -> torch.Tensor:
-    """The 8-bit attention exactly as our kernel defines it, in float64 on the CPU."""
+def sage_quantize(q, k, v, recipe: Recipe = Recipe()):
+    """The 8-bit copies the recipe defines, in float64: (q8, sq, k8, sk, v8, sv), [B, S, H, D] values
+    with scales [B, blocks, H] for q and k and [B, H, D] for v."""
     q, k, v = (t.double() for t in (q, k, v))
-    b, s_q, h, d = q.shape
-    s_k = k.shape[1]
-    scale = d ** -0.5 if scale is None else scale
     if recipe.smooth_k:
         k = k - k.mean(dim=1, keepdim=True)
-    q8, sq = quantize_int8_blocks(q, recipe.block_q)
-    k8, sk = quantize_int8_blocks(k, recipe.block_k)
-    v8, sv = quantize_fp8_channels(v)
+    return (*quantize_int8_blocks(q, recipe.block_q), *quantize_int8_blocks(k, recipe.block_k),
+            *quantize_fp8_channels(v))
+
+
+def sage_attend(q8, sq, k8, sk, v8, sv, scale: float | None = None, recipe: Recipe = Recipe()) -> torch.Tensor:
+    """Attention over given 8-bit copies (sage_quantize's layout), exactly as our kernel computes it."""
+    b, s_q, h, d = q8.shape
+    s_k = k8.shape[1]
+    scale = d ** -0.5 if scale is None else scale
     # per-token scales, heads first: [B, H, S]
     sq_t = sq.repeat_interleave(recipe.block_q, dim=1)[:, :s_q].transpose(1, 2) * scale
     sk_t = sk.repeat_interleave(recipe.block_k, dim=1)[:, :s_k].transpose(1, 2)
@@ -102,6 +106,11 @@ def sage_reference(q, k, v, scale: float | None = None, recipe: Recipe = Recipe(
         m = m_new
     out = acc / l[..., None] * (sv[:, :, None, :] / P_SCALE)
     return out.transpose(1, 2)
+
+
+def sage_reference(q, k, v, scale: float | None = None, recipe: Recipe = Recipe()) -> torch.Tensor:
+    """The 8-bit attention exactly as our kernel defines it, in float64 on the CPU."""
+    return sage_attend(*sage_quantize(q, k, v, recipe), scale=scale, recipe=recipe)
 
 
 def quantize_fp8_tensor(x: torch.Tensor, amax: torch.Tensor | None = None):
