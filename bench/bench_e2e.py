@@ -9,9 +9,10 @@ Rows: `BASE[+OPTION...][@N]`. BASE: `bf16`, `fp8` (hopper-fp8), `int8` (ampere-i
 (hopper-fp8 with use_tiling_vae), `torchao` (fp8 PerRow on the blocks + compile_repeated_blocks; skipped
 when torchao is not importable), or any preset name (the memory tiers: `vram12-fp8`, ...). OPTIONs, each
 one setup axis, combinable: `sage8` (LightX2V's 8-bit self-attention, engine.attention), `tiled`
-(use_tiling_vae), the decoder: `tiny` (LightTAE) or `light` (LightVAE), or `fastvae` (the full VAE with
-engine/vae/speed.py's FAST_SPEED). `@N` caps the process at N GiB (torch.cuda.set_per_process_memory_fraction).
-Examples: `fp8+sage8+tiny`, `vram12-fp8+tiny@8`, `fp8+fastvae`. (`fp8-sage8` is read as `fp8+sage8`.)
+(use_tiling_vae), the decoder: `tiny` (LightTAE) or `light` (LightVAE), or `fp32vae` (the full VAE in
+fp32 without engine/vae/speed.py's GPU default of fp16, channels-last and cuDNN benchmark: the decode
+before 2026-12-03). `@N` caps the process at N GiB (torch.cuda.set_per_process_memory_fraction).
+Examples: `fp8+sage8+tiny`, `vram12-fp8+tiny@8`, `fp8+fp32vae`. (`fp8-sage8` is read as `fp8+sage8`.)
 The light and tiny decoders get seeded random weights from the engine's own modules (diffusers'
 AutoencoderKLWan at base width 24; engine.vae.tae.TinyDecoder at widths 256/128/64/64), written to
 safetensors files that the rows load through the config keys (vae_path / tae_path), as a user's would be.
@@ -58,14 +59,14 @@ UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers
                 relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1,
                 decoder_start_token_id=0, tie_word_embeddings=False)
 SIZES = {"480p": (480, 832), "720p": (720, 1280)}
-DEFAULT_ROWS = {"14b": "bf16,fp8,int8,fp8-tiled,fp8+fastvae,fp8+sage8,fp8+sage8+tiny,fp8+sage8+light,"
+DEFAULT_ROWS = {"14b": "bf16,fp8,int8,fp8-tiled,fp8+fp32vae,fp8+sage8,fp8+sage8+tiny,fp8+sage8+light,"
                        "vram24-fp8@24,vram16-fp8@16,vram12-fp8@12,vram12-fp8@8,vram12-fp8+tiny@8",
                 "1.3b": "bf16,fp8,int8,fp8-tiled,fp8+tiny,fp8+light,vram24-fp8@8,vram12-fp8@8,vram12-fp8@6,"
                         "vram12-fp8+tiny@6",
-                "tiny": "bf16,fp8,int8,fp8-tiled,fp8+fastvae,fp8+tiny,fp8+light,vram24-fp8,vram12-int8"}
+                "tiny": "bf16,fp8,int8,fp8-tiled,fp8+fp32vae,fp8+tiny,fp8+light,vram24-fp8,vram12-int8"}
 ALIASES = {"fp8": "hopper-fp8", "int8": "ampere-int8", "fp8-tiled": "hopper-fp8"}
-OPTIONS = ("sage8", "tiled", "tiny", "light", "fastvae")
-DECODER_OPTIONS = ("tiny", "light", "fastvae")  # at most one: each is a different decode
+OPTIONS = ("sage8", "tiled", "tiny", "light", "fp32vae")
+DECODER_OPTIONS = ("tiny", "light")  # at most one: each is a different decode
 PROMPT = "a red fox runs through fresh snow at dawn, cinematic"
 
 
@@ -136,6 +137,8 @@ def parse_row(text: str) -> Row:
         raise ValueError(f"row {text!r}: unknown option {unknown[0]!r}; options are {', '.join(OPTIONS)}")
     if len([o for o in options if o in DECODER_OPTIONS]) > 1:
         raise ValueError(f"row {text!r}: choose one of {', '.join(DECODER_OPTIONS)} (each is a different decode)")
+    if "fp32vae" in options and "tiny" in options:
+        raise ValueError(f"row {text!r}: fp32vae sets the full or light VAE's decode; the tiny decoder has its own")
     if base not in ("bf16", "torchao") and base not in ALIASES:
         load_preset(base)  # ConfigError naming the presets
     try:
@@ -167,11 +170,8 @@ def row_config(row: str | Row, files: dict | None = None):
         if not path:
             raise ValueError(f"row {row.text!r} needs the {row.decoder} decoder's file (decoder_files)")
         raw.update(decoder=row.decoder, **{"tae_path" if row.decoder == "tiny" else "vae_path": str(path)})
-    if "fastvae" in row.options:
-        from engine.vae.speed import FAST_SPEED
-
-        raw.update(vae_dtype=FAST_SPEED.dtype, vae_channels_last=FAST_SPEED.channels_last,
-                   vae_cudnn_benchmark=FAST_SPEED.cudnn_benchmark, vae_compile=FAST_SPEED.compile)
+    if "fp32vae" in row.options:
+        raw.update(vae_dtype="fp32", vae_channels_last=False, vae_cudnn_benchmark=False, vae_compile=False)
     return load_config(raw)
 
 
@@ -213,7 +213,7 @@ def build_row(row, master, device, files=None):
     pipe.set_progress_bar_config(disable=True)
     work = device if device.type == "cuda" else None
     reports = {k: r.summary() for k, r in quantize_pipeline(pipe, cfg, work_device=work).items()}
-    configure_decoder(pipe, cfg, None, reports)  # as the builder does: before placement (offload hooks)
+    configure_decoder(pipe, cfg, None, reports, device.type)  # as the builder does: before placement (offload hooks)
     offload = place_pipeline(pipe, cfg, device, reports)
     if row.startswith("torchao"):
         torchao_blocks(pipe)

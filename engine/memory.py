@@ -3,9 +3,9 @@
 A generation has three phases, each with its own working set on the GPU:
   encode   the text encoder (UMT5-XXL, 5.7B parameters; CLIP too for i2v) runs once on 512 tokens;
   denoise  the transformer runs `steps` times on tokens = latent frames x (h/16) x (w/16);
-  decode   the chosen decoder turns the latents into frames: the Wan VAE (fp32 unless `vae_dtype`),
-           one latent frame at a time, whole or in tiles; LightVAE; or the tiny decoder in chunks
-           (engine/memory_decode.py: those are counted from the code and not yet calibrated).
+  decode   the chosen decoder turns the latents into frames: the Wan VAE (fp16 on a GPU unless
+           `vae_dtype`), one latent frame at a time, whole or in tiles; LightVAE; or the tiny decoder in
+           chunks (engine/memory_decode.py says which of its terms are calibrated).
 Peak = max over phases of (weights resident in that phase + that phase's transient tensors).
 
 Weights are counted exactly from the architecture and the number format (engine.formats gives the
@@ -176,7 +176,7 @@ def decode_transient(height: int, width: int, frames: int, tiled: bool, decoder:
     """The full fp32 decoder works on one latent frame (4 output frames) at a time, keeping a 2-frame
     cache per causal convolution: ~22 KB per output pixel of fp32 activations, whatever the frame count
     (fitted, above). LightVAE, half-precision and the tiny decoder: engine/memory_decode.py (counted from
-    the code, not yet calibrated)."""
+    the code; see there what is calibrated)."""
     return memory_decode.transient(DECODE_BYTES_PER_PIXEL, decoder, height, width, frames, tiled, z_dim)
 
 
@@ -278,12 +278,19 @@ def estimate(a: Arch, fm: Formats, place: Placement, height: int, width: int, fr
     resident = w["vae"] if place.dit != "model" else 0
     resident += w["transformer"] if place.dit == "gpu" else 0
     resident += text if place.text == "gpu" else 0
-    enc_w = {"gpu": 0, "stream": streamed_text, "model": text}[place.text]
+    enc_w, enc_t = {"gpu": 0, "stream": streamed_text, "model": text}[place.text], ENCODE_TRANSIENT
+    if place.text == "stream":
+        # leaf-level streaming moves the token embedding (1.05B bf16 parameters) to the GPU alone for the
+        # lookup, before any layer's activations exist; the layers then run two leaves at a time. The
+        # larger of the two moments (measured on an H200: 2.47 GiB with 0.51 resident, the embedding's
+        # 1.96 on top; the sum of both, 2.84 predicted before, was 15% high)
+        leaf = linear_bytes(T5["ffn"], T5["dim"], fm.t5)
+        enc_w, enc_t = max(((streamed_text - leaf, 0), (2 * leaf, ENCODE_TRANSIENT)), key=sum)
     dit_w = 0 if place.dit == "gpu" else streamed_dit.get(place.dit, w["transformer"] // a.transformers)
     vae_w = w["vae"] if place.dit == "model" else 0
     if a.i2v:  # the conditioning video is VAE-encoded at full size before the first step
         enc_w += vae_w
-    phases_t = {"encode": (resident + enc_w, ENCODE_TRANSIENT), "denoise": (resident + dit_w, act)}
+    phases_t = {"encode": (resident + enc_w, enc_t), "denoise": (resident + dit_w, act)}
 
     def with_decode(tiled):
         p = dict(phases_t, decode=(resident + vae_w, decode_transient(height, width, frames, tiled, decoder, z_dim)))
@@ -365,7 +372,7 @@ def estimate_loaded(model, height: int, width: int, frames: int, budget: int | N
     """The estimate for a LoadedModel (engine.builder) and a request size."""
     return estimate(arch_of_pipe(model.pipe), formats_from_config(model.config),
                     placement_from_config(model.config.raw), height, width, frames, budget,
-                    decoder_from_config(model.config.raw))
+                    decoder_from_config(model.config.raw, model.device.type))
 
 
 def prepare_decode(model, req) -> Estimate | None:

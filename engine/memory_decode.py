@@ -1,9 +1,11 @@
 """GPU memory of the video decode for each decoder choice (engine/vae): full Wan VAE, LightVAE, tiny.
 
 engine.memory calls these for its decode phase. The full VAE's untiled per-pixel transient is fitted to
-a measured H200 peak (engine.memory.DECODE_BYTES_PER_PIXEL); everything else here is counted FROM THE
-CODE and NOT YET CALIBRATED. bench/bench_vae.py prints each decoder's peak at 480p and 720p and
-bench/bench_e2e.py the decode phase's peak per row: refit the named constants below from those.
+a measured H200 peak (engine.memory.DECODE_BYTES_PER_PIXEL); the rest is counted from the code, and
+checked against bench/bench_e2e.py's decode-phase peaks where a row measured it (H200, 2026-12-03, 480p:
+the fp16 decode +0.2%, the tiny decoder -2% and +4%, the tiled fp32 decode +2% after counting the tiles'
+blend as below; LightVAE not yet). bench/bench_vae.py prints each decoder's peak at 480p and 720p:
+refit the named constants below from those.
 
 - light (LightVAE): the same network as the full VAE at base width 24 instead of 96 (engine/vae/light.py).
   Its activations per pixel are the full decoder's scaled by the channel ratio 24/96: every activation
@@ -16,14 +18,17 @@ bench/bench_e2e.py the decode phase's peak per row: refit the named constants be
   frame of the pass, at the last 3x3 convolution (64 channels in and out at full size, 4 frames per
   latent frame). The full VAE stays loaded beside it (it encodes).
 - `vae_dtype` bf16 / fp16 (or the -mixed modes, engine/vae/speed.py) halves the full and light
-  decoders' activations; plain bf16 / fp16 halves their weights too.
+  decoders' activations; plain bf16 / fp16 halves their weights too. fp16 is the GPU default, and the
+  half ratio is checked: bench_e2e's 14B fp8 row with that decode (then spelled `fp8+fastvae`) measured a
+  24.44 GiB decode phase against 24.50 predicted (H200, 2026-12-03).
 
 Refitting from bench/bench_e2e.py (480p rows; decode transient = measured decode-phase peak minus the
 predicted decode phase's resident weights, i.e. predicted decode peak minus `transient(...)` here):
-  LIGHT_CHANNEL_RATIO = (transient of `fp8+light` - 2 x output bytes) / (DECODE_BYTES_PER_PIXEL x h x w)
-  HALF_DECODE_RATIO   = (transient of `fp8+fastvae` - 2 x output bytes) / (DECODE_BYTES_PER_PIXEL x h x w)
+  LIGHT_CHANNEL_RATIO = (transient of `fp8+light+fp32vae` - 2 x output bytes) / (DECODE_BYTES_PER_PIXEL x h x w)
+  HALF_DECODE_RATIO   = (transient of `fp8` - 2 x output bytes) / (DECODE_BYTES_PER_PIXEL x h x w)
   TINY_PASS_FACTOR    = (transient of `fp8+tiny` - 2 B x output values) / (counted pass bytes)
-(output bytes: frames x 3 x h x w x 4). bench/bench_vae.py's per-decoder peaks (decoder alone, no
+(output bytes: frames x 3 x h x w x 4 in fp32, x 2 in fp16; `fp8` and `fp8+light` decode in fp16 on a GPU,
+`+fp32vae` in fp32.) bench/bench_vae.py's per-decoder peaks (decoder alone, no
 pipeline postprocess) check the ratios between decoders at 480p and 720p.
 """
 from __future__ import annotations
@@ -61,18 +66,18 @@ class Decoder:
         return self.dtype in ("bf16", "fp16")
 
 
-def decoder_from_config(raw) -> Decoder:
-    """From a config (dict or QuantConfig): engine.vae.choice and engine.vae.speed read the keys, so a
-    bad value is the same ConfigError here as at load time."""
+def decoder_from_config(raw, device_type: str = "cuda") -> Decoder:
+    """From a config (dict or QuantConfig), for a decode on `device_type` (the estimate is of GPU memory,
+    so the GPU's default dtype unless said; engine.vae.speed). engine.vae.choice and engine.vae.speed read
+    the keys, so a bad value is the same ConfigError here as at load time."""
     from .vae.choice import decoder_choice
     from .vae.speed import speed_settings
 
     cfg = raw if hasattr(raw, "get") else dict(raw)
     choice = decoder_choice(cfg)
-    # the fp32 decode unless vae_dtype says otherwise: the coefficients were fitted to fp32 decodes, and the
-    # GPU default (fp16, half the activations: 4.1 GB vs 9.0 GB measured at 480p) is not refitted yet, so
-    # the estimate stays on the safe side
-    return Decoder(choice.kind, speed_settings(cfg, "cpu").dtype, choice.chunk)
+    dtype = speed_settings(cfg, device_type).dtype  # read even for tiny: a bad value is an error either way
+    # with the tiny decoder the full VAE only encodes and keeps fp32 (engine.builder.configure_decoder)
+    return Decoder(choice.kind, "fp32" if choice.kind == "tiny" else dtype, choice.chunk)
 
 
 # ---- weights --------------------------------------------------------------------------------------
@@ -144,8 +149,11 @@ def decoder_weight_bytes(dec: Decoder, z_dim: int = 16, patch: int = 1) -> int:
 def vae_transient(per_pixel: float, height: int, width: int, frames: int, tiled: bool, out_bytes: int) -> int:
     """A Wan-VAE-network decode (full or light) with `per_pixel` bytes of activations per output pixel:
     one latent frame (4 output frames) at a time with a 2-frame cache per causal convolution; the output
-    (frames x 3 x h x w) held twice while `torch.cat` grows it. Tiled (diffusers: 256 px tiles, 192 px
-    stride): one tile's activations, every decoded tile (they overlap) and the blended output."""
+    (frames x 3 x h x w) held twice while `torch.cat` grows it. Tiled (diffusers' tiled_decode, 256 px
+    tiles at a 192 px stride): while the last tile decodes, one tile's activations beside every decoded
+    tile (they overlap, and all are kept until the blend); after it, the tiles beside the blended rows,
+    their concatenation and its clamped copy (three outputs). The larger of the two, not their sum: the
+    activations are freed before the blend."""
     out = frames * 3 * height * width * out_bytes
     if not tiled or (height <= VAE_TILE and width <= VAE_TILE):
         return int(per_pixel * height * width) + 2 * out
@@ -153,7 +161,7 @@ def vae_transient(per_pixel: float, height: int, width: int, frames: int, tiled:
     rows = sum(min(tile, lat_h - i) * 8 for i in range(0, lat_h, stride))
     cols = sum(min(tile, lat_w - j) * 8 for j in range(0, lat_w, stride))
     tiles = frames * 3 * rows * cols * out_bytes
-    return int(per_pixel * min(height, VAE_TILE) * min(width, VAE_TILE)) + tiles + 2 * out
+    return tiles + max(int(per_pixel * min(height, VAE_TILE) * min(width, VAE_TILE)), 3 * out)
 
 
 def tiny_transient(height: int, width: int, frames: int, chunk: int, z_dim: int = 16, patch: int = 1) -> int:

@@ -25,7 +25,7 @@ def bench():
     ("fp8-sage8", "fp8", ("sage8",), None, "full"),  # the older spelling
     ("fp8+sage8+tiny", "fp8", ("sage8", "tiny"), None, "tiny"),
     ("fp8+sage8+light", "fp8", ("sage8", "light"), None, "light"),
-    ("fp8+fastvae", "fp8", ("fastvae",), None, "full"),
+    ("fp8+fp32vae", "fp8", ("fp32vae",), None, "full"),
     ("vram12-fp8+tiny@8", "vram12-fp8", ("tiny",), 8.0, "tiny"),
     ("vram12-fp8@8", "vram12-fp8", (), 8.0, "full"),
     ("fp8-tiled", "fp8-tiled", (), None, "full"),
@@ -37,7 +37,7 @@ def test_row_grammar(bench, text, base, options, cap, decoder):
 
 def test_row_options_become_the_engines_config_keys(bench, tmp_path):
     from engine.memory import decoder_from_config
-    from engine.vae.speed import FAST_SPEED, speed_settings
+    from engine.vae.speed import VaeSpeed, speed_settings
 
     files = {"tiny": tmp_path / "lighttaew2_1.safetensors", "light": tmp_path / "lightvaew2_1.safetensors"}
     tiny = bench.row_config("vram12-fp8+sage8+tiny@8", files)
@@ -45,12 +45,12 @@ def test_row_options_become_the_engines_config_keys(bench, tmp_path):
     assert decoder_from_config(tiny.raw).kind == "tiny" and tiny.get("tae_path") == str(files["tiny"])
     light = bench.row_config("fp8+light", files)
     assert decoder_from_config(light.raw).kind == "light" and light.get("vae_path") == str(files["light"])
-    assert speed_settings(bench.row_config("fp8+fastvae").raw) == FAST_SPEED
+    assert speed_settings(bench.row_config("fp8+fp32vae").raw, "cuda") == VaeSpeed()  # the old fp32 decode
     assert bench.row_config("fp8+tiled").get("use_tiling_vae") is True
 
 
 @pytest.mark.parametrize("text, words", [
-    ("fp8+turbo", "unknown option 'turbo'"), ("fp8+tiny+light", "choose one"), ("fp8+tiny+fastvae", "choose one"),
+    ("fp8+turbo", "unknown option 'turbo'"), ("fp8+tiny+light", "choose one"), ("fp8+tiny+fp32vae", "tiny decoder has its own"),
     ("fp8@eight", "number of GiB"),
 ])
 def test_bad_rows_are_named(bench, text, words):
