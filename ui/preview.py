@@ -41,11 +41,13 @@ def availability(service, model: str, preset: str = "auto", decoder: str = "pres
         return True, "Decodes the latents after each step with the built-in model's own (tiny) VAE."
     chosen = decoder
     if chosen in (None, "", "preset"):
+        from engine.vae.choice import decoder_choice
+
         try:
             cfg = service.preset_for(model).config if preset in (None, "", "auto") else load_preset(preset)
+            chosen = decoder_choice(cfg).kind
         except EngineError:  # the preset line above the fields already explains it
-            cfg = {}
-        chosen = cfg.get("decoder") or ("tiny" if cfg.get("use_tae") or cfg.get("use_tiny_vae") else "full")
+            chosen = "full"
     if chosen == "tiny":
         return True, "Decodes the latents after each step with the tiny decoder this run uses."
     if cached_tiny_file() is not None:
