@@ -187,3 +187,89 @@ def wan_like_qkv(b: int, s: int, h: int, d: int = 128, *, seed: int = 0, device=
         return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
     return rope(q).to(dtype), rope(k).to(dtype), v.to(dtype)
+
+
+# --- Recipe variants for the error budget (bench/attention_error_budget.py). Separate from the
+# kernel's recipe above; every knob's default reproduces sage_reference with block_n = 128.
+
+@dataclass
+class Variant:
+    qk: str = "int8"          # "int8" (block scales below) or "exact"
+    block_q: int = 1
+    block_k: int = 1
+    block_n: int = 128
+    smooth_k: bool = True
+    p: str = "e4m3"           # "exact", "e4m3", "e5m2", "int8", "e4m3x2" (p8 + FP8 residual)
+    p_row_scale: bool = False  # scale P per row by its block max instead of the fixed range
+    v: str = "e4m3"           # "exact", "e4m3", "int8" (one scale per channel)
+    smooth_v: bool = False    # subtract V's per-channel token mean before quantizing, add it back
+    sum_fp8_p: bool = False   # l sums the rounded P
+    smooth_q: bool = False    # subtract Q's per-head token mean; its q̄·k_j comes back as a per-key bias
+
+
+def _round_p(p: torch.Tensor, fmt: str, row_scale: bool) -> torch.Tensor:
+    """p in [0, 1] (FP32 in the kernel) -> its rounded copy in the same units."""
+    if fmt == "exact":
+        return p
+    top = {"e4m3": P_SCALE, "e4m3x2": P_SCALE, "e5m2": 57344.0, "int8": 127.0}[fmt]
+    if row_scale:  # the block's row max maps to the top of the range
+        amax = p.amax(dim=-1, keepdim=True)
+        s = top / torch.where(amax > 0, amax, torch.ones_like(amax))
+    else:
+        s = torch.full_like(p[..., :1], top)
+    x = (p * s).float()
+    if fmt == "int8":
+        hi = round_half_away(x.double())
+        return hi / s
+    hi = x.to(torch.float8_e5m2 if fmt == "e5m2" else FP8).double()
+    if fmt == "e4m3x2":
+        # residual |r| <= half an e4m3 ulp of hi <= 16 for hi <= 448, so ×16 keeps it in range
+        r = (x.double() - hi) * 16.0
+        hi = hi + r.float().to(FP8).double() / 16.0
+    return hi / s
+
+
+def _round_v(v: torch.Tensor, fmt: str) -> torch.Tensor:
+    if fmt == "exact":
+        return v
+    amax = v.abs().amax(dim=1, keepdim=True)
+    top = 127.0 if fmt == "int8" else P_SCALE
+    s = torch.where(amax > 0, amax / top, torch.ones_like(amax))
+    x = v / s
+    x = round_half_away(x) if fmt == "int8" else x.float().to(FP8).double()
+    return x * s
+
+
+def sage_variant(q, k, v, scale: float | None = None, var: Variant = Variant()) -> torch.Tensor:
+    """The 8-bit attention with the recipe's parts switched per `var`, float64 on the CPU."""
+    q, k, v = (t.double() for t in (q, k, v))
+    b, s_q, h, d = q.shape
+    s_k = k.shape[1]
+    scale = d ** -0.5 if scale is None else scale
+    if var.smooth_k:
+        k = k - k.mean(dim=1, keepdim=True)
+    v_mean = v.mean(dim=1, keepdim=True) if var.smooth_v else torch.zeros_like(v[:, :1])
+    q_mean = q.mean(dim=1, keepdim=True) if var.smooth_q else torch.zeros_like(q[:, :1])
+    bias = (q_mean * k).sum(-1).float().double().transpose(1, 2)[:, :, None, :]  # [B, H, 1, S_k], FP32
+    q = q - q_mean
+    if var.qk == "int8":
+        q8, sq = quantize_int8_blocks(q, var.block_q)
+        k8, sk = quantize_int8_blocks(k, var.block_k)
+        q = q8 * sq.repeat_interleave(var.block_q, dim=1)[:, :s_q, :, None]
+        k = k8 * sk.repeat_interleave(var.block_k, dim=1)[:, :s_k, :, None]
+    v = _round_v(v - v_mean, var.v)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
+    m = torch.full((b, h, s_q), -math.inf, dtype=torch.float64)
+    l = torch.zeros(b, h, s_q, dtype=torch.float64)
+    acc = torch.zeros(b, h, s_q, d, dtype=torch.float64)
+    for start in range(0, s_k, var.block_n):
+        sl = slice(start, min(start + var.block_n, s_k))
+        s = ((q @ k[:, :, sl].transpose(-1, -2) + bias[..., sl]) * scale).float().double()
+        m_new = torch.maximum(m, s.amax(dim=-1))
+        p = torch.exp(s - m_new[..., None])
+        alpha = torch.exp(m - m_new)
+        pr = _round_p(p, var.p, var.p_row_scale)
+        l = l * alpha + (pr if var.sum_fp8_p else p).sum(dim=-1)
+        acc = acc * alpha[..., None] + pr @ v[:, :, sl]
+        m = m_new
+    return (acc / l[..., None]).transpose(1, 2) + v_mean
