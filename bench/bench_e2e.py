@@ -286,8 +286,9 @@ NOT_COMPARABLE = "n/a (different decoder)"  # random light/tiny weights: no rela
 def psnr(a, b) -> float | None:
     if a is None or b is None or a.shape != b.shape:
         return None
+    peak = 255.0 if a.dtype == "uint8" else 1.0  # generate() hands out uint8 frames since 2026-12-03
     mse = float(((a.astype("float64") - b.astype("float64")) ** 2).mean())
-    return round(10 * math.log10(1.0 / mse), 2) if mse > 0 else float("inf")
+    return round(10 * math.log10(peak ** 2 / mse), 2) if mse > 0 else float("inf")
 
 
 def run_row(row: str, master, args, device, reference, warmed: set):

@@ -111,3 +111,22 @@ def test_second_transformer_is_quantized_too():
     reports = quantize_pipeline(pipe, load_config({"dit_quantized": True, "dit_quant_scheme": "int8"}))
     assert set(reports) == {"transformer", "transformer_2"}
     assert any(isinstance(m, QuantLinear) for m in pipe.transformer_2.modules())
+
+
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_uint8_frames_equal_the_float_frames_rounded(task):
+    """generate() asks the pipeline for tensors and converts to uint8 where they are (engine.generate
+    .to_uint8); the same frames through diffusers' own output_type="np", rounded by numpy, must agree."""
+    from engine.generate import to_uint8
+
+    pipe = build_tiny_pipeline(task)
+    kw = {"image": Image.new("RGB", (32, 32), (200, 40, 40))} if task == "i2v" else {}
+    floats = run(pipe, **kw)
+    with torch.no_grad():
+        tensors = pipe(prompt="a red fox in snow", generator=torch.Generator().manual_seed(0),
+                       **dict(CALL, output_type="pt"), **kw).frames[0]
+    got = to_uint8(tensors)
+    want = (np.clip(floats, 0.0, 1.0) * 255).round().astype(np.uint8)
+    assert got.dtype == np.uint8 and got.shape == want.shape == (5, 32, 32, 3)
+    assert np.array_equal(got, want)
+    assert len(np.unique(got)) > 20  # frames with content, not a constant
