@@ -171,7 +171,8 @@ def row_config(row: str | Row, files: dict | None = None):
             raise ValueError(f"row {row.text!r} needs the {row.decoder} decoder's file (decoder_files)")
         raw.update(decoder=row.decoder, **{"tae_path" if row.decoder == "tiny" else "vae_path": str(path)})
     if "fp32vae" in row.options:
-        raw.update(vae_dtype="fp32", vae_channels_last=False, vae_cudnn_benchmark=False, vae_compile=False)
+        raw.update(vae_dtype="fp32", vae_channels_last=False, vae_cudnn_benchmark=False, vae_compile=False,
+                   vae_fused_norm=False)
     return load_config(raw)
 
 

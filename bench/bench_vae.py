@@ -46,6 +46,9 @@ FULL_VARIANTS = [  # (label, VaeSpeed); the first is the reference
     ("bf16-mixed + channels-last + cudnn.benchmark", VaeSpeed("bf16-mixed", True, True)),
     ("fp16 + channels-last + cudnn.benchmark", VaeSpeed("fp16", True, True)),  # 3 more mantissa bits than bf16
     ("fp16-mixed + channels-last + cudnn.benchmark", VaeSpeed("fp16-mixed", True, True)),
+    # issue 15: the row above plus the Triton RMS norm + SiLU (engine/vae/fused_norm.py); on the CPU
+    # (--tiny) it declines and the row runs the unfused decode, the row's "note" says so
+    ("fp16 + channels-last + cudnn.benchmark + fused norm", VaeSpeed("fp16", True, True, fused_norm=True)),
 ]
 COMPILE_VARIANT = ("bf16 + channels-last + cudnn.benchmark + compile", VaeSpeed("bf16", True, True, True))
 
@@ -112,13 +115,15 @@ def main() -> int:
             return
         try:
             vae = copy.deepcopy(full)
-            apply_speed(vae, speed)
+            note = apply_speed(vae, speed)
             out, row = _measure(lambda: vae.decode(z.to(vae.dtype)).sample, reps, dev,
                                 None if limit is None else min(limit, left()), _decoder_part(vae))
             if ref is None:
                 ref = out.float()
                 row["saturated"] = float((ref.abs() >= 0.999).float().mean())
             row["psnr_db"] = _psnr(out, ref)
+            if "declined" in note:
+                row["note"] = note
             emit(dict(decoder="full", variant=label, size="480p", **row))
             del vae, out
         except Exception as e:  # one failing option must not hide the others' numbers
@@ -131,7 +136,8 @@ def main() -> int:
     torch.manual_seed(1)
     light = _calibrated(AutoencoderKLWan(base_dim=light_dim).eval().requires_grad_(False), dev)
     light_variants = [("fp32", VaeSpeed("fp32")), ("bf16 (LightX2V's published setting)", VaeSpeed("bf16")),
-                      ("fp16-mixed + channels-last + cudnn.benchmark", VaeSpeed("fp16-mixed", True, True))]
+                      ("fp16-mixed + channels-last + cudnn.benchmark", VaeSpeed("fp16-mixed", True, True)),
+                      ("fp16 + channels-last + cudnn.benchmark + fused norm", VaeSpeed("fp16", True, True, fused_norm=True))]
     for size, zz in latents.items():
         light_ref = None  # PSNR against the light fp32 decode, at 480p only (720p: time and peak)
         for label, speed in light_variants if size == "480p" else light_variants[1:]:
@@ -140,11 +146,13 @@ def main() -> int:
                 continue
             try:
                 vae = copy.deepcopy(light)
-                apply_speed(vae, speed)
+                note = apply_speed(vae, speed)
                 out, row = _measure(lambda: vae.decode(zz.to(vae.dtype)).sample, reps, dev, None, _decoder_part(vae))
                 if size == "480p":
                     light_ref = out.float() if light_ref is None else light_ref
                     row["psnr_db"] = _psnr(out, light_ref)
+                if "declined" in note:
+                    row["note"] = note
                 emit(dict(decoder="light", variant=label, size=size, **row))
                 del vae, out
             except Exception as e:
@@ -291,6 +299,8 @@ def _table(rows, elapsed):
             note.append(f"reference frames saturated: {100 * r['saturated']:.1f}%")
         if "frames" in r:
             note.append(f"{r['frames']} frames")
+        if "note" in r:
+            note.append(r["note"])
         print(f"{r['decoder']:7}{r['size']:6}{r['variant']:49}{r['seconds']:8.3f}s{speed:>8}{peak:>9}{psnr:>9}  "
               f"{'; '.join(note)}")
     print("peak GB: the decoder's weights + the most the decode allocated above what was resident before it.")

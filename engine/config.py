@@ -30,7 +30,8 @@ VALUE_KINDS = {"infer_steps": _INT, "target_video_length": _INT, "target_height"
                "use_lightvae": _BOOL, "offload_use_stream": _BOOL, "offload_granularity": _STR,
                "high_noise_quantized_ckpt": _STR, "low_noise_quantized_ckpt": _STR, "vae_path": _STR,
                "tiny_vae_path": _STR, "use_tae": _BOOL, "need_scaled": _BOOL, "tae_path": _STR, "decoder": _STR,
-               "vae_channels_last": _BOOL, "vae_cudnn_benchmark": _BOOL, "vae_compile": _BOOL}
+               "vae_channels_last": _BOOL, "vae_cudnn_benchmark": _BOOL, "vae_compile": _BOOL,
+               "vae_fused_norm": _BOOL}
 
 
 @dataclass

@@ -21,7 +21,7 @@ ENGINE_KEYS = frozenset({
     "attn_bf16_first_steps", "attn_bf16_last_steps", "attn_bf16_blocks",
     "use_tiling_vae", "use_tiny_vae", "tiny_vae_path", "use_lightvae", "vae_path",
     "decoder", "use_tae", "tae_path", "need_scaled", "tae_chunk", "vae_dtype",  # engine/vae
-    "vae_channels_last", "vae_cudnn_benchmark", "vae_compile",
+    "vae_channels_last", "vae_cudnn_benchmark", "vae_compile", "vae_fused_norm",
     "cpu_offload", "offload_granularity", "t5_cpu_offload", "offload_use_stream", "parallel", "fused_wan",
 })
 

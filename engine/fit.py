@@ -16,7 +16,8 @@ GB = 1024**3
 # The keys that say which decoder runs and how (engine/vae): carried from a config onto other presets
 # when looking for one that fits, so the plan always counts the decoder the config or the UI chose.
 DECODER_KEYS = ("decoder", "use_tae", "use_tiny_vae", "tae_path", "tiny_vae_path", "use_lightvae", "vae_path",
-                "need_scaled", "tae_chunk", "vae_dtype", "vae_channels_last", "vae_cudnn_benchmark", "vae_compile")
+                "need_scaled", "tae_chunk", "vae_dtype", "vae_channels_last", "vae_cudnn_benchmark", "vae_compile",
+                "vae_fused_norm")
 # The decoder choice on a tight GPU: the full VAE stays the default, decoding in tiles when whole frames
 # would not fit (no extra download, the same weights; slower; issue 10's target for its PSNR against the
 # untiled decode is 0.5 dB, measured on the GPU by bench_e2e's fp8-tiled row). LightVAE and the tiny

@@ -7,8 +7,11 @@ Config keys:
 - `vae_channels_last` (bool): 3D convolution weights and the latents in channels-last-3d layout.
 - `vae_cudnn_benchmark` (bool): cuDNN autotuning during the decode only (restored after).
 - `vae_compile` (bool): torch.compile of each decoder block (regional: mid block and up blocks).
+- `vae_fused_norm` (bool): the decoder's RMS norm + SiLU pairs as one Triton kernel (engine/vae/fused_norm.py);
+  CUDA only, declined with a log line elsewhere or without Triton.
 
-Default (FAST_SPEED): fp16 weights, channels-last-3d, cuDNN benchmark. Measured on an H200 with
+Default (FAST_SPEED): fp16 weights, channels-last-3d, cuDNN benchmark, fused norm + SiLU (its speed not yet
+measured on a GPU; the numbers below are without it). Measured on an H200 with
 bench/bench_vae.py (2026-12-03, 480x832x81, random weights): 1.53 s against fp32's 2.78 s (1.82x), PSNR
 64.1 dB against the fp32 frames, peak 4.1 GB instead of 9.0; bf16 with the same flags 1.64 s at 45.7 dB.
 fp16's range is the risk with real weights (no real Wan VAE could be run there): a decode whose frames
@@ -42,16 +45,18 @@ class VaeSpeed:
     channels_last: bool = False
     cudnn_benchmark: bool = False
     compile: bool = False
+    fused_norm: bool = False
 
     def describe(self) -> str:
         extra = [name for name, on in (("channels-last-3d", self.channels_last),
                                        ("cuDNN benchmark", self.cudnn_benchmark),
-                                       ("compiled blocks", self.compile)) if on]
+                                       ("compiled blocks", self.compile),
+                                       ("fused RMS norm + SiLU", self.fused_norm)) if on]
         return f"VAE decode in {self.dtype}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 # fp16-mixed measured slower than plain fp16 (1.84 s: the fp32 islands convert every chunk) at 64.8 dB
-FAST_SPEED = VaeSpeed("fp16", channels_last=True, cudnn_benchmark=True)
+FAST_SPEED = VaeSpeed("fp16", channels_last=True, cudnn_benchmark=True, fused_norm=True)
 DEFAULT_SPEED = FAST_SPEED
 
 
@@ -66,12 +71,13 @@ def speed_settings(cfg, device_type: str = "cuda") -> VaeSpeed:
     flags = {}
     for key, default in (("vae_channels_last", base.channels_last),
                          ("vae_cudnn_benchmark", base.cudnn_benchmark),
-                         ("vae_compile", base.compile)):
+                         ("vae_compile", base.compile), ("vae_fused_norm", base.fused_norm)):
         value = cfg.get(key, default)
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         flags[key] = value
-    return VaeSpeed(mode, flags["vae_channels_last"], flags["vae_cudnn_benchmark"], flags["vae_compile"])
+    return VaeSpeed(mode, flags["vae_channels_last"], flags["vae_cudnn_benchmark"], flags["vae_compile"],
+                    flags["vae_fused_norm"])
 
 
 def apply_speed(vae, speed: VaeSpeed) -> str:
@@ -90,6 +96,17 @@ def apply_speed(vae, speed: VaeSpeed) -> str:
         for module in vae.modules():
             if isinstance(module, torch.nn.Conv3d):
                 module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
+    note = speed.describe()
+    if speed.fused_norm:  # after the dtype change: the kernel reads gamma in the VAE's dtype
+        from .fused_norm import install_fused_norm
+
+        swapped, why = (0, "fp32 activations (the kernel is for fp16/bf16)") if speed.dtype == "fp32" \
+            else install_fused_norm(vae)
+        if why is not None:
+            log.info("fused RMS norm + SiLU not used for the VAE decode: %s", why)
+            note = note.replace("fused RMS norm + SiLU", f"fused RMS norm + SiLU declined: {why}")
+        else:
+            log.info("fused RMS norm + SiLU: %d decoder norms swapped", swapped)
     if speed.compile:
         # one graph per block and frame kind (first frame, second, the rest): more than the default 8
         config = torch._dynamo.config
@@ -103,7 +120,7 @@ def apply_speed(vae, speed: VaeSpeed) -> str:
     if "_decode" in vae.__dict__:  # configured before: wrap the original, not our wrapper
         vae._decode = vae.__dict__["_decode"].__wrapped__
     vae._decode = _decode_with(vae._decode, speed, vae)
-    return speed.describe()
+    return note
 
 
 def _decode_with(decode, speed: VaeSpeed, vae=None):
