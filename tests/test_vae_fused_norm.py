@@ -26,7 +26,7 @@ def test_kernel_and_decode_match_diffusers_in_interpreter(rng):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "vae_norm_interpret_check.py"), str(seed)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"seed {seed}\n" + proc.stdout + proc.stderr[-4000:]
-    assert proc.stdout.count("ok kernel") == 19 and proc.stdout.count("ok decode") == 4, proc.stdout
+    assert proc.stdout.count("ok kernel") == 20 and proc.stdout.count("ok decode") == 4, proc.stdout
 
 
 def _expected_sites(num_res_blocks: int, up_blocks: int) -> int:

@@ -87,6 +87,12 @@ def check_kernel(gen):
     assert ((y - ref).abs() <= bound).all(), (y - ref).abs().max()
     print(f"ok kernel fp16 in, fp32 gamma (autocast): fp32 out, max diff {(y - ref).abs().max().item():.2e}")
 
+    # H and W that do not flatten (every other row): the kernel declines, the module runs diffusers' code
+    x = torch.randn(1, 12, 2, 4, 3, generator=gen).to(torch.float16)[:, :, :, ::2]
+    assert "do not flatten" in kernel_declines(x)
+    assert torch.equal(RMSNormSiLU(norm.half())(x), F.silu(norm(x)))
+    print("ok kernel declines a strided W: diffusers' code runs")
+
 
 def tiny_vae(gen):
     vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,

@@ -17,10 +17,11 @@ Numerics: everything in fp32 and one rounding at the end; diffusers rounds to fp
 normalization, again after `* scale * gamma`, and again after SiLU, so the two differ by about one or
 two units in the last place of the 16-bit output, with this kernel the closer to the fp32 result.
 
-Layouts: any strides of a [B, C, T, H, W] tensor (contiguous NCTHW, channels-last-3d, and the temporal
-upsample's permuted [B, T, C, H, W] view that the decoder's next block receives); the output has the
-input's strides. Each program normalizes BLOCK_P pixels over all C channels (one tile row per pixel).
-fp32 inputs, C over 1024 and CPU tensors (unless TRITON_INTERPRET=1) run diffusers' code instead.
+Layouts: a [B, C, T, H, W] tensor with any batch, channel and frame strides whose H and W flatten to one
+pixel stride: contiguous NCTHW, channels-last-3d, and the temporal upsample's permuted [B, T, C, H, W]
+view that the next block receives; the output has the input's strides. Each program normalizes BLOCK_P
+pixels of one frame over all C channels. fp32 inputs, C over 1024, other strides and CPU tensors
+(unless TRITON_INTERPRET=1) run diffusers' code instead.
 """
 from __future__ import annotations
 
@@ -43,23 +44,22 @@ TILE = 8192  # elements per program (BLOCK_P * BLOCK_C): untuned on a GPU, a com
 
 if triton is not None:
     @triton.jit
-    def _rms_silu(x_ptr, out_ptr, gamma_ptr, bias_ptr, n_pix, C, T, H, W,
-                  sx_b, sx_c, sx_t, sx_h, sx_w, so_b, so_c, so_t, so_h, so_w, scale, eps,
+    def _rms_silu(x_ptr, out_ptr, gamma_ptr, bias_ptr, HW, C, T,
+                  sx_b, sx_c, sx_t, sx_p, so_b, so_c, so_t, so_p, scale, eps,
                   HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        pid = tl.program_id(0)
-        pix = (pid * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
-        ch = tl.arange(0, BLOCK_C).to(tl.int64)
-        # pixel index -> (b, t, h, w): any strides, so the views the decoder hands over (the temporal
-        # upsample's [B, T, C, H, W] permute, channels-last-3d, plain NCTHW) all run without a copy
-        w = pix % W
-        q = pix // W
-        h = q % H
-        q = q // H
-        t = q % T
-        b = q // T
-        mask = (pix < n_pix)[:, None] & (ch < C)[None, :]
-        x_offs = (b * sx_b + t * sx_t + h * sx_h + w * sx_w)[:, None] + (ch * sx_c)[None, :]
-        x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(tl.float32)
+        # axis 1: one (batch, frame); axis 0: BLOCK_P of its H*W pixels. Pixels are `p` with stride sx_p
+        # (H and W flatten in every layout the decoder makes), so when sx_p or sx_c is 1 (Triton
+        # specializes ints equal to 1) the compiler sees which axis is contiguous and lays the threads
+        # along it: C for channels-last-3d, the pixels for NCTHW and the temporal upsample's permute
+        frame = tl.program_id(1)
+        b = frame // T
+        t = frame - b * T
+        p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        ch = tl.arange(0, BLOCK_C)
+        mask = (p < HW)[:, None] & (ch < C)[None, :]
+        x_base = x_ptr + b.to(tl.int64) * sx_b + t.to(tl.int64) * sx_t
+        x = tl.load(x_base + (p.to(tl.int64) * sx_p)[:, None] + (ch.to(tl.int64) * sx_c)[None, :],
+                    mask=mask, other=0.0).to(tl.float32)
         # F.normalize: x / max(||x||_2, eps)
         norm = tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), eps)
         gamma = tl.load(gamma_ptr + ch, mask=ch < C, other=0.0).to(tl.float32)
@@ -67,8 +67,16 @@ if triton is not None:
         if HAS_BIAS:
             y += tl.load(bias_ptr + ch, mask=ch < C, other=0.0).to(tl.float32)[None, :]
         y = y / (1.0 + tl.exp(-y))  # SiLU
-        o_offs = (b * so_b + t * so_t + h * so_h + w * so_w)[:, None] + (ch * so_c)[None, :]
-        tl.store(out_ptr + o_offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+        o_base = out_ptr + b.to(tl.int64) * so_b + t.to(tl.int64) * so_t
+        tl.store(o_base + (p.to(tl.int64) * so_p)[:, None] + (ch.to(tl.int64) * so_c)[None, :],
+                 y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _pixel_stride(x: torch.Tensor) -> int | None:
+    """The stride of the flattened H*W pixel index, or None when H and W do not flatten."""
+    h, w = x.shape[3:]
+    s_h, s_w = x.stride()[3:]
+    return s_w if h == 1 or s_h == w * s_w else None
 
 
 def _interpreting() -> bool:
@@ -87,27 +95,31 @@ def kernel_declines(x: torch.Tensor) -> str | None:
         return "not a CUDA tensor"
     if x.shape[1] > MAX_C:
         return f"{x.shape[1]} channels (over {MAX_C})"
+    if _pixel_stride(x) is None:
+        return f"strides {x.stride()} (H and W do not flatten)"
+    if x.shape[0] * x.shape[2] > 65535:
+        return f"{x.shape[0] * x.shape[2]} frames (over the grid's 65535)"
     return None
 
 
 def rms_norm_silu(x: torch.Tensor, gamma: torch.Tensor, bias, scale: float, eps: float = 1e-12) -> torch.Tensor:
     """silu(F.normalize(x, dim=1) * scale * gamma + bias) for a 5-D fp16/bf16 x (see kernel_declines)."""
     # empty_like keeps a dense input's strides (channels-last-3d stays channels-last-3d, a permuted view
-    # stays permuted), as diffusers' elementwise ops do; the kernel takes the output's strides anyway
-    # under autocast (the -mixed modes) gamma stays fp32 and diffusers' `normalized * scale * gamma` is
-    # fp32: the output takes the same promoted dtype
+    # stays permuted), as diffusers' elementwise ops do. Under autocast (the -mixed modes) gamma stays
+    # fp32 and diffusers' `normalized * scale * gamma` is fp32: the output takes that promoted dtype.
     out = torch.empty_like(x, dtype=torch.promote_types(x.dtype, gamma.dtype))
     B, C, T, H, W = x.shape
-    n_pix = B * T * H * W
-    if n_pix == 0:
+    if out.numel() == 0:
         return out
     block_c = triton.next_power_of_2(C)
-    block_p = max(1, min(TILE // block_c, triton.next_power_of_2(n_pix)))
+    block_p = max(1, min(TILE // block_c, triton.next_power_of_2(H * W)))
     has_bias = torch.is_tensor(bias)
     gamma = gamma.reshape(-1).contiguous()
-    grid = (triton.cdiv(n_pix, block_p),)
-    _rms_silu[grid](x, out, gamma, bias.reshape(-1).contiguous() if has_bias else gamma, n_pix, C, T, H, W,
-                    *x.stride(), *out.stride(), float(scale), eps,
+    sx, so = x.stride(), out.stride()
+    grid = (triton.cdiv(H * W, block_p), B * T)
+    _rms_silu[grid](x, out, gamma, bias.reshape(-1).contiguous() if has_bias else gamma, H * W, C, T,
+                    sx[0], sx[1], sx[2], _pixel_stride(x), so[0], so[1], so[2], _pixel_stride(out),
+                    float(scale), eps,
                     HAS_BIAS=has_bias, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=8 if block_c >= 256 else 4)
     return out
 
