@@ -25,7 +25,6 @@ pixels of one frame over all C channels. fp32 inputs, C over 1024, other strides
 """
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
@@ -37,7 +36,6 @@ try:
 except ImportError:  # pragma: no cover - no Triton: install_fused_norm declines
     triton = None
 
-log = logging.getLogger("engine.vae")
 MAX_C = 1024  # the full Wan decoder's widest norm is 384 channels; one tile holds a pixel's row
 TILE = 8192  # elements per program (BLOCK_P * BLOCK_C): untuned on a GPU, a common row-kernel size
 
