@@ -10,10 +10,10 @@ Config keys:
 - `vae_fused_norm` (bool): the decoder's RMS norm + SiLU pairs as one Triton kernel (engine/vae/fused_norm.py);
   CUDA only, declined with a log line elsewhere or without Triton.
 
-Default (FAST_SPEED): fp16 weights, channels-last-3d, cuDNN benchmark, fused norm + SiLU (its speed not yet
-measured on a GPU; the numbers below are without it). Measured on an H200 with
-bench/bench_vae.py (2026-12-03, 480x832x81, random weights): 1.53 s against fp32's 2.78 s (1.82x), PSNR
-64.1 dB against the fp32 frames, peak 4.1 GB instead of 9.0; bf16 with the same flags 1.64 s at 45.7 dB.
+Default (FAST_SPEED): fp16 weights, channels-last-3d, cuDNN benchmark, fused norm + SiLU. Measured on an
+H200 with bench/bench_vae.py (2026-12-04, 480x832x81, random weights): 1.10 s against fp32's 2.78 s
+(2.53x), PSNR 65.3 dB against the fp32 frames, peak 4.1 GB instead of 9.0; without the fused norm 1.53 s
+(1.81x, 64.1 dB); bf16 with the same flags (no fused norm) 1.64 s at 45.7 dB.
 fp16's range is the risk with real weights (no real Wan VAE could be run there): a decode whose frames
 come back with NaNs is decoded again in bf16 (fp32's range), the VAE stays bf16 for that process, and
 a warning says so. `vae_dtype: fp32` restores the old decode; config keys override each field.
