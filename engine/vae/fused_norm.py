@@ -137,10 +137,10 @@ class RMSNormSiLU(torch.nn.Module):
     def forward(self, x):
         if self.channel_first and kernel_declines(x) is None:
             return rms_norm_silu(x, self.gamma, self.bias, self.scale)
-        # diffusers' WanRMS_norm.forward, then SiLU
-        dim = 1 if self.channel_first else -1
-        normalized = F.normalize(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=dim).to(x.dtype)
-        return F.silu(normalized * self.scale * self.gamma + self.bias)
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+        # diffusers' own forward: it reads only the attributes this module holds under the same names
+        return F.silu(WanRMS_norm.forward(self, x))
 
 
 def fusion_sites(decoder) -> list[tuple[torch.nn.Module, str]]:
@@ -158,10 +158,6 @@ def fusion_sites(decoder) -> list[tuple[torch.nn.Module, str]]:
     return sites
 
 
-def _is_silu(module) -> bool:
-    return isinstance(module, torch.nn.SiLU)
-
-
 def install_fused_norm(vae) -> tuple[int, str | None]:
     """Swap the decoder's norm + SiLU pairs for RMSNormSiLU. Returns (modules swapped, reason for
     declining or None). Declines without CUDA (unless TRITON_INTERPRET=1) or without Triton."""
@@ -176,7 +172,7 @@ def install_fused_norm(vae) -> tuple[int, str | None]:
     owners = {id(m): m for m, _ in sites}
     # every owner must be the diffusers code read above: a SiLU nonlinearity and channel-first norms
     for owner in owners.values():
-        if not _is_silu(owner.nonlinearity) and not isinstance(owner.nonlinearity, torch.nn.Identity):
+        if not isinstance(owner.nonlinearity, (torch.nn.SiLU, torch.nn.Identity)):
             return 0, f"{type(owner).__name__}.nonlinearity is {type(owner.nonlinearity).__name__}, not SiLU"
     for owner, name in sites:  # all checked before any swap: a half-done swap would apply SiLU twice
         norm = getattr(owner, name)
