@@ -2,8 +2,9 @@
 
 Why: diffusers' WanRMS_norm then SiLU reads and writes the activation five times or more (the fp32
 copy, F.normalize's norm and division, the cast back, `* scale * gamma`, SiLU); torch.compile of the
-decoder blocks, which fuses those into one pass, took the fp16 decode from 1.53 s to 1.06 s on an H200.
-This kernel is that pass without compile: one read, fp32 math, one write.
+decoder blocks, which fuses those into one pass, took the bf16 decode from 1.64 s to 1.06 s on an H200.
+This kernel is that pass without compile: one read, fp32 math, one write (fp16 decode 1.53 -> 1.10 s,
+docs/benchmarks.md, 2026-12-04).
 
 Where it goes (diffusers 0.42.1's autoencoder_kl_wan.py, read for each place): WanResidualBlock applies
 `self.nonlinearity` (SiLU) right after norm1 and right after norm2 and nowhere else, and WanDecoder3d
