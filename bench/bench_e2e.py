@@ -335,6 +335,8 @@ def run_row(row: str, master, args, device, reference, warmed: set):
                    weight_GiB=round(sum(result.stats.weight_bytes.values()) / 2**30, 2),
                    psnr_dB=psnr(video, reference.get("video")) if parsed.decoder == "full" else NOT_COMPARABLE,
                    tiled=est.tiled and parsed.decoder != "tiny",  # the tiny decoder decodes in chunks, not tiles
+                   tiles=est.grid.text() if est.grid is not None and parsed.decoder != "tiny" else None,
+                   vae=loaded.reports.get("vae", ""),  # which decode settings ran (engine.vae.speed's note)
                    offload=loaded.offload or "none",
                    measured_phases_GiB={k: round(v / 2**30, 2) for k, v in marks["peaks"].items()},
                    predicted_phases_GiB={k: round(v / 2**30, 2) for k, v in est.phases.items()})
@@ -362,7 +364,7 @@ def run_row(row: str, master, args, device, reference, warmed: set):
 
 
 COLUMNS = ("row", "status", "decoder", "total_s", "load_s", "encode_s", "step_s", "decode_s", "peak_GiB",
-           "predicted_GiB", "error_pct", "weight_GiB", "warmup_s", "psnr_dB", "tiled", "offload")
+           "predicted_GiB", "error_pct", "weight_GiB", "warmup_s", "psnr_dB", "tiles", "offload")
 
 
 def table(rows: list[dict]) -> str:

@@ -19,14 +19,14 @@ DECODER_KEYS = ("decoder", "use_tae", "use_tiny_vae", "tae_path", "tiny_vae_path
                 "need_scaled", "tae_chunk", "vae_dtype", "vae_channels_last", "vae_cudnn_benchmark", "vae_compile",
                 "vae_fused_norm")
 # The decoder choice on a tight GPU: the full VAE stays the default, decoding in tiles when whole frames
-# would not fit (no extra download, the same weights; slower; issue 10's target for its PSNR against the
-# untiled decode is 0.5 dB, measured on the GPU by bench_e2e's fp8-tiled row). LightVAE and the tiny
+# would not fit (no extra download, the same weights and frames: engine/vae/tiling.py; slower by the tiles'
+# overlap, measured by bench/bench_vae_tiles.py). LightVAE and the tiny
 # decoder are offered, with their predicted need, as the faster options: each is an extra download from
 # lightx2v/Autoencoders and gives lower quality, so it is the user's choice, never a silent switch.
 LIGHTER_DECODERS = ("light", "tiny")
 # Decode seconds at 480p x 81 frames said next to them, measured with bench/bench_vae.py on an H200
-# (2026-12-03, docs/benchmarks.md): full VAE at the GPU default (fp16), LightVAE bf16, LightTAE bf16
-DECODE_SECONDS = {"full": 1.53, "light": 0.53, "tiny": 0.10}
+# (2026-12-04, docs/benchmarks.md): full VAE and LightVAE at the GPU default (fp16, fused norm), LightTAE bf16
+DECODE_SECONDS = {"full": 1.10, "light": 0.30, "tiny": 0.10}
 
 
 def kind_of(gpu: GpuInfo) -> str:

@@ -172,12 +172,12 @@ def dit_transient(a: Arch, n_tokens: int, fused: bool) -> int:
 
 
 def decode_transient(height: int, width: int, frames: int, tiled: bool, decoder: Decoder = Decoder(),
-                     z_dim: int = 16) -> int:
+                     z_dim: int = 16, grid=None) -> int:
     """The full fp32 decoder works on one latent frame (4 output frames) at a time, keeping a 2-frame
     cache per causal convolution: ~22 KB per output pixel of fp32 activations, whatever the frame count
     (fitted, above). LightVAE, half-precision and the tiny decoder: engine/memory_decode.py (counted from
     the code; see there what is calibrated)."""
-    return memory_decode.transient(DECODE_BYTES_PER_PIXEL, decoder, height, width, frames, tiled, z_dim)
+    return memory_decode.transient(DECODE_BYTES_PER_PIXEL, decoder, height, width, frames, tiled, z_dim, grid)
 
 
 # ---- plans ----------------------------------------------------------------------------------------
@@ -214,6 +214,7 @@ class Estimate:
     placement: Placement
     dominant: str = ""  # the phase that sets `need`
     decoder: Decoder = Decoder()
+    grid: object = None  # engine.vae.tiling.Grid of the exact tiled decode, when tiled
 
 
 def formats_from_config(cfg) -> Formats:
@@ -292,8 +293,8 @@ def estimate(a: Arch, fm: Formats, place: Placement, height: int, width: int, fr
         enc_w += vae_w
     phases_t = {"encode": (resident + enc_w, enc_t), "denoise": (resident + dit_w, act)}
 
-    def with_decode(tiled):
-        p = dict(phases_t, decode=(resident + vae_w, decode_transient(height, width, frames, tiled, decoder, z_dim)))
+    def with_decode(tiled, grid=None):
+        p = dict(phases_t, decode=(resident + vae_w, decode_transient(height, width, frames, tiled, decoder, z_dim, grid)))
         if a.i2v:
             encoder = memory_decode.encoder_decoder(decoder)  # the encode is counted like its VAE's decode
             p["encode"] = (p["encode"][0], max(p["encode"][1],
@@ -304,11 +305,17 @@ def estimate(a: Arch, fm: Formats, place: Placement, height: int, width: int, fr
     if tiled is None:
         untiled = with_decode(False)
         tiled = budget is not None and max(r + t * HEADROOM for r, t in untiled.values()) > budget
-    phases = with_decode(tiled)
+    grid = None
+    if tiled and decoder.kind != "tiny":  # the largest tiles that fit what the decode phase has left
+        room = None if budget is None else (budget - resident - vae_w) / HEADROOM
+        grid = memory_decode.tile_grid(DECODE_BYTES_PER_PIXEL, decoder, height, width, frames, room, z_dim)
+        if grid.tiles == 1 and budget is not None and max(r + t * HEADROOM for r, t in with_decode(False).values()) <= budget:
+            tiled, grid = False, None  # whole frames fit after all (use_tiling_vae: true on a roomy GPU)
+    phases = with_decode(tiled, grid)
     need = {k: int(r + t * HEADROOM) for k, (r, t) in phases.items()}
     peaks = {k: r + t for k, (r, t) in phases.items()}
     dominant = max(need, key=need.get)
-    return Estimate(max(peaks.values()), need[dominant], peaks, w, tiled, place, dominant, decoder)
+    return Estimate(max(peaks.values()), need[dominant], peaks, w, tiled, place, dominant, decoder, grid)
 
 
 # ---- sentences for the UI -------------------------------------------------------------------------
@@ -330,7 +337,10 @@ def describe(est: Estimate, budget: int | None, what: str = "") -> str:
         per = (f"{dec.chunk} latent frame{'s' if dec.chunk > 1 else ''}" if dec.chunk else "all frames")
         parts.append(f"the tiny decoder (LightTAE) decodes {per} per pass")
     else:
-        parts.append(f"{DECODE_TEXT[dec.kind]} decodes {'in tiles' if est.tiled else 'whole frames'}")
+        tiles = f"in tiles ({est.grid.text()}, each widened by the decoder's reach: the untiled frames)" if est.grid else "in tiles"
+        if est.grid is not None and est.grid.tiles == 1:  # the exact decode's one tile: whole frames, output preallocated
+            tiles = "whole frames in two passes (mid block, then the rest into a preallocated output)"
+        parts.append(f"{DECODE_TEXT[dec.kind]} decodes {tiles if est.tiled else 'whole frames'}")
     room = f"{budget / GIB:.1f} GiB" if budget else "the GPU"
     why = (f"because {what or 'this request'} needs about {est.need / GIB:.1f} GiB this way "
            f"(peak in the {est.dominant} phase) and {room} is available")
@@ -389,4 +399,26 @@ def prepare_decode(model, req) -> Estimate | None:
         tiled = bool(place.tiling)
     if vae is not None and hasattr(vae, "enable_tiling"):
         vae.enable_tiling() if tiled else vae.disable_tiling()
+        if tiled:
+            _exact_tiles(vae, getattr(est, "grid", None), req)
     return est
+
+
+def _exact_tiles(vae, grid, req) -> None:
+    """Decode tiles through engine/vae/tiling.py (the untiled frames, no seams) instead of diffusers'
+    blended tiles; a VAE it does not take keeps diffusers' tiling, said in the log."""
+    import logging
+
+    from .vae import tiling
+
+    if hasattr(vae, "full"):  # the tiny-decoder wrapper decodes by itself; its full VAE only encodes
+        return
+    if grid is None:  # on the CPU (no budget): tiles of at most half the frame
+        grid = memory_decode.tile_grid(DECODE_BYTES_PER_PIXEL, Decoder(), req.height, req.width, req.num_frames, None,
+                                       getattr(vae.config, "z_dim", 16))
+    why = tiling.install(vae, grid)
+    log = logging.getLogger("engine.vae")
+    if why is None:
+        log.info("VAE decode in %s tiles (exact tiled decode, engine/vae/tiling.py)", grid.text())
+    else:
+        log.info("VAE decode tiled by diffusers (blended seams): %s", why)

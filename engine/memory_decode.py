@@ -38,7 +38,12 @@ from dataclasses import dataclass
 
 VAE_PARAMS = 126_892_531  # AutoencoderKLWan default config (the full Wan2.1 VAE), counted
 FULL_VAE_WIDTH, LIGHT_VAE_WIDTH = 96, 24  # base_dim of the full Wan VAE and of LightVAE (75% pruned)
-VAE_TILE, VAE_STRIDE = 256, 192  # diffusers' Wan VAE tile size and stride in pixels
+VAE_TILE, VAE_STRIDE = 256, 192  # diffusers' Wan VAE tile size and stride in pixels (its encoder's tiling)
+# engine/vae/tiling.py's exact tiled decode: the decoder's reach in latent pixels (tiling.reach() on the
+# Wan2.1, Wan2.2 and LightVAE decoders; a test checks it) and the trunk's channels (the mid block's width)
+TILE_REACH = 13
+TRUNK_CHANNELS = {16: 4 * FULL_VAE_WIDTH, 48: 4 * 256}  # z_dim -> mid-block channels (Wan2.2: decoder base 256)
+DEFAULT_TILE_SHARE = 0.5  # tiling asked for without a memory budget: tiles of at most half the frame
 
 # From the code, not yet calibrated (see the docstring; each one is a single number to refit):
 LIGHT_CHANNEL_RATIO = LIGHT_VAE_WIDTH / FULL_VAE_WIDTH  # light decode transient / full, per pixel
@@ -174,16 +179,65 @@ def tiny_transient(height: int, width: int, frames: int, chunk: int, z_dim: int 
     return int(max(pass_bytes + TINY_DTYPE_BYTES * values, TINY_OUTPUT_BYTES * values))
 
 
+def exact_tiled_transient(per_pixel: float, height: int, width: int, frames: int, grid, out_bytes: int,
+                          trunk_bytes: int, z_dim: int = 16) -> int:
+    """engine/vae/tiling.py's decode with `grid`: while the largest tile decodes, its activations (the
+    untiled per-pixel cost over the tile's area, halo included) beside the preallocated output and the
+    trunk's features; after it, the output and its clamped copy."""
+    from .vae.tiling import tile_area
+
+    lat_h, lat_w = latent_size(height, width, z_dim)
+    share = tile_area(lat_h, lat_w, grid, TILE_REACH) / (lat_h * lat_w)
+    out = frames * 3 * height * width * out_bytes
+    return int(max(per_pixel * height * width * share + out + trunk_bytes, 2 * out))
+
+
+def latent_size(height: int, width: int, z_dim: int = 16) -> tuple[int, int]:
+    ratio = 16 if z_dim == 48 else 8
+    return height // ratio, width // ratio
+
+
+def trunk_bytes(dec: Decoder, height: int, width: int, frames: int, z_dim: int = 16) -> int:
+    """The mid block's output for every latent frame, kept while the tiles decode."""
+    lat_h, lat_w = latent_size(height, width, z_dim)
+    channels = TRUNK_CHANNELS[z_dim] * (LIGHT_CHANNEL_RATIO if dec.kind == "light" else 1)
+    return int(channels * ((frames - 1) // 4 + 1) * lat_h * lat_w * (2 if dec.half_activations else 4))
+
+
+def _per_pixel(full_per_pixel: float, dec: Decoder) -> float:
+    per_pixel = full_per_pixel * (LIGHT_CHANNEL_RATIO if dec.kind == "light" else 1.0)
+    return per_pixel * (HALF_DECODE_RATIO if dec.half_activations else 1.0)
+
+
+def tile_grid(full_per_pixel: float, dec: Decoder, height: int, width: int, frames: int, room: float | None,
+              z_dim: int = 16):
+    """The grid engine/vae/tiling.py decodes with: the least computed area whose transient fits `room`
+    bytes (None: tiles of at most DEFAULT_TILE_SHARE of the frame)."""
+    from .vae.tiling import plan
+
+    lat_h, lat_w = latent_size(height, width, z_dim)
+    if room is None:
+        return plan(lat_h, lat_w, TILE_REACH, DEFAULT_TILE_SHARE * lat_h * lat_w)
+    out = frames * 3 * height * width * (2 if dec.half_weights else 4)
+    fixed = out + trunk_bytes(dec, height, width, frames, z_dim)
+    share = (room - fixed) / (_per_pixel(full_per_pixel, dec) * height * width)
+    return plan(lat_h, lat_w, TILE_REACH, max(share, 0.0) * lat_h * lat_w)
+
+
 def transient(full_per_pixel: float, dec: Decoder, height: int, width: int, frames: int, tiled: bool,
-                     z_dim: int = 16) -> int:
-    """The decode phase's transient for `dec`; `full_per_pixel`: the full VAE's fp32 untiled coefficient."""
+              z_dim: int = 16, grid=None) -> int:
+    """The decode phase's transient for `dec`; `full_per_pixel`: the full VAE's fp32 untiled coefficient.
+    `grid`: engine/vae/tiling.py's exact tiled decode; else `tiled`: diffusers' blended tiling (how the
+    encoder tiles)."""
     if dec.kind == "tiny":
         return tiny_transient(height, width, frames, dec.chunk, z_dim)
-    per_pixel = full_per_pixel * (LIGHT_CHANNEL_RATIO if dec.kind == "light" else 1.0)
-    if dec.half_activations:
-        per_pixel *= HALF_DECODE_RATIO
+    per_pixel = _per_pixel(full_per_pixel, dec)
     # the -mixed modes run the last convolution in fp32 (engine.vae.speed.FP32_ISLANDS): fp32 output
-    return vae_transient(per_pixel, height, width, frames, tiled, 2 if dec.half_weights else 4)
+    out_bytes = 2 if dec.half_weights else 4
+    if grid is not None and (height > VAE_TILE or width > VAE_TILE):  # diffusers decodes a small frame whole
+        return exact_tiled_transient(per_pixel, height, width, frames, grid, out_bytes,
+                                     trunk_bytes(dec, height, width, frames, z_dim), z_dim)
+    return vae_transient(per_pixel, height, width, frames, tiled and grid is None, out_bytes)
 
 
 def encoder_decoder(dec: Decoder) -> Decoder:

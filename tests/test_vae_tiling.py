@@ -1,0 +1,109 @@
+"""engine/vae/tiling.py: the tiled decode gives diffusers' untiled frames (the reference is diffusers'
+own AutoencoderKLWan.decode), on the Wan2.1 and Wan2.2 decoder layouts, through the pipeline too."""
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+
+from engine import memory, memory_decode
+from engine.config import load_config
+from engine.preset_files import load_preset
+from engine.request import VideoRequest
+from engine.builder import build_tiny
+from engine.vae import tiling
+
+LAYOUTS = {
+    "wan2.1": dict(base_dim=4, z_dim=16),
+    "wan2.2": dict(base_dim=4, decoder_base_dim=4, z_dim=48, is_residual=True, in_channels=12, out_channels=12,
+                   patch_size=2, scale_factor_spatial=16, temperal_downsample=[False, True, True]),
+}
+
+
+def _vae(layout):
+    torch.manual_seed(0)
+    return AutoencoderKLWan(**LAYOUTS[layout]).eval()
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_tiles_give_the_untiled_frames_and_a_short_halo_does_not(layout):
+    vae = _vae(layout)
+    lat = (34, 36) if layout == "wan2.1" else (20, 22)  # frames over diffusers' 256 px tile, or it decodes whole
+    z = torch.randn(1, vae.config.z_dim, 2, *lat, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = vae.decode(z).sample
+        vae.enable_tiling()
+        assert tiling.install(vae, tiling.Grid(2, 3)) is None
+        tiled = vae.decode(z).sample  # diffusers' _decode calls our tiled_decode
+        short = tiling.decode_tiles(vae, z, tiling.Grid(2, 3), halo=tiling.reach(vae.decoder) // 2)
+        tiling.uninstall(vae)
+        blended = vae.decode(z).sample  # diffusers' own tiling
+    assert tiled.shape == whole.shape
+    assert (tiled - whole).abs().max() <= 1e-5
+    if vae.config.patch_size:
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+        short = unpatchify(short, vae.config.patch_size)
+    assert (short.clamp(-1, 1) - whole).abs().max() > 1e-4  # the check can fail: the halo matters
+    assert (blended - whole).abs().max() > 1e-2  # and diffusers' blended seams are what this replaces
+
+
+def test_reach_of_the_real_decoders_is_the_memory_model_constant():
+    from engine.vae.light import WAN_DIM_MULT
+
+    with torch.device("meta"):
+        vaes = [AutoencoderKLWan(), AutoencoderKLWan(base_dim=24, dim_mult=list(WAN_DIM_MULT)),
+                AutoencoderKLWan(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12,
+                                 out_channels=12, patch_size=2, scale_factor_spatial=16,
+                                 temperal_downsample=[False, True, True])]
+    for vae in vaes:
+        assert tiling.supports(vae) is None
+        assert tiling.reach(vae.decoder) == memory_decode.TILE_REACH
+        assert tiling.upscale(vae.decoder) == 8
+    full = vaes[0].decoder.mid_block.resnets[0].conv1.in_channels
+    assert full == memory_decode.TRUNK_CHANNELS[16]
+
+
+def test_plan_takes_the_least_work_that_fits():
+    lat_h, lat_w, halo = 60, 104, 13  # 480x832
+    assert tiling.plan(lat_h, lat_w, halo, lat_h * lat_w) == tiling.Grid(1, 1)
+    grid = tiling.plan(lat_h, lat_w, halo, 0.5 * lat_h * lat_w)
+    assert tiling.tile_area(lat_h, lat_w, grid, halo) <= 0.5 * lat_h * lat_w
+    for r in range(1, 9):  # no fitting grid computes less
+        for c in range(1, 9):
+            g = tiling.Grid(r, c)
+            if tiling.tile_area(lat_h, lat_w, g, halo) <= 0.5 * lat_h * lat_w:
+                assert tiling.computed_area(lat_h, lat_w, g, halo) >= tiling.computed_area(lat_h, lat_w, grid, halo)
+    finest = tiling.plan(lat_h, lat_w, halo, 1)  # nothing fits: the smallest tiles
+    assert tiling.tile_area(lat_h, lat_w, finest, halo) == min(
+        tiling.tile_area(lat_h, lat_w, tiling.Grid(r, c), halo) for r in range(1, 9) for c in range(1, 9))
+
+
+def test_budget_picks_larger_tiles_and_the_estimate_counts_them():
+    place = memory.Placement("block", "stream", True)
+    a = memory.ARCHS[1.3]
+    fm = memory.Formats("fp8", "int8", None)
+    tight, medium, roomy = (memory.estimate(a, fm, place, 480, 832, 81, budget=int(gib * memory.GIB))
+                            for gib in (4, 6, 24))
+    assert tight.grid.tiles > medium.grid.tiles > 1
+    assert tight.phases["decode"] < medium.phases["decode"] < roomy.phases["decode"]
+    assert tight.need <= 4 * memory.GIB and medium.need <= 6 * memory.GIB
+    assert "decodes in tiles (" in memory.describe(tight, 4 * memory.GIB)
+    # use_tiling_vae: true, and whole frames fit: one tile is the untiled decode, said so
+    assert roomy.grid is None and not roomy.tiled and "whole frames" in memory.describe(roomy, 24 * memory.GIB)
+
+
+def _pipe_frames(tiled: bool):
+    raw = dict(load_preset("cpu-demo"), use_tiling_vae=tiled)
+    loaded = build_tiny("t2v", load_config(raw))
+    req = VideoRequest("a fox", height=272, width=272, num_frames=9)
+    memory.prepare_decode(loaded, req)  # what generate() does before the pipeline runs
+    out = loaded.pipe(prompt="a fox", height=272, width=272, num_frames=9, num_inference_steps=2,
+                      guidance_scale=1.0, generator=torch.Generator("cpu").manual_seed(0), output_type="np",
+                      max_sequence_length=64)
+    return out.frames[0], loaded.pipe.vae
+
+
+def test_use_tiling_vae_through_the_pipeline_gives_the_untiled_frames():
+    whole, _ = _pipe_frames(False)
+    tiled, vae = _pipe_frames(True)
+    assert vae.use_tiling and "tiled_decode" in vae.__dict__
+    np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
