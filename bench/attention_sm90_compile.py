@@ -1,8 +1,10 @@
 """Compile the 8-bit attention kernel for sm_90 on a machine without a GPU, and count what matters.
 
 Per config: registers and stack bytes (spills land on the stack; ptxas' report through
-`cuobjdump -res-usage`, both shipped with triton), and static SASS instruction counts, all and by
-opcode (MUFU.EX2, FFMA, F2FP, and the shuffles SHFL and STS/LDS that a tile reshape could add).
+`cuobjdump -res-usage`, both shipped with triton), whether ptxas serialises the wgmmas (its
+advisory C7514: each waited for before the next), and static SASS instruction counts, all and by
+opcode (MUFU.EX2, FFMA, F2FP, the shuffles SHFL and STS/LDS that a tile reshape could add, and
+WARPGROUP.DEPBAR, the waits on wgmma).
 Only a static view: whether a variant is faster needs bench/bench_attention.py --sweep on the GPU.
 The local triton may differ from the GPU machine's (docs/benchmarks.md "Registers").
 
@@ -29,7 +31,7 @@ from engine.attention import triton_sage as ts  # noqa: E402
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 OPS = ("MUFU.EX2", "FFMA", "FADD", "FMUL", "FMNMX", "SHF", "IADD3", "IMAD", "LOP3", "F2FP", "SHFL", "STS", "LDS",
-       "HGMMA", "IGMMA", "QGMMA")
+       "HGMMA", "IGMMA", "QGMMA", "WARPGROUP.DEPBAR")
 
 
 def compile_config(cfg: ts.Config, d: int = 128):
@@ -44,7 +46,8 @@ def compile_config(cfg: ts.Config, d: int = 128):
     consts = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D=d, TMA=cfg.tma, WS=cfg.warp_specialize,
                   FAST=cfg.fast_convert, OVERLAP=cfg.overlap and cfg.fast_convert,
                   SUM_MMA=cfg.sum_fp8_p and cfg.fast_convert, PROMOTE=cfg.block_n if cfg.fp32_pv else None,
-                  POLY=cfg.poly_exp2 if cfg.fast_convert else 0, SPLIT=cfg.poly_split())
+                  POLY=cfg.poly_exp2 if cfg.fast_convert else 0, SPLIT=cfg.poly_split(),
+                  FRESH=cfg.pv_fresh and cfg.fast_convert)
     if not cfg.tma:
         consts.update(desc_q=None, desc_k=None, desc_v=None)
     for k in consts:
@@ -56,6 +59,18 @@ def compile_config(cfg: ts.Config, d: int = 128):
     src = ASTSource(fn, sig, consts, attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 128),
                           options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+
+
+def serialised(ptx: str) -> str:
+    """ptxas' advisory C7514 (every wgmma waited for: no two in flight), from the newest ptxas here."""
+    exe = next((os.path.join(BIN, n) for n in ("ptxas-blackwell", "ptxas") if os.path.exists(os.path.join(BIN, n))))
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([exe, "-arch=sm_90a", "-v", src, "-o", os.path.join(tmp, "k.cubin")],
+                             capture_output=True, text=True)
+    return "yes" if "C7514" in out.stdout + out.stderr else "no"
 
 
 def sass_counts(cubin: bytes):
@@ -84,7 +99,7 @@ def main():
     ap.add_argument("--dump", default=None)
     a = ap.parse_args()
     print(f"triton {triton.__version__}, sm_90, D 128; SASS counts are static (whole kernel, loop body once)")
-    print(f"{'config':<34}{'reg':>5}{'stack':>6}{'instr':>7}  " + " ".join(f"{o}" for o in OPS))
+    print(f"{'config':<34}{'reg':>5}{'stack':>6}{'serial':>7}{'instr':>7}  " + " ".join(f"{o}" for o in OPS))
     for cfg in SWEEP:
         try:
             k = compile_config(cfg)
@@ -92,7 +107,7 @@ def main():
             print(f"{cfg.label():<34} failed: {type(e).__name__}: {str(e)[:400]}")
             continue
         (reg, stack, _), counts, sass = sass_counts(k.asm["cubin"])
-        print(f"{cfg.label():<34}{reg:>5}{stack:>6}{counts['all']:>7}  "
+        print(f"{cfg.label():<34}{reg:>5}{stack:>6}{serialised(k.asm['ptx']):>7}{counts['all']:>7}  "
               + " ".join(f"{counts[o]:>{len(o)}}" for o in OPS), flush=True)
         if a.dump:
             os.makedirs(a.dump, exist_ok=True)

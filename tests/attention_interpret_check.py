@@ -49,7 +49,10 @@ cases = [((1, 1, 1, 64), ts.DEFAULT, (1, 1)),
          ((1, 200, 2, 64), ts.Config(poly_exp2=1), (1, 1)),
          ((2, 77, 3, 32), ts.Config(poly_exp2=2, poly_asm=False), (1, 1)),
          ((1, 130, 1, 64), ts.Config(128, 64, 8, 3, overlap=True, poly_exp2=3), (128, 1)),
-         ((1, 300, 2, 64), ts.Config(poly_exp2=4), (1, 1))]
+         ((1, 300, 2, 64), ts.Config(poly_exp2=4), (1, 1)),
+         # P·V of each block from zero, then one FMA into the accumulator: fp32_pv's sum
+         ((1, 200, 2, 64), ts.Config(pv_fresh=True, poly_exp2=2), (1, 1)),
+         ((2, 130, 3, 32), ts.Config(128, 64, 8, 3, overlap=True, pv_fresh=True), (128, 64))]
 for i, (shape, cfg, blocks) in enumerate(cases):
     q, k, v = R.wan_like_qkv(*shape, seed=seed + i, dtype=torch.float32)
     out = torch.full_like(q, float("nan"))
