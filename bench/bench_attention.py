@@ -41,10 +41,16 @@ SHAPES = [("1.3B 480p", 12, 32760), ("1.3B 720p", 12, 75600), ("14B 480p", 40, 3
 TINY = [("tiny a", 2, 200), ("tiny b", 3, 130)]
 C = ts.Config
 # the H200 sweeps of docs/benchmarks.md picked the default (first); the others are its neighbours
-# and the options not yet timed there (sum_fp8_p)
+# and the options not yet timed there (sum_fp8_p; poly_exp2: 1-4 of every 4 exp2 by polynomial,
+# inline-PTX split or, "t", tl.split of even/odd columns; also with overlap; pv_fresh: fp32_pv's
+# numerics without ptxas' wgmma serialisation)
 SWEEP = [ts.DEFAULT, C(64, 128, 4, 3, tma=True, fp32_pv=False), C(64, 128, 4, 3, tma=True, sum_fp8_p=True), C(64, 128, 4, 3, tma=True, overlap=True),
          C(64, 128, 4, 2, tma=True), C(64, 128, 4, 4, tma=True), C(128, 64, 4, 3, tma=True),
-         C(128, 128, 8, 3, tma=True, overlap=True)]
+         C(128, 128, 8, 3, tma=True, overlap=True),
+         C(poly_exp2=1), C(poly_exp2=2), C(poly_exp2=3), C(poly_exp2=4), C(poly_exp2=2, poly_asm=False),
+         C(poly_exp2=1, overlap=True), C(poly_exp2=2, overlap=True),
+         C(pv_fresh=True), C(pv_fresh=True, poly_exp2=1), C(pv_fresh=True, poly_exp2=2),
+         C(pv_fresh=True, overlap=True), C(128, 128, 8, 3, tma=True, overlap=True, pv_fresh=True)]
 
 
 def sdpa(q, k, v, backend=None):
@@ -70,7 +76,14 @@ def check(device, log):
     worst = 0.0
     for (b, s, h, d, cfg, qb, kb) in [(1, 1, 1, 128, ts.DEFAULT, 1, 1), (1, 300, 2, 128, ts.DEFAULT, 1, 1),
                                       (2, 129, 3, 64, ts.Config(block_n=128), 128, 64),
-                                      (1, 257, 2, 128, ts.Config(tma=True), 1, 1)]:
+                                      (1, 257, 2, 128, ts.Config(tma=True), 1, 1),
+                                      # exp2 by polynomial: the inline PTX runs only here, on the GPU
+                                      (1, 300, 2, 128, ts.Config(poly_exp2=1), 1, 1),
+                                      (1, 257, 2, 128, ts.Config(poly_exp2=3), 1, 1),
+                                      (2, 129, 3, 64, ts.Config(poly_exp2=2, poly_asm=False), 1, 1),
+                                      (1, 300, 2, 128, ts.Config(poly_exp2=4), 1, 1),
+                                      (1, 257, 2, 128, ts.Config(pv_fresh=True, poly_exp2=2), 1, 1),
+                                      (2, 129, 3, 64, ts.Config(pv_fresh=True, overlap=True), 128, 64)]:
         q, k, v = R.wan_like_qkv(b, s, h, d, seed=s, device=device)
         out = torch.full_like(q, float("nan"))
         ts.attention_8bit(q, k, v, config=cfg, q_block=qb, k_block=kb, out=out)
@@ -92,8 +105,9 @@ def check_long_rows(device, config, log, tokens=32760, rows=128):
     exact = R.attention_f64(q[:, pick].cpu(), k.cpu(), v.cpu())
     bf16 = sdpa(q, k, v, "CUDNN_ATTENTION" if device == "cuda" else None)[:, pick].cpu()
     log(f"long rows {tokens}: bf16 SDPA vs float64 {R.rel_error(bf16, exact):.4f}")
-    for sum8, fp32_pv in ((False, False), (False, True), (True, True)):
-        cfg = dataclasses.replace(config, sum_fp8_p=sum8, fp32_pv=fp32_pv)
+    for sum8, fp32_pv, fresh in ((False, False, False), (False, True, False), (True, True, False),
+                                 (False, True, True)):
+        cfg = dataclasses.replace(config, sum_fp8_p=sum8, fp32_pv=fp32_pv, pv_fresh=fresh)
         out = ts.attention_8bit(q, k, v, config=cfg)[:, pick].cpu()
         ref = R.sage_reference(q[:, pick].cpu(), k.cpu(), v.cpu(), recipe=R.Recipe(1, 1, cfg.block_n, sum_fp8_p=sum8))
         log(f"long rows {tokens} {cfg.label()}: kernel vs reference {R.rel_error(out, ref):.4f}, "

@@ -1,5 +1,6 @@
 """Run by tests/test_attention.py in a subprocess with TRITON_INTERPRET=1 (set before triton is
 imported): our 8-bit attention kernel against its float64 reference on small awkward shapes."""
+import dataclasses
 import sys
 
 import torch
@@ -40,7 +41,18 @@ def reference_with_kernel_ties(q, k, v, recipe):
 cases = [((1, 1, 1, 64), ts.DEFAULT, (1, 1)),
          ((1, 200, 2, 64), ts.DEFAULT, (1, 1)),
          ((2, 77, 3, 32), ts.Config(128, 64, 4, 3, tma=False, fast_convert=False), (128, 64)),
-         ((1, 130, 1, 64), ts.Config(128, 64, 8, 3, overlap=True), (128, 1))]
+         ((1, 130, 1, 64), ts.Config(128, 64, 8, 3, overlap=True), (128, 1)),
+         # exp2 partly by polynomial (fma_exp2.py; the inline-PTX split runs as its tl.where
+         # stand-in here): each P within 1.02e-4 relative of exp2 before its FP8 rounding, so against
+         # the MUFU reference it adds l's ≤1.02e-4 and the rare P (~0.2%: those within 1e-4 of an
+         # FP8 rounding midpoint) that rounds to the neighbouring FP8 value, well inside 5e-3
+         ((1, 200, 2, 64), ts.Config(poly_exp2=1), (1, 1)),
+         ((2, 77, 3, 32), ts.Config(poly_exp2=2, poly_asm=False), (1, 1)),
+         ((1, 130, 1, 64), ts.Config(128, 64, 8, 3, overlap=True, poly_exp2=3), (128, 1)),
+         ((1, 300, 2, 64), ts.Config(poly_exp2=4), (1, 1)),
+         # P·V of each block from zero, then one FMA into the accumulator: fp32_pv's sum
+         ((1, 200, 2, 64), ts.Config(pv_fresh=True, poly_exp2=2), (1, 1)),
+         ((2, 130, 3, 32), ts.Config(128, 64, 8, 3, overlap=True, pv_fresh=True), (128, 64))]
 for i, (shape, cfg, blocks) in enumerate(cases):
     q, k, v = R.wan_like_qkv(*shape, seed=seed + i, dtype=torch.float32)
     out = torch.full_like(q, float("nan"))
@@ -57,6 +69,10 @@ for i, (shape, cfg, blocks) in enumerate(cases):
         # which moves its one row (seen: one row of 462 at seed 1027861)
         rows = ((out - ref).abs().amax(-1) / ref.abs().amax(-1).clamp_min(1e-30)).reshape(-1)
         assert (rows > 1e-5).float().mean() <= 0.01, (shape, cfg.label(), int((rows > 1e-5).sum()))
+    if cfg.poly_exp2:  # and against the same kernel with MUFU's exp2 (seen: 1e-4 to 1.1e-3)
+        mufu = ts.attention_8bit(q, k, v, config=dataclasses.replace(cfg, poly_exp2=0), q_block=blocks[0],
+                                 k_block=blocks[1])
+        assert R.rel_error(out, mufu) < 3e-3, (shape, cfg.label(), R.rel_error(out, mufu))
     print(f"ok {shape} {cfg.label()} {err:.1e}")
 
 # softmax's sum over the FP8 P, by the tensor cores (sum_fp8_p)

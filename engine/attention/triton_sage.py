@@ -11,6 +11,7 @@ in Config so that the next GPU can re-run the sweep (bench/bench_attention.py --
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,9 @@ except ImportError:  # pragma: no cover - registry reports it
     triton = None
 
 from .triton_qkv import PAD, Quantized, quantize_qkv  # noqa: F401  (quantize_qkv: re-exported)
+
+if triton is not None:
+    from .fma_exp2 import exp2_split
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,35 @@ class Config:
     # FP8 matrix instruction accumulates in ~13 mantissa bits otherwise); on by default because
     # V with a per-channel offset measured 0.056-0.083 error at Wan's lengths without it
     fp32_pv: bool = True
+    # speed, numerics within 1.02e-4 relative of each P value before its FP8 rounding: of every 4
+    # scores, how many take exp2 by a polynomial on the FMA pipe instead of MUFU (0-4; fma_exp2.py;
+    # fast_convert only). poly_asm: the split by inline PTX over 4 registers (any count), else by
+    # tl.split into even/odd columns (count 2 only). Not yet timed on a GPU.
+    poly_exp2: int = 0
+    poly_asm: bool = True
+    # speed, same numerics as fp32_pv (which it implies): each block's P·V into a fresh FP32
+    # accumulator, then acc·alpha + pv in one FMA. With max_num_imprecise_acc, ptxas 13.4 serialises
+    # every wgmma of the kernel, Q·Kᵀ's included (advisory C7514, bench/attention_sm90_compile.py);
+    # this form compiles without it. Not yet timed on a GPU.
+    pv_fresh: bool = False
 
     def label(self) -> str:
-        return (f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}"
-                f"{'-tma' if self.tma else ''}{'-ws' if self.warp_specialize else ''}{'' if self.fast_convert else '-i2f'}{'-ov' if self.overlap else ''}{'-sum8' if self.sum_fp8_p else ''}{'' if self.fp32_pv else '-acc22'}")
+        parts = [f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}",
+                 "tma" if self.tma else "", "ws" if self.warp_specialize else "", "" if self.fast_convert else "i2f",
+                 "ov" if self.overlap else "", "sum8" if self.sum_fp8_p else "", "" if self.fp32_pv else "acc22",
+                 "pvf" if self.pv_fresh else "",
+                 f"px{self.poly_exp2}{'' if self.poly_asm or self.poly_exp2 == 4 else 't'}" if self.poly_exp2 else ""]
+        return "-".join(p for p in parts if p)
+
+    def poly_split(self) -> str:
+        """The kernel's SPLIT constexpr (fma_exp2.exp2_split); asm's stand-in under the interpreter."""
+        if not 0 <= self.poly_exp2 <= 4:
+            raise ValueError(f"poly_exp2 must be 0-4 (of every 4 scores), got {self.poly_exp2}")
+        if not self.poly_asm:
+            if self.poly_exp2 not in (0, 2, 4):
+                raise ValueError(f"poly_exp2={self.poly_exp2} needs poly_asm (the tl split does 2 of 4 only)")
+            return "tl"
+        return "where" if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else "asm"
 
 
 DEFAULT = Config()
@@ -89,7 +118,8 @@ if triton is not None:
 
     @triton.jit
     def _update(acc, l_i, m_i, t, qs, V8, start, sp, bh, desc_v, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                TMA: tl.constexpr, SUM_MMA: tl.constexpr, PROMOTE: tl.constexpr):
+                TMA: tl.constexpr, SUM_MMA: tl.constexpr, PROMOTE: tl.constexpr, POLY: tl.constexpr,
+                SPLIT: tl.constexpr, FRESH: tl.constexpr):
         """Online softmax and P·V for one key block. p448 = exp2(qs·(t − m) + log2 448) = 448·p:
         P's FP8 scale rides in the exponent, and l sums p448 too, so 448 cancels at the end.
         SUM_MMA: l is the row sum of the FP8 P itself, taken by the tensor cores (P times a
@@ -98,7 +128,10 @@ if triton is not None:
         PROMOTE: on sm90 an FP8 wgmma accumulates in reduced precision (about 13 mantissa bits,
         SageAttention2's and DeepSeek-V3's finding); Triton's default there lets the whole loop
         accumulate so (max_num_imprecise_acc 2**30). Passing BLOCK_N adds each block's P·V into the
-        FP32 accumulator with a full-precision add; None keeps Triton's default."""
+        FP32 accumulator with a full-precision add; None keeps Triton's default. FRESH: the same sum
+        as a separate dot from zero (imprecise over this block's BLOCK_N keys only) and one FMA.
+        POLY, SPLIT: POLY of every 4 exp2 of P by a polynomial (fma_exp2.exp2_split); alpha's stays
+        MUFU's (one per row, and it rescales everything accumulated so far)."""
         n = start + tl.arange(0, BLOCK_N)
         d = tl.arange(0, D)
         if TMA:
@@ -106,7 +139,7 @@ if triton is not None:
         else:
             v = tl.load(V8 + (bh * D + d[:, None]) * sp + n[None, :]).T
         m_new = tl.maximum(m_i, tl.max(t, axis=1))
-        p = tl.math.exp2(t * qs[:, None] + (8.807354922057604 - qs * m_new)[:, None])  # log2(448)
+        p = exp2_split(t * qs[:, None] + (8.807354922057604 - qs * m_new)[:, None], POLY, SPLIT)  # log2(448)
         alpha = tl.math.exp2(qs * (m_i - m_new))
         p8 = p.to(tl.float8e4nv)
         if SUM_MMA:
@@ -114,18 +147,23 @@ if triton is not None:
             l_i = tl.dot(p8, ones, l_i * alpha[:, None], max_num_imprecise_acc=PROMOTE)
         else:
             l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p8, v, acc, max_num_imprecise_acc=PROMOTE)
+        if FRESH:
+            acc = acc * alpha[:, None] + tl.dot(p8, v)
+        else:
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p8, v, acc, max_num_imprecise_acc=PROMOTE)
         return acc, l_i, m_new
 
     @triton.jit
     def _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, start, seq, sp, bh, desc_k, desc_v,
                    BLOCK_N: tl.constexpr, D: tl.constexpr,
                    MASK: tl.constexpr, TMA: tl.constexpr, FAST: tl.constexpr,
-                   SUM_MMA: tl.constexpr, PROMOTE: tl.constexpr):
+                   SUM_MMA: tl.constexpr, PROMOTE: tl.constexpr, POLY: tl.constexpr, SPLIT: tl.constexpr,
+                   FRESH: tl.constexpr):
         if FAST:
             t = _scores(q, K8, KS, start, seq, sp, bh, desc_k, BLOCK_N, D, MASK, TMA)
-            acc, l_i, m_new = _update(acc, l_i, m_i, t, qs, V8, start, sp, bh, desc_v, BLOCK_N, D, TMA, SUM_MMA, PROMOTE)
+            acc, l_i, m_new = _update(acc, l_i, m_i, t, qs, V8, start, sp, bh, desc_v, BLOCK_N, D, TMA,
+                                      SUM_MMA, PROMOTE, POLY, SPLIT, FRESH)
         else:  # the plain form, kept to measure what the above saves
             n = start + tl.arange(0, BLOCK_N)
             k, v = _load_kv(K8, V8, start, sp, bh, desc_k, desc_v, BLOCK_N, D, TMA)
@@ -146,7 +184,8 @@ if triton is not None:
                      desc_q, desc_k, desc_v,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                      TMA: tl.constexpr, WS: tl.constexpr, FAST: tl.constexpr,
-                     OVERLAP: tl.constexpr, SUM_MMA: tl.constexpr, PROMOTE: tl.constexpr):
+                     OVERLAP: tl.constexpr, SUM_MMA: tl.constexpr, PROMOTE: tl.constexpr,
+                     POLY: tl.constexpr, SPLIT: tl.constexpr, FRESH: tl.constexpr):
         pid, bh = tl.program_id(0), tl.program_id(1)
         b, h = bh // H, bh % H
         m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -170,16 +209,17 @@ if triton is not None:
             for start in tl.range(BLOCK_N, full, BLOCK_N, warp_specialize=WS):
                 t_next = _scores(q, K8, KS, start, seq, sp, bh, desc_k, BLOCK_N, D, False, TMA)
                 acc, l_i, m_i = _update(acc, l_i, m_i, t, qs, V8, start - BLOCK_N, sp, bh, desc_v, BLOCK_N, D, TMA,
-                                       SUM_MMA, PROMOTE)
+                                       SUM_MMA, PROMOTE, POLY, SPLIT, FRESH)
                 t = t_next
-            acc, l_i, m_i = _update(acc, l_i, m_i, t, qs, V8, full - BLOCK_N, sp, bh, desc_v, BLOCK_N, D, TMA, SUM_MMA, PROMOTE)
+            acc, l_i, m_i = _update(acc, l_i, m_i, t, qs, V8, full - BLOCK_N, sp, bh, desc_v, BLOCK_N, D, TMA,
+                                   SUM_MMA, PROMOTE, POLY, SPLIT, FRESH)
         else:
             for start in tl.range(0, full, BLOCK_N, warp_specialize=WS):
                 acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, start, seq, sp, bh, desc_k, desc_v,
-                                           BLOCK_N, D, False, TMA, FAST, SUM_MMA, PROMOTE)
+                                           BLOCK_N, D, False, TMA, FAST, SUM_MMA, PROMOTE, POLY, SPLIT, FRESH)
         if full < seq:
             acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, full, seq, sp, bh, desc_k, desc_v,
-                                       BLOCK_N, D, True, TMA, FAST, SUM_MMA, PROMOTE)
+                                       BLOCK_N, D, True, TMA, FAST, SUM_MMA, PROMOTE, POLY, SPLIT, FRESH)
         vs = tl.load(VS + bh * D + d)
         if not FAST:
             vs = vs / 448.0
@@ -210,6 +250,8 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
                        FAST=config.fast_convert, OVERLAP=config.overlap and config.fast_convert,
                        SUM_MMA=config.sum_fp8_p and config.fast_convert,
                        PROMOTE=config.block_n if config.fp32_pv else None,
+                       POLY=config.poly_exp2 if config.fast_convert else 0, SPLIT=config.poly_split(),
+                       FRESH=config.pv_fresh and config.fast_convert,
                        num_warps=config.num_warps, num_stages=config.num_stages)
     return out
 

@@ -21,6 +21,13 @@ pytestmark = pytest.mark.skipif(not fp8_gpu(), reason="needs a GPU with FP8 (com
     ((1, 300, 12, 128), ts.DEFAULT, (1, 1)),
     ((2, 129, 3, 64), ts.Config(block_n=64, tma=False), (128, 64)),
     ((1, 517, 2, 128), ts.Config(128, 128, 8, 3, overlap=True), (1, 1)),
+    # exp2 partly by polynomial (the inline PTX runs only on a GPU) and the fresh P·V form
+    ((1, 300, 12, 128), ts.Config(poly_exp2=1), (1, 1)),
+    ((1, 517, 2, 128), ts.Config(poly_exp2=3), (1, 1)),
+    ((2, 129, 3, 64), ts.Config(poly_exp2=2, poly_asm=False), (1, 1)),
+    ((1, 300, 12, 128), ts.Config(poly_exp2=4), (1, 1)),
+    ((1, 517, 2, 128), ts.Config(pv_fresh=True, poly_exp2=2), (1, 1)),
+    ((1, 517, 2, 128), ts.Config(128, 128, 8, 3, overlap=True, pv_fresh=True), (1, 1)),
 ])
 def test_kernel_matches_reference_poisoned(shape, config, blocks):
     seed = int(torch.randint(0, 2**31 - 1, (1,)))
@@ -74,15 +81,16 @@ def test_fused_block_with_8bit_attention_against_diffusers():
     assert 0 < R.rel_error(eager8, want) < 0.05
 
 
-def test_long_rows_with_v_offset_match_reference():
+@pytest.mark.parametrize("config", [ts.DEFAULT, ts.Config(pv_fresh=True)])
+def test_long_rows_with_v_offset_match_reference(config):
     """Wan-length rows (32,760 keys) with a per-channel offset in V: the case where FP8 P·V
     accumulated in the tensor cores' reduced precision (Triton's sm90 default) drifted 0.056 from
-    bf16; each block's P·V is now promoted to FP32 (Config.fp32_pv)."""
+    bf16; each block's P·V is now promoted to FP32 (Config.fp32_pv, or pv_fresh's FMA)."""
     tokens = 32760
     q, k, v = R.wan_like_qkv(1, tokens, 1, 128, seed=int(torch.randint(0, 1000, (1,))), device="cuda")
     v = v + torch.randn(1, 1, 1, 128, device="cuda", dtype=v.dtype) * 3
     pick = torch.randperm(tokens, device="cuda")[:64]
-    out = ts.attention_8bit(q, k, v)[:, pick].cpu()
+    out = ts.attention_8bit(q, k, v, config=config)[:, pick].cpu()
     ref = R.sage_reference(q[:, pick].cpu(), k.cpu(), v.cpu(), recipe=R.Recipe(1, 1, ts.DEFAULT.block_n))
     assert R.rel_error(out, ref) < 1e-2
 
