@@ -141,7 +141,7 @@ def configure_decoder(pipe, cfg: QuantConfig, decoder_ckpt: str | None, reports:
     choice, speed = decoder_choice(cfg), speed_settings(cfg, device_type)
     notes = [use_decoder(pipe, choice, decoder_ckpt)]
     if choice.kind != "tiny":  # the tiny decoder has its own dtype; the full VAE only encodes then
-        notes.append(apply_speed(pipe.vae, speed))
+        notes.append(apply_speed(pipe.vae, speed, device_type))
     note = "; ".join(n for n in notes if n)
     if note:
         reports["vae"] = note

@@ -77,7 +77,7 @@ def test_declines_on_the_cpu(monkeypatch, caplog):
     vae = AutoencoderKLWan(base_dim=4, num_res_blocks=1).eval()
     with caplog.at_level(logging.INFO, logger="engine.vae"):
         note = apply_speed(vae, VaeSpeed("bf16", fused_norm=True))
-    assert "fused RMS norm + SiLU declined: the VAE is on cpu" in note
+    assert "fused RMS norm + SiLU declined: the VAE decodes on cpu" in note
     assert "not used for the VAE decode" in caplog.text
     assert isinstance(vae.decoder.norm_out, WanRMS_norm) and isinstance(vae.decoder.nonlinearity, torch.nn.SiLU)
     vae.decode(torch.randn(1, 16, 2, 4, 4).to(torch.bfloat16))  # and the decode runs as before
@@ -85,6 +85,25 @@ def test_declines_on_the_cpu(monkeypatch, caplog):
     vae = AutoencoderKLWan(base_dim=4, num_res_blocks=1).eval()
     assert "declined: fp32 activations" in apply_speed(vae, VaeSpeed("fp32", fused_norm=True))
     assert isinstance(vae.decoder.norm_out, WanRMS_norm)
+
+
+def test_the_engine_configures_it_on_the_cpu_for_a_cuda_decode(monkeypatch):
+    """engine.builder configures the decoder before placing the pipeline, while the VAE is still on
+    the CPU; a GPU run measured every bench_e2e row declining ("the VAE is on cpu") until the target
+    device was passed down (H200, 2026-12-04)."""
+    from engine.builder import build_tiny, configure_decoder
+    from engine.config import load_config
+    from engine.presets import load_preset
+    from engine.vae.fused_norm import RMSNormSiLU
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cfg = load_config(load_preset("cpu-demo"))
+    pipe = build_tiny("t2v", cfg).pipe
+    reports = {}
+    configure_decoder(pipe, cfg, None, reports, "cuda")
+    assert "declined" not in reports["vae"] and "fused RMS norm + SiLU" in reports["vae"]
+    assert any(isinstance(m, RMSNormSiLU) for m in pipe.vae.decoder.modules())
+    pipe.vae.decode(torch.randn(1, 16, 2, 4, 4).to(pipe.vae.dtype))  # on the CPU the modules fall back
 
 
 def test_config_key(caplog):

@@ -159,14 +159,16 @@ def fusion_sites(decoder) -> list[tuple[torch.nn.Module, str]]:
     return sites
 
 
-def install_fused_norm(vae) -> tuple[int, str | None]:
+def install_fused_norm(vae, device_type: str | None = None) -> tuple[int, str | None]:
     """Swap the decoder's norm + SiLU pairs for RMSNormSiLU. Returns (modules swapped, reason for
-    declining or None). Declines without CUDA (unless TRITON_INTERPRET=1) or without Triton."""
+    declining or None). Declines without CUDA (unless TRITON_INTERPRET=1) or without Triton.
+    `device_type`: where the VAE will decode (the engine configures it on the CPU before placing it
+    on the GPU); default: where its weights are now."""
     if triton is None:
         return 0, "Triton is not installed"
-    device = next(vae.parameters()).device
-    if device.type != "cuda" and not _interpreting():
-        return 0, f"the VAE is on {device.type}, the kernel is CUDA-only"
+    kind = device_type or next(vae.parameters()).device.type
+    if kind != "cuda" and not _interpreting():
+        return 0, f"the VAE decodes on {kind}, the kernel is CUDA-only"
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
 
     sites = fusion_sites(vae.decoder)

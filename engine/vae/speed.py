@@ -80,9 +80,10 @@ def speed_settings(cfg, device_type: str = "cuda") -> VaeSpeed:
                     flags["vae_fused_norm"])
 
 
-def apply_speed(vae, speed: VaeSpeed) -> str:
+def apply_speed(vae, speed: VaeSpeed, device_type: str | None = None) -> str:
     """Configure an AutoencoderKLWan in place for `speed`; returns a line for the load report.
-    Only the decode path changes; `vae.dtype` stays what the pipeline should hand the latents in."""
+    Only the decode path changes; `vae.dtype` stays what the pipeline should hand the latents in.
+    `device_type`: where it will decode, when it is still on the CPU now (engine.builder places it later)."""
     if speed == VaeSpeed():
         return ""
     if speed.dtype in _TORCH:
@@ -101,7 +102,7 @@ def apply_speed(vae, speed: VaeSpeed) -> str:
         from .fused_norm import install_fused_norm
 
         swapped, why = (0, "fp32 activations (the kernel is for fp16/bf16)") if speed.dtype == "fp32" \
-            else install_fused_norm(vae)
+            else install_fused_norm(vae, device_type)
         if why is not None:
             log.info("fused RMS norm + SiLU not used for the VAE decode: %s", why)
             note = note.replace("fused RMS norm + SiLU", f"fused RMS norm + SiLU declined: {why}")
