@@ -206,7 +206,9 @@ def main():
                 ms = timed(lambda: ts.attention_quantized(x, out, cfg), False)
                 err = R.rel_error(out.float(), sdpa(q, k, v, "CUDNN_ATTENTION").float())
                 row = dict(config=cfg.label(), ms=ms, speedup=base / ms, err=err, compile_s=compile_s)
-                if best is None or ms < best[0]:
+                # only configs with full-precision P·V accumulation may win: without it the error on V with
+                # a channel offset grows with length (0.05-0.08 measured), which the Wan-like inputs hide
+                if (cfg.fp32_pv or cfg.pv_fresh) and (best is None or ms < best[0]):
                     best = (ms, cfg)
             except Exception as e:  # a config the compiler rejects: record why, try the next
                 row = dict(config=cfg.label(), error=f"{type(e).__name__}: {str(e)[:300]}")
