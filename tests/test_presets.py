@@ -149,3 +149,20 @@ def test_lighter_preset_chain():
     assert lighter_preset("vram12-fp8") is None
     assert lighter_preset("lowmem-int8-offload") == "lowmem-int8-block-offload"
     assert lighter_preset("lowmem-int8-block-offload") is None
+
+
+@pytest.mark.parametrize("name, capability", [("hopper-fp8-speed", (9, 0)), ("ada-fp8-speed", (8, 9))])
+def test_speed_presets_run_8bit_attention_where_it_runs(name, capability):
+    """Issue 12: the Hopper/Ada speed presets use 8-bit self-attention; the family's plain preset does not."""
+    from engine.attention.paths import gpu_problem
+    from engine.attention.plan import plan_from_config
+
+    cfg = load_config(load_preset(name))
+    plain = load_config(load_preset(name.removesuffix("-speed")))
+    assert plan_from_config(cfg, announce=False).self_attn == "sage8"
+    assert plan_from_config(plain, announce=False).self_attn == "sdpa"
+    assert {k: v for k, v in cfg.raw.items() if k not in ("_about", "self_attn_1_type")} == \
+        {k: v for k, v in plain.raw.items() if k != "_about"}
+    assert gpu_problem("sage8", capability, "GPU") is None
+    assert "Set self_attn_1_type to torch_sdpa" in gpu_problem("sage8", (8, 0), "A100")
+    assert lighter_preset(name) == "vram24-fp8"
