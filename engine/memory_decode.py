@@ -212,12 +212,15 @@ def _per_pixel(full_per_pixel: float, dec: Decoder) -> float:
 def tile_grid(full_per_pixel: float, dec: Decoder, height: int, width: int, frames: int, room: float | None,
               z_dim: int = 16):
     """The grid engine/vae/tiling.py decodes with: the least computed area whose transient fits `room`
-    bytes (None: tiles of at most DEFAULT_TILE_SHARE of the frame)."""
-    from .vae.tiling import plan
+    bytes (None: tiles of at most DEFAULT_TILE_SHARE of the frame, or one tile when the halo makes none
+    that small)."""
+    from .vae.tiling import Grid, plan, tile_area
 
     lat_h, lat_w = latent_size(height, width, z_dim)
-    if room is None:
-        return plan(lat_h, lat_w, TILE_REACH, DEFAULT_TILE_SHARE * lat_h * lat_w)
+    if room is None:  # no budget to protect (the CPU): tiles only where they stay near the target size
+        target = DEFAULT_TILE_SHARE * lat_h * lat_w
+        grid = plan(lat_h, lat_w, TILE_REACH, target)
+        return grid if tile_area(lat_h, lat_w, grid, TILE_REACH) <= target else Grid()
     out = frames * 3 * height * width * (2 if dec.half_weights else 4)
     fixed = out + trunk_bytes(dec, height, width, frames, z_dim)
     share = (room - fixed) / (_per_pixel(full_per_pixel, dec) * height * width)

@@ -1,5 +1,9 @@
 """engine/vae/tiling.py: the tiled decode gives diffusers' untiled frames (the reference is diffusers'
 own AutoencoderKLWan.decode), on the Wan2.1 and Wan2.2 decoder layouts, through the pipeline too."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -91,6 +95,57 @@ def test_budget_picks_larger_tiles_and_the_estimate_counts_them():
     assert roomy.grid is None and not roomy.tiled and "whole frames" in memory.describe(roomy, 24 * memory.GIB)
 
 
+def test_tiles_with_the_gpu_default_decode_round_as_the_untiled_one():
+    """fp16 with the fused RMS norm + SiLU, its Triton kernel under the interpreter (set before Triton is
+    imported, hence the subprocess): tiles equal the untiled decode bit for bit, with and without
+    channels-last (tests/vae_tiling_interpret_check.py)."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    script = os.path.join(os.path.dirname(__file__), "vae_tiling_interpret_check.py")
+    proc = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    assert proc.stdout.count("ok tiled") == 2, proc.stdout
+
+
+def test_tiles_have_one_shape_and_cover_their_core_with_the_halo():
+    for n, parts, halo in ((60, 3, 13), (104, 5, 13), (34, 8, 13), (21, 2, 4)):
+        spans = tiling._spans(n, parts, halo)
+        assert len({t1 - t0 for _, _, t0, t1 in spans}) == 1
+        assert spans[0][0] == 0 and spans[-1][1] == n
+        for a, b, t0, t1 in spans:
+            assert 0 <= t0 and t1 <= n and t0 <= max(0, a - halo) and t1 >= min(n, b + halo)
+
+
+def test_without_a_budget_tiles_only_when_they_are_small():
+    cpu = memory_decode.Decoder()
+    grid = memory_decode.tile_grid(memory.DECODE_BYTES_PER_PIXEL, cpu, 480, 832, 81, None)
+    assert grid.tiles > 1  # 60x104 latent: 2x2 tiles are under half the frame
+    assert memory_decode.tile_grid(memory.DECODE_BYTES_PER_PIXEL, cpu, 320, 320, 81, None) == tiling.Grid()
+
+
+def test_a_failing_tile_leaves_no_cache_and_restores_the_decoder():
+    vae = _vae("wan2.1")
+    z = torch.randn(1, 16, 2, 34, 36, generator=torch.Generator().manual_seed(1))
+    block = vae.decoder.up_blocks[1]
+    calls = []
+
+    def boom(module, args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("tile")
+    handle = block.register_forward_pre_hook(boom)
+    vae.enable_tiling()
+    tiling.install(vae, tiling.Grid(2, 2))
+    with torch.no_grad(), pytest.raises(torch.OutOfMemoryError):
+        vae.decode(z)
+    handle.remove()
+    assert all(c is None for c in vae._feat_map)
+    assert isinstance(vae.decoder.mid_block, type(_vae("wan2.1").decoder.mid_block)) and len(vae.decoder.up_blocks) == 4
+    with torch.no_grad():
+        tiled = vae.decode(z).sample
+        vae.disable_tiling()
+        assert (tiled - vae.decode(z).sample).abs().max() <= 1e-5
+
+
 def _pipe_frames(tiled: bool):
     raw = dict(load_preset("cpu-demo"), use_tiling_vae=tiled)
     loaded = build_tiny("t2v", load_config(raw))
@@ -102,7 +157,9 @@ def _pipe_frames(tiled: bool):
     return out.frames[0], loaded.pipe.vae
 
 
-def test_use_tiling_vae_through_the_pipeline_gives_the_untiled_frames():
+def test_use_tiling_vae_through_the_pipeline_gives_the_untiled_frames(monkeypatch):
+    monkeypatch.setattr(memory_decode, "DEFAULT_TILE_SHARE", 0.9)  # 272 px frames: 1x2 tiles, not one
+    assert memory_decode.tile_grid(1.0, memory_decode.Decoder(), 272, 272, 9, None).tiles > 1
     whole, _ = _pipe_frames(False)
     tiled, vae = _pipe_frames(True)
     assert vae.use_tiling and "tiled_decode" in vae.__dict__

@@ -93,9 +93,17 @@ def upscale(decoder) -> int:
 
 
 def _spans(n: int, parts: int, halo: int) -> list[tuple[int, int, int, int]]:
-    """(start, stop) of each core and of its widened tile along one axis of n latent pixels."""
+    """(start, stop) of each core and of its widened tile along one axis of n latent pixels. Every
+    widened tile has the same length (edge tiles slide inward and see more than the halo, which keeps
+    them exact): one shape for cuDNN's autotuning and for compiled blocks (vae_compile), instead of a
+    graph per tile shape."""
     edges = [round(i * n / parts) for i in range(parts + 1)]
-    return [(a, b, max(0, a - halo), min(n, b + halo)) for a, b in zip(edges, edges[1:])]
+    length = max(min(n, b + halo) - max(0, a - halo) for a, b in zip(edges, edges[1:]))
+    spans = []
+    for a, b in zip(edges, edges[1:]):
+        start = max(0, min(a - halo, n - length))
+        spans.append((a, b, start, start + length))
+    return spans
 
 
 def tile_area(lat_h: int, lat_w: int, grid: Grid, halo: int) -> int:
@@ -135,12 +143,21 @@ def _swapped(module: nn.Module, **replacements):
 
 
 def _frames(vae, x: torch.Tensor):
-    """diffusers' own per-latent-frame loop (AutoencoderKLWan._decode): yields each call's output."""
+    """diffusers' own per-latent-frame loop (AutoencoderKLWan._decode): yields each call's output. The
+    causal caches are dropped even when a call fails (out of memory), so they do not outlive the decode."""
     vae.clear_cache()
-    for i in range(x.shape[2]):
-        vae._conv_idx = [0]
-        yield vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
-    vae.clear_cache()
+    try:
+        for i in range(x.shape[2]):
+            vae._conv_idx = [0]
+            yield vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
+    finally:
+        vae.clear_cache()
+
+
+def _format(t: torch.Tensor) -> torch.memory_format:
+    """channels-last-3d when `t` is laid out so (engine.vae.speed's default on a GPU), else contiguous."""
+    cl = t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous()
+    return torch.channels_last_3d if cl else torch.contiguous_format
 
 
 def trunk(vae, z: torch.Tensor) -> torch.Tensor:
@@ -150,8 +167,9 @@ def trunk(vae, z: torch.Tensor) -> torch.Tensor:
     out = None
     with _swapped(dec, up_blocks=nn.ModuleList(), norm_out=_Pass(), nonlinearity=_Pass(), conv_out=_Pass()):
         for i, frame in enumerate(_frames(vae, x)):
-            if out is None:
-                out = frame.new_empty(frame.shape[:2] + (x.shape[2],) + frame.shape[3:])
+            if out is None:  # in the frames' layout, so that the tiles see what the untiled decode sees
+                out = torch.empty(frame.shape[:2] + (x.shape[2],) + frame.shape[3:], dtype=frame.dtype,
+                                  device=frame.device, memory_format=_format(frame))
             out[:, :, i:i + 1] = frame
     return out
 
@@ -169,8 +187,11 @@ def decode_tiles(vae, z: torch.Tensor, grid: Grid, halo: int | None = None) -> t
             for c0, c1, w0, w1 in _spans(lat_w, grid.cols, halo):
                 rows = slice((r0 - h0) * up, (r1 - h0) * up)
                 cols = slice((c0 - w0) * up, (c1 - w0) * up)
+                # a copy, not a view: a view's H and W strides do not flatten, and the fused norm
+                # (engine/vae/fused_norm.py) would decline it and round differently from the untiled decode
+                tile = feats[:, :, :, h0:h1, w0:w1].contiguous(memory_format=_format(feats))
                 t = 0
-                for frame in _frames(vae, feats[:, :, :, h0:h1, w0:w1]):
+                for frame in _frames(vae, tile):
                     if out is None:  # frames per latent frame: 1 for the first, then the time upsampling's
                         count = frame.shape[2] + (z.shape[2] - 1) * _later_frames(dec)
                         out = frame.new_empty(frame.shape[:2] + (count, lat_h * up, lat_w * up))

@@ -113,3 +113,29 @@ def test_full_vae_fused_norm_on_the_gpu():
         return 10 * torch.log10(4 / (u - v).pow(2).mean()).item()
 
     assert psnr(b, ref) >= psnr(a, ref) - 1.0
+
+
+def test_engine_build_fuses_the_norm_and_exact_tiles_match_on_the_gpu(setup):
+    """build_from_dir configures the decoder on the CPU and places it on the GPU afterwards: the fused norm
+    must still be installed (it declined on every engine-built pipeline until 2026-12-04), and the exact
+    tiled decode (engine/vae/tiling.py) with the GPU's default decode must give the untiled frames."""
+    from engine.vae import tiling
+
+    model = build_from_dir(setup["folder"], load_config({}), device="cuda")
+    assert "fused RMS norm + SiLU" in model.reports["vae"] and "declined" not in model.reports["vae"]
+    call = dict(CALL, height=272, width=272)  # over diffusers' 256 px tile, or it decodes whole
+
+    def run():
+        with torch.no_grad():
+            return model.pipe("a red fox", generator=torch.Generator("cuda").manual_seed(0), **call).frames[0]
+
+    vae = model.pipe.vae
+    vae.disable_tiling()
+    whole = run()
+    vae.enable_tiling()
+    assert tiling.install(vae, tiling.Grid(2, 2)) is None
+    tiled = run()
+    tiling.uninstall(vae)
+    blended = run()
+    assert np.abs(tiled - whole).max() < 4e-3  # fp16: other cuDNN algorithms for other shapes
+    assert np.abs(blended - whole).max() > np.abs(tiled - whole).max()
