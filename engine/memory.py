@@ -298,7 +298,7 @@ def estimate(a: Arch, fm: Formats, place: Placement, height: int, width: int, fr
         if a.i2v:
             encoder = memory_decode.encoder_decoder(decoder)  # the encode is counted like its VAE's decode
             p["encode"] = (p["encode"][0], max(p["encode"][1],
-                                               decode_transient(height, width, frames, tiled, encoder, z_dim)))
+                                               decode_transient(height, width, frames, tiled, encoder, z_dim, grid)))
         return p
 
     tiled = place.tiling
@@ -308,6 +308,8 @@ def estimate(a: Arch, fm: Formats, place: Placement, height: int, width: int, fr
     grid = None
     if tiled and decoder.kind != "tiny":  # the largest tiles that fit what the decode phase has left
         room = None if budget is None else (budget - resident - vae_w) / HEADROOM
+        if a.i2v and budget is not None:  # the same grid tiles the conditioning video's encode
+            room = min(room, (budget - phases_t["encode"][0]) / HEADROOM)
         grid = memory_decode.tile_grid(DECODE_BYTES_PER_PIXEL, decoder, height, width, frames, room, z_dim)
         if grid.tiles == 1 and budget is not None and max(r + t * HEADROOM for r, t in with_decode(False).values()) <= budget:
             tiled, grid = False, None  # whole frames fit after all (use_tiling_vae: true on a roomy GPU)

@@ -11,7 +11,6 @@ from diffusers import AutoencoderKLWan
 
 from engine import memory, memory_decode
 from engine.config import load_config
-from engine.preset_files import load_preset
 from engine.request import VideoRequest
 from engine.builder import build_tiny
 from engine.vae import tiling
@@ -50,6 +49,29 @@ def test_tiles_give_the_untiled_frames_and_a_short_halo_does_not(layout):
     assert (blended - whole).abs().max() > 1e-2  # and diffusers' blended seams are what this replaces
 
 
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_encoder_tiles_give_the_untiled_latents(layout):
+    """i2v's conditioning video: with tiling on, the encode is ours too (down blocks per tile, the mid
+    block once); the latents equal the untiled encode's, diffusers' blended ones do not."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import patchify
+
+    vae = _vae(layout)
+    size = (272, 288) if layout == "wan2.1" else (544, 576)  # the encoder's input over 256 px, or it is whole
+    x = torch.randn(1, 3, 5, *size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        whole = vae.encode(x).latent_dist.mean
+        vae.enable_tiling()
+        tiling.install(vae, tiling.Grid(2, 2))
+        tiled = vae.encode(x).latent_dist.mean
+        patched = patchify(x, vae.config.patch_size) if vae.config.patch_size else x
+        short = tiling.encode_tiles(vae, patched, tiling.Grid(2, 2), halo=tiling.encoder_reach(vae.encoder) // 2)
+        tiling.uninstall(vae)
+        blended = vae.encode(x).latent_dist.mean
+    assert tiled.shape == whole.shape and (tiled - whole).abs().max() <= 1e-5
+    assert (short.chunk(2, dim=1)[0] - whole).abs().max() > 1e-4
+    assert (blended - whole).abs().max() > 1e-2
+
+
 def test_reach_of_the_real_decoders_is_the_memory_model_constant():
     from engine.vae.light import WAN_DIM_MULT
 
@@ -59,8 +81,9 @@ def test_reach_of_the_real_decoders_is_the_memory_model_constant():
                                  out_channels=12, patch_size=2, scale_factor_spatial=16,
                                  temperal_downsample=[False, True, True])]
     for vae in vaes:
-        assert tiling.supports(vae) is None
+        assert tiling.supports(vae) is None and tiling.encoder_supports(vae) is None
         assert tiling.reach(vae.decoder) == memory_decode.TILE_REACH
+        assert tiling.encoder_reach(vae.encoder) <= memory_decode.TILE_REACH  # the decode's grid serves both
         assert tiling.upscale(vae.decoder) == 8
     full = vaes[0].decoder.mid_block.resnets[0].conv1.in_channels
     assert full == memory_decode.TRUNK_CHANNELS[16]
@@ -146,21 +169,29 @@ def test_a_failing_tile_leaves_no_cache_and_restores_the_decoder():
         assert (tiled - vae.decode(z).sample).abs().max() <= 1e-5
 
 
-def _pipe_frames(tiled: bool):
-    raw = dict(load_preset("cpu-demo"), use_tiling_vae=tiled)
-    loaded = build_tiny("t2v", load_config(raw))
-    req = VideoRequest("a fox", height=272, width=272, num_frames=9)
+def _pipe_frames(task: str, tiled: bool):
+    # unquantized: the int8 preset's activation rounding turns a last-bit difference in the conditioning
+    # latents into a whole quantization step at a tie (measured: 0.076 at one pixel, mean 2e-5)
+    loaded = build_tiny(task, load_config({"use_tiling_vae": tiled}))
+    extra = {}
+    if task == "i2v":  # the conditioning video (the image, then zeros) is VAE-encoded: tiled too
+        from PIL import Image
+
+        pixels = (np.random.default_rng(0).random((272, 272, 3)) * 255).astype("uint8")
+        extra["image"] = Image.fromarray(pixels)
+    req = VideoRequest("a fox", height=272, width=272, num_frames=9, **extra)
     memory.prepare_decode(loaded, req)  # what generate() does before the pipeline runs
     out = loaded.pipe(prompt="a fox", height=272, width=272, num_frames=9, num_inference_steps=2,
                       guidance_scale=1.0, generator=torch.Generator("cpu").manual_seed(0), output_type="np",
-                      max_sequence_length=64)
+                      max_sequence_length=64, **extra)
     return out.frames[0], loaded.pipe.vae
 
 
-def test_use_tiling_vae_through_the_pipeline_gives_the_untiled_frames(monkeypatch):
+@pytest.mark.parametrize("task", ["t2v", "i2v"])
+def test_use_tiling_vae_through_the_pipeline_gives_the_untiled_frames(monkeypatch, task):
     monkeypatch.setattr(memory_decode, "DEFAULT_TILE_SHARE", 0.9)  # 272 px frames: 1x2 tiles, not one
     assert memory_decode.tile_grid(1.0, memory_decode.Decoder(), 272, 272, 9, None).tiles > 1
-    whole, _ = _pipe_frames(False)
-    tiled, vae = _pipe_frames(True)
-    assert vae.use_tiling and "tiled_decode" in vae.__dict__
+    whole, _ = _pipe_frames(task, False)
+    tiled, vae = _pipe_frames(task, True)
+    assert vae.use_tiling and "tiled_decode" in vae.__dict__ and "tiled_encode" in vae.__dict__
     np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)

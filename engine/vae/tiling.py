@@ -1,9 +1,10 @@
-"""Tiled decode for the Wan VAE (full and LightVAE) that gives the untiled frames.
+"""Tiled decode (and encode) for the Wan VAE (full and LightVAE) that gives the untiled frames (latents).
 
 diffusers' `tiled_decode` runs the whole decoder on overlapping 256 px tiles and blends the seams. That
 changes the result twice: the mid block's spatial attention sees one tile instead of the frame, and every
 convolution near a tile edge reads zero padding instead of its neighbour. On a random-weight 14B VAE
-this measured 37.6 dB against the untiled decode (H200, 2026-12-04), where the issue asks for 0.5 dB.
+this measured 35.3 dB against the untiled decode (H200, 2026-12-04, bench/bench_vae_tiles.py), where
+issue 10 asks for 0.5 dB.
 
 Here the decoder is split where it stops being global:
 1. the trunk (post_quant_conv, conv_in and the mid block, whose attention spans the frame) runs once on
@@ -19,7 +20,11 @@ pass-throughs for the duration of the call.
 
 The price is the halo: each tile computes its core plus `reach()` latent pixels (13 for the Wan VAE,
 104 output pixels) on each inner side. `plan()` picks the grid with the least computed area whose largest
-tile fits a memory limit (engine.memory_decode.tile_limit), so a tight GPU takes more, smaller tiles.
+tile fits a memory limit (engine.memory_decode.tile_grid), so a tight GPU takes more, smaller tiles.
+
+The encoder (i2v's conditioning video, tiled when tiling is on) is split the other way round: its down
+blocks are local and run per tile widened by `encoder_reach()` (10 latent pixels for Wan), and the mid
+block and head then run once over the whole latent. It uses the decode's grid.
 """
 from __future__ import annotations
 
@@ -222,6 +227,86 @@ def tiled_decode(vae, z: torch.Tensor, return_dict: bool = True, grid: Grid = Gr
     return DecoderOutput(sample=out) if return_dict else (out,)
 
 
+# ---- the encoder (i2v's conditioning video), split the other way round ----------------------------
+
+def encoder_supports(vae) -> str | None:
+    """None when the encoder has Wan's layout: local down blocks, then the mid block (frame-wide
+    attention) and the head; otherwise why not (diffusers' blended tiles then)."""
+    enc = getattr(vae, "encoder", None)
+    need = ("conv_in", "down_blocks", "mid_block", "norm_out", "nonlinearity", "conv_out")
+    if enc is None or not all(hasattr(enc, name) for name in need):
+        return f"{type(vae).__name__} has no Wan encoder layout (conv_in, down_blocks, mid_block, head)"
+    attention = [n for n, m in enc.down_blocks.named_modules() if "attention" in type(m).__name__.lower()]
+    return f"the encoder's down blocks contain attention ({attention[0]})" if attention else None
+
+
+def encoder_reach(encoder) -> int:
+    """How far (latent pixels, rounded up) a value of the down blocks' output depends on the encoder's
+    input: each convolution's reach at its input's scale, a strided one counted on one side in full
+    (its zero padding is on the right and bottom), over the total downsampling. Wan: 9.375, so 10."""
+    scale, radius = 1.0, 0.0
+    for module in [encoder.conv_in, *encoder.down_blocks.modules()]:
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            k, dil, stride = module.kernel_size, module.dilation, module.stride[-1]
+            reach = max((k[-1] - 1) * dil[-1], (k[-2] - 1) * dil[-2])
+            radius += (reach if stride > 1 else reach / 2) * scale
+            scale *= stride
+    return math.ceil(radius / scale - 1e-9)
+
+
+def _encoder_chunks(vae, x: torch.Tensor):
+    """diffusers' own encode loop (AutoencoderKLWan._encode): the first frame, then 4 at a time."""
+    vae.clear_cache()
+    try:
+        for i in range(1 + (x.shape[2] - 1) // 4):
+            vae._enc_conv_idx = [0]
+            part = x[:, :, :1] if i == 0 else x[:, :, 1 + 4 * (i - 1):1 + 4 * i]
+            yield vae.encoder(part, feat_cache=vae._enc_feat_map, feat_idx=vae._enc_conv_idx)
+    finally:
+        vae.clear_cache()
+
+
+def encode_tiles(vae, x: torch.Tensor, grid: Grid, halo: int | None = None) -> torch.Tensor:
+    """quant_conv(encoder(x)) for an (already patchified) video x: the down blocks per tile, widened by
+    the encoder's reach, then the mid block and the head once over the whole latent."""
+    enc = vae.encoder
+    halo = encoder_reach(enc) if halo is None else halo
+    down = _downsampling(enc)
+    lat_h, lat_w = x.shape[-2] // down, x.shape[-1] // down
+    feats = None
+    with _swapped(enc, mid_block=_Pass(), norm_out=_Pass(), nonlinearity=_Pass(), conv_out=_Pass()):
+        for r0, r1, h0, h1 in _spans(lat_h, grid.rows, halo):
+            for c0, c1, w0, w1 in _spans(lat_w, grid.cols, halo):
+                tile = x[:, :, :, h0 * down:h1 * down, w0 * down:w1 * down].contiguous(memory_format=_format(x))
+                t = 0
+                for part in _encoder_chunks(vae, tile):
+                    if feats is None:
+                        count = 1 + (x.shape[2] - 1) // 4
+                        feats = torch.empty(part.shape[:2] + (count, lat_h, lat_w), dtype=part.dtype,
+                                            device=part.device, memory_format=_format(part))
+                    n = part.shape[2]
+                    feats[:, :, t:t + n, r0:r1, c0:c1] = part[:, :, :, r0 - h0:r1 - h0, c0 - w0:c1 - w0]
+                    t += n
+    parts = []
+    with _swapped(enc, conv_in=_Pass(), down_blocks=nn.ModuleList()):
+        vae.clear_cache()
+        try:
+            for i in range(feats.shape[2]):
+                vae._enc_conv_idx = [0]
+                parts.append(enc(feats[:, :, i:i + 1], feat_cache=vae._enc_feat_map, feat_idx=vae._enc_conv_idx))
+        finally:
+            vae.clear_cache()
+    return vae.quant_conv(torch.cat(parts, 2))
+
+
+def _downsampling(encoder) -> int:
+    scale = 1
+    for module in encoder.down_blocks.modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            scale *= module.stride[-1]
+    return scale
+
+
 def install(vae, grid: Grid) -> str | None:
     """Route `vae`'s tiled decode through the exact one with `grid` (diffusers' `_decode` calls
     `self.tiled_decode` when tiling is on and a frame is larger than its 256 px tile; smaller frames
@@ -231,8 +316,11 @@ def install(vae, grid: Grid) -> str | None:
     if why is not None:
         return why
     vae.tiled_decode = lambda z, return_dict=True: tiled_decode(vae, z, return_dict, grid)
+    if encoder_supports(vae) is None:  # i2v's conditioning video, when tiling is on (same grid)
+        vae.tiled_encode = lambda x: encode_tiles(vae, x, grid)
     return None
 
 
 def uninstall(vae) -> None:
     vae.__dict__.pop("tiled_decode", None)
+    vae.__dict__.pop("tiled_encode", None)
