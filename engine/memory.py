@@ -413,14 +413,13 @@ def _exact_tiles(vae, grid, req) -> None:
 
     from .vae import tiling
 
-    if hasattr(vae, "full"):  # the tiny-decoder wrapper decodes by itself; its full VAE only encodes
-        return
-    if grid is None:  # on the CPU (no budget): tiles of at most half the frame
+    vae = getattr(vae, "full", vae)  # the tiny-decoder wrapper decodes by itself; its full VAE encodes (i2v)
+    if grid is None:  # on the CPU (no budget), or the tiny decoder's encode: tiles of at most half the frame
         grid = memory_decode.tile_grid(DECODE_BYTES_PER_PIXEL, Decoder(), req.height, req.width, req.num_frames, None,
                                        getattr(vae.config, "z_dim", 16))
     why = tiling.install(vae, grid)
     log = logging.getLogger("engine.vae")
     if why is None:
-        log.info("VAE decode in %s tiles (exact tiled decode, engine/vae/tiling.py)", grid.text())
+        log.info("VAE tiles: %s (exact tiled decode and encode, engine/vae/tiling.py)", grid.text())
     else:
         log.info("VAE decode tiled by diffusers (blended seams): %s", why)

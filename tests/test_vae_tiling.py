@@ -195,3 +195,22 @@ def test_use_tiling_vae_through_the_pipeline_gives_the_untiled_frames(monkeypatc
     tiled, vae = _pipe_frames(task, True)
     assert vae.use_tiling and "tiled_decode" in vae.__dict__ and "tiled_encode" in vae.__dict__
     np.testing.assert_allclose(tiled, whole, atol=1e-5, rtol=0)
+
+
+def test_with_the_tiny_decoder_the_full_vae_still_encodes_in_exact_tiles(tmp_path):
+    """The tiny decoder decodes by itself; its wrapper's full VAE encodes i2v's conditioning video, and
+    with tiling on it takes the exact tiles too."""
+    from engine.builder import configure_decoder
+    from engine.vae.wrapper import TinyDecodeVAE
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from vae_writer import tiny_tensors, write
+
+    cfg = load_config({"use_tae": True, "tae_path": str(write(tmp_path / "lighttaew2_1.safetensors",
+                                                                  tiny_tensors(widths=(16, 8, 8, 8)))),
+                       "use_tiling_vae": True})
+    loaded = build_tiny("i2v", cfg)
+    configure_decoder(loaded.pipe, cfg, None, {})
+    assert isinstance(loaded.pipe.vae, TinyDecodeVAE)
+    memory.prepare_decode(loaded, VideoRequest("a fox", height=272, width=272, num_frames=9))
+    assert "tiled_encode" in loaded.pipe.vae.full.__dict__ and loaded.pipe.vae.full.use_tiling
