@@ -306,11 +306,15 @@ def estimate(a: Arch, fm: Formats, place: Placement, height: int, width: int, fr
         untiled = with_decode(False)
         tiled = budget is not None and max(r + t * HEADROOM for r, t in untiled.values()) > budget
     grid = None
-    if tiled and decoder.kind != "tiny":  # the largest tiles that fit what the decode phase has left
-        room = None if budget is None else (budget - resident - vae_w) / HEADROOM
-        if a.i2v and budget is not None:  # the same grid tiles the conditioning video's encode
-            room = min(room, (budget - phases_t["encode"][0]) / HEADROOM)
-        grid = memory_decode.tile_grid(DECODE_BYTES_PER_PIXEL, decoder, height, width, frames, room, z_dim)
+    if tiled and (decoder.kind != "tiny" or a.i2v):  # the largest tiles that fit what each tiled phase has left
+        rooms = []
+        if budget is not None and decoder.kind != "tiny":
+            rooms.append((budget - resident - vae_w) / HEADROOM)
+        if budget is not None and a.i2v:  # the same grid tiles the conditioning video's encode
+            rooms.append((budget - phases_t["encode"][0]) / HEADROOM)
+        sizing = decoder if decoder.kind != "tiny" else memory_decode.encoder_decoder(decoder)
+        grid = memory_decode.tile_grid(DECODE_BYTES_PER_PIXEL, sizing, height, width, frames,
+                                       min(rooms) if rooms else None, z_dim)
         if grid.tiles == 1 and budget is not None and max(r + t * HEADROOM for r, t in with_decode(False).values()) <= budget:
             tiled, grid = False, None  # whole frames fit after all (use_tiling_vae: true on a roomy GPU)
     phases = with_decode(tiled, grid)

@@ -246,4 +246,7 @@ def transient(full_per_pixel: float, dec: Decoder, height: int, width: int, fram
 def encoder_decoder(dec: Decoder) -> Decoder:
     """The VAE that encodes an i2v conditioning video: LightVAE when chosen, else the full VAE as it is
     configured (with the tiny decoder, the full VAE in fp32)."""
-    return Decoder("full") if dec.kind == "tiny" else dec
+    if dec.kind == "tiny":
+        return Decoder("full")
+    # the -mixed modes' autocast wraps the decode only (engine.vae.speed): the encode runs in fp32
+    return Decoder(dec.kind, "fp32", dec.chunk) if dec.dtype.endswith("-mixed") else dec

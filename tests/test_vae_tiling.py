@@ -214,3 +214,39 @@ def test_with_the_tiny_decoder_the_full_vae_still_encodes_in_exact_tiles(tmp_pat
     assert isinstance(loaded.pipe.vae, TinyDecodeVAE)
     memory.prepare_decode(loaded, VideoRequest("a fox", height=272, width=272, num_frames=9))
     assert "tiled_encode" in loaded.pipe.vae.full.__dict__ and loaded.pipe.vae.full.use_tiling
+
+
+def test_i2v_with_the_tiny_decoder_sizes_the_encode_tiles_to_the_budget():
+    """The tiny decoder does not tile, but i2v's conditioning encode does (by the full VAE): its grid
+    comes from the encode phase's room and the encode is counted with it (review finding)."""
+    from dataclasses import replace
+
+    a = replace(memory.ARCHS[14], in_channels=36, i2v=True)
+    fm = memory.Formats("fp8", "int8", "int8")
+    tiny = memory_decode.Decoder("tiny")
+    place = memory.Placement("leaf", "stream", True)
+    est = memory.estimate(a, fm, place, 720, 1280, 81, budget=12 * memory.GIB, decoder=tiny)
+    assert est.tiled and est.grid is not None and est.grid.tiles > 1
+    encoder = memory_decode.encoder_decoder(tiny)
+    counted = memory.decode_transient(720, 1280, 81, True, encoder, 16, est.grid)
+    resident = est.phases["encode"] - counted
+    assert resident + counted * memory.HEADROOM <= 12 * memory.GIB or est.dominant != "encode"
+    assert est.phases["encode"] >= counted
+
+
+def test_mixed_precision_encodes_in_fp32():
+    """engine.vae.speed's -mixed autocast wraps the decode only: the encode is counted in fp32."""
+    mixed = memory_decode.Decoder("full", "bf16-mixed")
+    assert memory_decode.encoder_decoder(mixed).dtype == "fp32"
+    assert memory_decode.encoder_decoder(memory_decode.Decoder("full", "fp16")).dtype == "fp16"
+
+
+def test_an_encode_off_the_stride_grid_runs_whole():
+    vae = _vae("wan2.1")
+    x = torch.randn(1, 3, 5, 264, 260, generator=torch.Generator().manual_seed(3))  # 260 = 8 x 32 + 4
+    with torch.no_grad():
+        whole = vae.encode(x).latent_dist.mean
+        vae.enable_tiling()
+        tiling.install(vae, tiling.Grid(2, 2))
+        tiled = vae.encode(x).latent_dist.mean
+    assert tiled.shape == whole.shape and (tiled - whole).abs().max() <= 1e-5

@@ -272,6 +272,8 @@ def encode_tiles(vae, x: torch.Tensor, grid: Grid, halo: int | None = None) -> t
     enc = vae.encoder
     halo = encoder_reach(enc) if halo is None else halo
     down = _downsampling(enc)
+    if x.shape[-2] % down or x.shape[-1] % down:  # tiles must align to the strided convolutions: whole frames
+        return vae.quant_conv(torch.cat(list(_encoder_chunks(vae, x)), 2))
     lat_h, lat_w = x.shape[-2] // down, x.shape[-1] // down
     feats = None
     with _swapped(enc, mid_block=_Pass(), norm_out=_Pass(), nonlinearity=_Pass(), conv_out=_Pass()):
