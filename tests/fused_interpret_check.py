@@ -74,12 +74,16 @@ def main(seed: int):
             # the activations' own quantization noise (e4m3: 3 mantissa bits) bounds the agreement
             assert err < (0.05 if fmt == "int8" else 0.1), (fmt, i2v, err)
             if i2v and fmt == "int8":  # control: a text/image split one token off is far outside that
-                fused.TEXT_TOKENS -= 1
-                try:
-                    off = rel(run_fused(block, args), want)
-                finally:
-                    fused.TEXT_TOKENS += 1
-                assert off > 4 * err, (err, off)
+                # both directions, the larger counts: how far one misassigned token moves the output depends
+                # on that random token (over 9 seeds one direction gave 3x-41x the agreement error)
+                offs = []
+                for delta in (-1, 1):
+                    fused.TEXT_TOKENS += delta
+                    try:
+                        offs.append(rel(run_fused(block, args), want))
+                    finally:
+                        fused.TEXT_TOKENS -= delta
+                assert max(offs) > 4 * err, (err, offs)
         print(f"ok {fmt} {'i2v' if i2v else 't2v'} {err:.4f}", flush=True)
 
 

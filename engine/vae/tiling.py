@@ -131,7 +131,7 @@ def plan(lat_h: int, lat_w: int, halo: int, max_tile_area: float) -> Grid:
     grids = [Grid(r, c) for r in range(1, min(MAX_SPLITS, lat_h) + 1) for c in range(1, min(MAX_SPLITS, lat_w) + 1)]
     fitting = [g for g in grids if tile_area(lat_h, lat_w, g, halo) <= max_tile_area]
     if not fitting:
-        return min(grids, key=lambda g: tile_area(lat_h, lat_w, g, halo))
+        return min(grids, key=lambda g: (tile_area(lat_h, lat_w, g, halo), computed_area(lat_h, lat_w, g, halo)))
     return min(fitting, key=lambda g: (computed_area(lat_h, lat_w, g, halo), g.tiles))
 
 
