@@ -217,9 +217,9 @@ def format_notices(cfg: QuantConfig, gpu: GpuInfo | None) -> list[str]:
 
 def lighter_preset(name: str) -> str | None:
     """The next preset down in memory use, for out-of-memory advice."""
+    name = name.removesuffix("-speed")  # a family's speed preset weighs what the family's does
     kind = "int8" if name.endswith("int8") else "fp8"
-    if name in ("hopper-fp8", "ada-fp8", "blackwell-fp8", "blackwell-nvfp4", "blackwell-mxfp8", "ampere-int8",
-                "hopper-fp8-speed", "ada-fp8-speed"):
+    if name in ("hopper-fp8", "ada-fp8", "blackwell-fp8", "blackwell-nvfp4", "blackwell-mxfp8", "ampere-int8"):
         return f"{TIERS[0]}-{kind}"
     tier = name.rsplit("-", 1)[0]
     if tier in TIERS[:-1]:

@@ -50,13 +50,14 @@ class Config:
     # speed, numerics within 1.02e-4 relative of each P value before its FP8 rounding: of every 4
     # scores, how many take exp2 by a polynomial on the FMA pipe instead of MUFU (0-4; fma_exp2.py;
     # fast_convert only). poly_asm: the split by inline PTX over 4 registers (any count), else by
-    # tl.split into even/odd columns (count 2 only). Not yet timed on a GPU.
+    # tl.split into even/odd columns (count 2 only). Slower on an H200 (14B 480p: 32.4 ms default,
+    # px1 34.6, px2 35.6, px4 40.4; docs/benchmarks.md 2026-12-04): kept for other GPUs' sweeps.
     poly_exp2: int = 0
     poly_asm: bool = True
     # speed, same numerics as fp32_pv (which it implies): each block's P·V into a fresh FP32
     # accumulator, then acc·alpha + pv in one FMA. With max_num_imprecise_acc, ptxas 13.4 serialises
     # every wgmma of the kernel, Q·Kᵀ's included (advisory C7514, bench/attention_sm90_compile.py);
-    # this form compiles without it. Not yet timed on a GPU.
+    # this form compiles without it. Same accuracy on an H200 but not faster (32.9 vs 32.4 ms, 2026-12-04).
     pv_fresh: bool = False
 
     def label(self) -> str:

@@ -78,10 +78,8 @@ def reach(decoder) -> int:
     plus 3 upsampling convolutions and conv_out: 12.25, so 13."""
     scale, radius = 1.0, 0.0
     for module in [*decoder.up_blocks.modules(), decoder.conv_out]:
-        if isinstance(module, nn.Upsample):
-            factor = module.scale_factor
-            scale *= float(factor[-1] if isinstance(factor, tuple) else factor)
-        elif isinstance(module, (nn.Conv2d, nn.Conv3d)):
+        scale *= _upsampling(module)
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
             k, dil = module.kernel_size, module.dilation
             radius += max((k[-1] - 1) * dil[-1], (k[-2] - 1) * dil[-2]) / 2 / scale
     return math.ceil(radius - 1e-9)
@@ -89,12 +87,14 @@ def reach(decoder) -> int:
 
 def upscale(decoder) -> int:
     """Output pixels per latent pixel of the decoder itself (before any unpatchify)."""
-    scale = 1.0
-    for module in decoder.up_blocks.modules():
-        if isinstance(module, nn.Upsample):
-            factor = module.scale_factor
-            scale *= float(factor[-1] if isinstance(factor, tuple) else factor)
-    return int(scale)
+    return int(math.prod(_upsampling(m) for m in decoder.up_blocks.modules()))
+
+
+def _upsampling(module) -> float:
+    if not isinstance(module, nn.Upsample):
+        return 1.0
+    factor = module.scale_factor
+    return float(factor[-1] if isinstance(factor, tuple) else factor)
 
 
 def _spans(n: int, parts: int, halo: int) -> list[tuple[int, int, int, int]]:
@@ -302,11 +302,7 @@ def encode_tiles(vae, x: torch.Tensor, grid: Grid, halo: int | None = None) -> t
 
 
 def _downsampling(encoder) -> int:
-    scale = 1
-    for module in encoder.down_blocks.modules():
-        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-            scale *= module.stride[-1]
-    return scale
+    return math.prod(m.stride[-1] for m in encoder.down_blocks.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)))
 
 
 def install(vae, grid: Grid) -> str | None:
