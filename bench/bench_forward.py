@@ -1,7 +1,8 @@
 """Full-depth Wan transformer forwards: bf16 eager vs our fp8 fused linears vs fp8 linears + 8-bit
-attention (our Triton sage8, and cuDNN's FP8 attention when nvidia-cudnn-frontend is importable).
+attention (our sage8 family: the Gluon kernel on Hopper, Triton elsewhere; and cuDNN's FP8
+attention when nvidia-cudnn-frontend is importable).
 
-    python bench/bench_forward.py [--json PATH] [--wheel-dir DIR] [--quick] [--budget-s 480]
+    python bench/bench_forward.py [--json PATH] [--wheel-dir DIR] [--quick] [--budget-s 480] [--models 14B]
 
 Sections: the 30-block 1.3B and the 40-block 14B config at 480p (832x480, 81 frames: 32,760 tokens),
 then the 14B at 720p (1280x720: 75,600 tokens) when the time measured so far says it fits the
@@ -198,6 +199,7 @@ def main():
     ap.add_argument("--budget-s", type=float, default=480.0,
                     help="skip the 14B 720p section when the time measured so far says it would not fit")
     ap.add_argument("--no-720p", action="store_true")
+    ap.add_argument("--models", default="1.3B,14B", help="comma-separated: 1.3B, 14B")
     args = ap.parse_args()
     start = time.perf_counter()
     frontend_line = use_wheel_dir(args.wheel_dir)
@@ -215,7 +217,10 @@ def main():
     log(f"cudnn fp8 path: {cudnn_why or 'available'}")
     rounds = 1 if args.quick else args.rounds
     rows = []
+    models = [m.strip().upper() for m in args.models.split(",")]
     for name, cfg in (("1.3B", WAN_1_3B), ("14B", WAN_14B)):
+        if name.upper() not in models:
+            continue
         layers = 4 if args.quick else (args.layers or cfg["num_layers"])
         t0 = time.perf_counter()
         base, fp8 = build(cfg, layers)

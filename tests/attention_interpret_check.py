@@ -28,12 +28,13 @@ def reference_with_kernel_ties(q, k, v, recipe):
     reference does both in float64. A tie in K or V moves every row of its head (seen: K of head
     (1, 2) at seed 106490), a tie in Q one row; any other difference is a bug and fails here."""
     q8, sq, k8, sk, v8, sv = R.sage_quantize(q, k, v, recipe)
-    x = ts.quantize_qkv(q, k, v, None, recipe.block_q, recipe.block_k)
+    x = ts.quantize_qkv(q, k, v, None, recipe.block_q, "lanes" if recipe.k_lanes else recipe.block_k)
     n = k.shape[1]
     per_token = lambda s, block: s.repeat_interleave(block, dim=1)[:, :n, :, None]  # noqa: E731
     kd = k.double() - k.double().mean(dim=1, keepdim=True)
     q8 = at_ties(x.q8[:, :, :n].permute(0, 2, 1, 3).double(), q8, q.double() / per_token(sq, recipe.block_q), "INT8 Q")
-    k8 = at_ties(x.k8[:, :, :n].permute(0, 2, 1, 3).double(), k8, kd / per_token(sk, recipe.block_k), "INT8 K")
+    k8 = at_ties(x.k8[:, :, :n].permute(0, 2, 1, 3).double(), k8, kd / per_token(sk, 1 if recipe.k_lanes else recipe.block_k),
+                 "INT8 K")
     v8 = at_ties(x.v8[..., :n].permute(0, 3, 1, 2).double(), v8, v.double() / sv[:, None], "FP8 V")
     return R.sage_attend(q8, sq, k8, sk, v8, sv, recipe=recipe)
 
@@ -52,13 +53,17 @@ cases = [((1, 1, 1, 64), ts.DEFAULT, (1, 1)),
          ((1, 300, 2, 64), ts.Config(poly_exp2=4), (1, 1)),
          # P·V of each block from zero, then one FMA into the accumulator: fp32_pv's sum
          ((1, 200, 2, 64), ts.Config(pv_fresh=True, poly_exp2=2), (1, 1)),
-         ((2, 130, 3, 32), ts.Config(128, 64, 8, 3, overlap=True, pv_fresh=True), (128, 64))]
+         ((2, 130, 3, 32), ts.Config(128, 64, 8, 3, overlap=True, pv_fresh=True), (128, 64)),
+         # K scales per lane group (reference.SAGE8, the family's recipe)
+         ((1, 300, 2, 64), ts.DEFAULT, (1, "lanes")),
+         ((2, 77, 3, 32), ts.Config(128, 64, 4, 3, tma=False, fast_convert=False), (1, "lanes"))]
 for i, (shape, cfg, blocks) in enumerate(cases):
     q, k, v = R.wan_like_qkv(*shape, seed=seed + i, dtype=torch.float32)
     out = torch.full_like(q, float("nan"))
     ts.attention_8bit(q, k, v, config=cfg, q_block=blocks[0], k_block=blocks[1], out=out)
     assert not torch.isnan(out).any(), (shape, cfg)
-    ref = reference_with_kernel_ties(q, k, v, R.Recipe(*blocks, cfg.block_n))
+    lanes = blocks[1] == "lanes"
+    ref = reference_with_kernel_ties(q, k, v, R.Recipe(blocks[0], 1 if lanes else blocks[1], cfg.block_n, k_lanes=lanes))
     err = R.rel_error(out, ref)
     # a P value across an FP8 step moves its row by up to a few percent: in the fast form (scales
     # folded into exp2) a few such, in the exact form one on a tie (seen: 2.9% in one row of 462,
@@ -73,7 +78,7 @@ for i, (shape, cfg, blocks) in enumerate(cases):
         mufu = ts.attention_8bit(q, k, v, config=dataclasses.replace(cfg, poly_exp2=0), q_block=blocks[0],
                                  k_block=blocks[1])
         assert R.rel_error(out, mufu) < 3e-3, (shape, cfg.label(), R.rel_error(out, mufu))
-    print(f"ok {shape} {cfg.label()} {err:.1e}")
+    print(f"ok {shape} {cfg.label()} k_block={blocks[1]} {err:.1e}")
 
 # softmax's sum over the FP8 P, by the tensor cores (sum_fp8_p)
 q, k, v = R.wan_like_qkv(1, 200, 2, 64, seed=seed + 9, dtype=torch.float32)

@@ -47,7 +47,7 @@ def test_triton_kernel_matches_reference_in_interpreter(rng):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "attention_interpret_check.py"), str(seed)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert proc.stdout.count("ok ") == 12
+    assert proc.stdout.count("ok ") == 14
 
 
 def test_config_keys_map_to_paths(caplog):
@@ -84,6 +84,51 @@ def test_registry_explains_itself():
         select_path("fp4", "cpu", 128, torch.bfloat16)
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in dict(explain("sage8", "cuda", 128, torch.bfloat16))["sage8_triton"]
+    # Hopper's Gluon kernel is asked first, and says why it does not run here
+    assert [name for name, _ in explain("sage8", "cpu", 128, torch.bfloat16)][:2] == ["sage8_gluon", "sage8_triton"]
+    assert "CUDA" in reasons["sage8_gluon"] or "triton" in reasons["sage8_gluon"]
+
+
+def test_gluon_path_declines_other_gpus_and_head_sizes(monkeypatch):
+    from engine.attention import paths
+
+    if paths.gluon_sage is None or paths.gluon_sage.available():
+        pytest.skip("no Gluon in this triton")
+    path = PATHS["sage8_gluon"]
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(paths, "cuda_capability", lambda device: (8, 9))
+    assert "9.0" in path.unavailable(cuda, 128, torch.bfloat16)
+    monkeypatch.setattr(paths, "cuda_capability", lambda device: (9, 0))
+    assert path.unavailable(cuda, 128, torch.bfloat16) is None
+    assert "head dim 64" in path.unavailable(cuda, 64, torch.bfloat16)
+    assert "float32" in path.unavailable(cuda, 128, torch.float32)
+
+
+def test_lane_groups_of_k_scales():
+    """reference.quantize_int8_lanes against a brute-force grouping: in each 128 tokens, the tokens n
+    with equal (n % 8) // 2 (the keys one thread holds in the warpgroup-MMA layout) share one scale."""
+    x = torch.randn(2, 300, 3, 16, dtype=torch.float64) * torch.rand(1, 300, 3, 1, dtype=torch.float64)
+    k8, scale = R.quantize_int8_lanes(x)
+    n = torch.arange(300)
+    group = (n // 128) * 4 + (n % 8) // 2
+    amax = x.abs().amax(dim=3)
+    brute = torch.stack([amax[:, group == group[i]].amax(dim=1) for i in range(300)], dim=1) / 127
+    assert torch.equal(scale, brute) and torch.equal(group, R.lane_group(n))
+    assert k8.abs().max() <= 127 and torch.equal(k8, R.round_half_away(x / scale[..., None]))
+    # the family's recipe: close to per-token scales on Wan-like inputs, both near float64
+    q, k, v = R.wan_like_qkv(1, 300, 2, 64, seed=5, dtype=torch.float32)
+    exact = R.attention_f64(q, k, v)
+    assert R.rel_error(R.sage_reference(q, k, v, recipe=R.SAGE8), exact) < 0.06
+
+
+def test_quantized_copies_say_their_k_scales():
+    from engine.attention import gluon_sage, triton_qkv
+
+    with pytest.raises(ValueError, match="k_block 'rows'"):
+        triton_qkv.quantize_qkv(*(torch.zeros(1, 8, 1, 64) for _ in range(3)), k_block="rows")
+    x = triton_qkv.Quantized(*(torch.zeros(1, 1, 128, 128) for _ in range(5)), torch.ones(1, 1, 128), 5, k_block=1)
+    with pytest.raises(ValueError, match="k_block='lanes'"):
+        gluon_sage.attention_quantized(x, torch.empty(1, 5, 1, 128))
 
 
 def test_steps_and_blocks_decide():
@@ -136,7 +181,7 @@ def test_fused_block_attention_hook_takes_the_installed_path():
     try:
         got = fused._attention(attn, q, k, v, self_attention=True)
         heads = [t.unflatten(2, (attn.heads, -1)) for t in (q, k, v)]
-        assert torch.allclose(got, R.sage_reference(*heads).float())
+        assert torch.allclose(got, R.sage_reference(*heads, recipe=R.SAGE8).float())
         assert torch.equal(fused._attention(attn, q, k, v), plain)  # cross-attention calls: unchanged
     finally:
         install_attention(model, AttentionPlan())

@@ -2,8 +2,9 @@
 
 A path computes softmax(q kᵀ · scale) v for [B, S, H, D] tensors. Families group the paths that
 compute the same numerics on different devices: "sdpa" (bf16 attention through torch's SDPA,
-which picks cuDNN on Hopper), "sage8" (the 8-bit recipe of engine/attention/reference.py: our
-Triton kernel on CUDA, the float64 reference on the CPU, for tests and tiny models), "cudnn_fp8"
+which picks cuDNN on Hopper), "sage8" (the 8-bit recipe reference.SAGE8: our Gluon kernel on
+Hopper, our Triton kernel on other FP8 GPUs, the float64 reference on the CPU, for tests and tiny
+models), "cudnn_fp8"
 (per-tensor FP8 with smoothed K, reference.fp8_tensor_reference: cuDNN's sdpa_fp8 graph through
 nvidia-cudnn-frontend on Hopper+, the float64 reference on the CPU).
 """
@@ -26,6 +27,10 @@ try:
         triton_sage = None
 except ImportError:  # pragma: no cover
     triton_sage = None
+try:
+    from . import gluon_sage
+except ImportError:  # pragma: no cover
+    gluon_sage = None
 
 
 class AttentionPath:
@@ -49,6 +54,36 @@ class SdpaPath(AttentionPath):
     def run(self, q, k, v, scale=None):
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale)
         return out.transpose(1, 2)
+
+
+class Sage8GluonPath(AttentionPath):
+    name, family = "sage8_gluon", "sage8"
+    describe = ("8-bit attention, our Gluon kernel for Hopper (a TMA producer warp, two consumer warpgroups; "
+                "1.47x cuDNN bf16 at Wan 14B 480p on an H200)")
+    min_capability = (9, 0)
+
+    def unavailable(self, device, head_dim, dtype):
+        if gluon_sage is None or triton_sage is None:
+            return "triton is not installed"
+        why = gluon_sage.available()
+        if why:
+            return why
+        if device.type != "cuda":
+            return "runs on CUDA GPUs only"
+        cap = cuda_capability(device)
+        if cap is None:
+            return "no CUDA GPU is visible to torch"
+        if cap != (9, 0):
+            return (f"{device_label(device)} is compute capability {cap[0]}.{cap[1]}; the kernel is written for "
+                    "Hopper's warpgroup MMA (9.0)")
+        if head_dim != gluon_sage.HEAD_DIM:
+            return f"head dim {head_dim}; the kernel is built for {gluon_sage.HEAD_DIM} (every Wan model's)"
+        if dtype not in (torch.bfloat16, torch.float16):
+            return f"inputs are {dtype}; the kernel takes bf16 or fp16"
+        return None
+
+    def run(self, q, k, v, scale=None):
+        return torch.ops.wanattn.sage8_gluon(q, k, v, -1.0 if scale is None else scale)
 
 
 class Sage8TritonPath(AttentionPath):
@@ -87,7 +122,7 @@ class Sage8ReferencePath(AttentionPath):
         return None
 
     def run(self, q, k, v, scale=None):
-        return reference.sage_reference(q, k, v, scale).to(q.dtype)
+        return reference.sage_reference(q, k, v, scale, recipe=reference.SAGE8).to(q.dtype)
 
 
 class CudnnFp8Path(AttentionPath):
@@ -154,7 +189,7 @@ def register_path(path: AttentionPath) -> AttentionPath:
     return path
 
 
-for _p in (Sage8TritonPath(), Sage8ReferencePath(), CudnnFp8Path(), Fp8ReferencePath(), SdpaPath()):
+for _p in (Sage8GluonPath(), Sage8TritonPath(), Sage8ReferencePath(), CudnnFp8Path(), Fp8ReferencePath(), SdpaPath()):
     register_path(_p)
 
 
@@ -193,9 +228,18 @@ if triton_sage is not None:
     @torch.library.custom_op("wanattn::sage8", mutates_args=())
     def sage8_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """[B, S, H, D] in and out; scale < 0 means 1/sqrt(D)."""
-        return triton_sage.attention_8bit(q, k, v, None if scale < 0 else scale)
+        return triton_sage.attention_8bit(q, k, v, None if scale < 0 else scale, k_block="lanes")
 
     @sage8_op.register_fake
+    def _(q, k, v, scale):
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+    @torch.library.custom_op("wanattn::sage8_gluon", mutates_args=())
+    def sage8_gluon_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """[B, S, H, D] in and out; scale < 0 means 1/sqrt(D)."""
+        return gluon_sage.attention_8bit(q, k, v, None if scale < 0 else scale)
+
+    @sage8_gluon_op.register_fake
     def _(q, k, v, scale):
         return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 

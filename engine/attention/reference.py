@@ -7,7 +7,10 @@ from its paper):
   query row moves by the same q·mean, which softmax cancels, so this is exact in real arithmetic;
   it removes the shared offset real keys carry, which would otherwise eat the INT8 range.
 - Q and K in INT8 (round half away from zero, clamp ±127) with one scale per block of tokens per
-  head: `block_q` tokens of Q (the kernel's BLOCK_M), `block_k` tokens of K.
+  head: `block_q` tokens of Q (the kernel's BLOCK_M), `block_k` tokens of K. Or, `k_lanes`, one
+  scale per lane group of K: in every 128 tokens, the 32 tokens n with the same (n % 8) // 2, which
+  are the keys one thread holds in Hopper's matrix-instruction layout (SageAttention2's per-thread
+  granularity), so the kernel applies K's scale once per thread instead of once per score.
 - Scores s = (q8·k8) · sq · sk in FP32; online softmax over key blocks of `block_n` (the kernel's
   BLOCK_N): running max m, p = exp(s - m) ≤ 1, running sum l of the FP32 p.
 - P·V: p in FP8 e4m3 as p·448 (p ≤ 1, so 448 = e4m3's largest finite is the full range), V in FP8
@@ -52,6 +55,27 @@ def quantize_int8_blocks(x: torch.Tensor, block: int):
     return q.view(b, nb * block, h, d)[:, :s], scale
 
 
+LANE_BLOCK = 128  # tokens per K block of the lane groups (the quantize launch's and the kernels' block)
+
+
+def lane_group(n: torch.Tensor) -> torch.Tensor:
+    """The K scale group of token n: (block of 128, lane group (n % 8) // 2), as one index."""
+    return n // LANE_BLOCK * 4 + (n % 8) // 2
+
+
+def quantize_int8_lanes(x: torch.Tensor):
+    """x [B, S, H, D] float -> (int8 values as float, per-token scales [B, S, H]) with one scale per
+    lane group (lane_group): each token's scale is its group's amax / 127."""
+    b, s, h, d = x.shape
+    nb = math.ceil(s / LANE_BLOCK)
+    amax_tok = torch.zeros(b, nb * LANE_BLOCK, h, dtype=x.dtype)
+    amax_tok[:, :s] = x.abs().amax(dim=3)
+    per_group = amax_tok.view(b, nb, LANE_BLOCK // 8, 4, 2, h).amax(dim=(2, 4), keepdim=True)
+    amax = per_group.expand(b, nb, LANE_BLOCK // 8, 4, 2, h).reshape(b, nb * LANE_BLOCK, h)[:, :s]
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    return round_half_away(x / scale[..., None]).clamp(-127, 127), scale
+
+
 def quantize_fp8_channels(v: torch.Tensor):
     """v [B, S, H, D] -> (e4m3 values as float [B, S, H, D], scales [B, H, D])."""
     amax = v.abs().amax(dim=1)
@@ -65,9 +89,14 @@ class Recipe:
     block_k: int = 1
     block_n: int = 64
     smooth_k: bool = True
+    k_lanes: bool = False  # K scales per lane group (quantize_int8_lanes); block_k is then unused
     # l = the row sum of the FP8-rounded P (dequantized) instead of the FP32 P: P·V / l is then an
     # exact weighted mean of V, so P values that underflow FP8 (p < ~2e-6) leave V's mean intact
     sum_fp8_p: bool = False
+
+
+# the "sage8" family's recipe (engine/attention/paths.py): every path of the family computes this
+SAGE8 = Recipe(block_n=128, k_lanes=True)
 
 
 def sage_quantize(q, k, v, recipe: Recipe = Recipe()):
@@ -76,8 +105,8 @@ def sage_quantize(q, k, v, recipe: Recipe = Recipe()):
     q, k, v = (t.double() for t in (q, k, v))
     if recipe.smooth_k:
         k = k - k.mean(dim=1, keepdim=True)
-    return (*quantize_int8_blocks(q, recipe.block_q), *quantize_int8_blocks(k, recipe.block_k),
-            *quantize_fp8_channels(v))
+    kq = quantize_int8_lanes(k) if recipe.k_lanes else quantize_int8_blocks(k, recipe.block_k)
+    return (*quantize_int8_blocks(q, recipe.block_q), *kq, *quantize_fp8_channels(v))
 
 
 def sage_attend(q8, sq, k8, sk, v8, sv, scale: float | None = None, recipe: Recipe = Recipe()) -> torch.Tensor:
@@ -87,7 +116,7 @@ def sage_attend(q8, sq, k8, sk, v8, sv, scale: float | None = None, recipe: Reci
     scale = d ** -0.5 if scale is None else scale
     # per-token scales, heads first: [B, H, S]
     sq_t = sq.repeat_interleave(recipe.block_q, dim=1)[:, :s_q].transpose(1, 2) * scale
-    sk_t = sk.repeat_interleave(recipe.block_k, dim=1)[:, :s_k].transpose(1, 2)
+    sk_t = sk.repeat_interleave(1 if recipe.k_lanes else recipe.block_k, dim=1)[:, :s_k].transpose(1, 2)
     q8, k8, v8 = (t.transpose(1, 2) for t in (q8, k8, v8))  # [B, H, S, D]
     m = torch.full((b, h, s_q), -math.inf, dtype=torch.float64)
     l = torch.zeros(b, h, s_q, dtype=torch.float64)

@@ -37,6 +37,7 @@ class Quantized:
     v8: torch.Tensor  # fp8 e4m3 [B, H, D, Sp]
     vs: torch.Tensor  # fp32 [B, H, D]: amax/448
     seq: int
+    k_block: int | str = 1  # what the K scales were computed over (quantize_qkv's k_block)
 
 
 if triton is not None:
@@ -97,6 +98,15 @@ if triton is not None:
             k8, kscale = _int8_rows(tl.where(ok, k.to(tl.float32) - kmean[None, :], 0.0), True)
             tl.store(K8 + (bh * sp + s[:, None]) * D + d[None, :], k8)
             tl.store(KS + bh * sp + s, kscale)
+        elif BK == 0:  # lane groups (reference.lane_group): token n's group is (n % 8) // 2 of its block
+            k = tl.load(K + b * sk_b + h * sk_h + s[:, None] * sk_s + d[None, :], mask=ok, other=0.0)
+            k = tl.where(ok, k.to(tl.float32) - kmean[None, :], 0.0)
+            amax = tl.reshape(tl.max(tl.abs(k), axis=1), [BQ // 8, 4, 2])
+            amax = tl.max(tl.max(amax, axis=2), axis=0)  # [4]
+            amax = tl.reshape(tl.broadcast_to(amax[None, :, None], [BQ // 8, 4, 2]), [BQ])
+            kscale = tl.where(amax > 0, amax / 127.0, 1.0)
+            tl.store(K8 + (bh * sp + s[:, None]) * D + d[None, :], _round_i8(k / kscale[:, None]))
+            tl.store(KS + bh * sp + s, kscale)
         else:
             for part in tl.static_range(BQ // BK):
                 sk = blk * BQ + part * BK + tl.arange(0, BK)
@@ -111,13 +121,17 @@ if triton is not None:
         tl.store(V8 + (bh * D + d[None, :]) * sp + s[:, None], v8)
 
 
-def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block: int = 1) -> Quantized:
+def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block: int | str = 1) -> Quantized:
     """q, k, v [B, S, H, D] (D contiguous; any other strides) -> the 8-bit copies the kernel reads.
 
-    q_block: tokens of Q per scale, 1 or 128; k_block: tokens of K per scale, 1 or a divisor of 128."""
+    q_block: tokens of Q per scale, 1 or 128; k_block: tokens of K per scale, 1 or a divisor of 128,
+    or "lanes": one scale per lane group (reference.quantize_int8_lanes), stored per token."""
     b, seq, h, d = q.shape
     scale = d ** -0.5 if scale is None else scale
-    if seq == 0 or q_block not in (1, QUANT_TOKENS) or QUANT_TOKENS % k_block:
+    bk = 0 if k_block == "lanes" else k_block
+    if not isinstance(bk, int) or bk < 0 or (k_block != "lanes" and bk == 0):
+        raise ValueError(f"quantize_qkv: k_block {k_block!r}: a token count or 'lanes'")
+    if seq == 0 or q_block not in (1, QUANT_TOKENS) or (bk and QUANT_TOKENS % bk):
         raise ValueError(f"quantize_qkv: seq {seq}, q_block {q_block}, k_block {k_block} not supported")
     sp = math.ceil(seq / PAD) * PAD
     dev = q.device
@@ -138,7 +152,7 @@ def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block:
     _qkv_quant_kernel[(sp // QUANT_TOKENS, b * h)](
         q, k, v, kmean, vscale, q8, qs, k8, ks, v8, seq, sp, h, scale * LOG2E,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-        BQ=QUANT_TOKENS, BK=k_block, QROW=q_block == 1, D=d, num_warps=4)
-    return Quantized(q8, qs, k8, ks, v8, vscale.view(b, h, d), seq)
+        BQ=QUANT_TOKENS, BK=bk, QROW=q_block == 1, D=d, num_warps=4)
+    return Quantized(q8, qs, k8, ks, v8, vscale.view(b, h, d), seq, k_block)
 
 
