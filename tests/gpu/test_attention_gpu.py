@@ -44,7 +44,8 @@ def test_error_bound_against_bf16_sdpa():
     q, k, v = R.wan_like_qkv(1, 4096, 12, 128, seed=int(torch.randint(0, 1000, (1,))), device="cuda")
     ref = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
     out = select_path("sage8", q.device, 128, q.dtype).run(q, k, v)
-    # measured 0.041 at the real shapes (docs/benchmarks.md): the stated bound with margin
+    # measured 0.041 (per-token K scales) and 0.044 (lane groups, the sage8 recipe) at the real shapes
+    # (docs/benchmarks.md): the stated bound with margin
     assert R.rel_error(out, ref) < 0.05
 
 
