@@ -69,6 +69,8 @@ if gluon is not None:
     @gluon.jit
     def _loader(k_desc, ks_desc, v_desc, k_smem, ks_smem, v_smem, k_ready, v_ready, kv_empty, seq, sp,
                 BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+        """K with its per-token scales (read by the per-token form; the lane-group form loads its four
+        scales per block itself, _group_scales) and V, block by block, into the ring of stages."""
         bh = gl.program_id(1)
         n_blocks = gl.cdiv(seq, BLOCK_N)
         for j in range(n_blocks):
