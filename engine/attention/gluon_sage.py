@@ -55,6 +55,9 @@ DEFAULT = Config()
 ROWS = 64  # query rows per consumer warpgroup; a CTA takes 2 * ROWS
 HEAD_DIM = 128  # the head size the kernel is built and checked for (every Wan model's)
 if gluon is not None:
+    # TMA global -> shared: async_copy_global_to_shared in triton 3.6; renamed async_load later, and
+    # the old name now raises at compile time (triton 3.9), so take whichever this triton has
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     BLOCK_M = gl.constexpr(ROWS)
     LOG2_448_C = gl.constexpr(LOG2_448)
     WG0, WG1 = gl.constexpr(0), gl.constexpr(1)  # the consumers' indices, as partition arguments
@@ -78,10 +81,10 @@ if gluon is not None:
             # a fresh barrier counts as having completed the phase before phase 0
             mbarrier.wait(kv_empty.index(s), ((j // STAGES) & 1) ^ 1)
             mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes + ks_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(k_desc, [bh * sp + j * BLOCK_N, 0], k_ready.index(s), k_smem.index(s))
-            tma.async_copy_global_to_shared(ks_desc, [bh * sp + j * BLOCK_N], k_ready.index(s), ks_smem.index(s))
+            _tma_load(k_desc, [bh * sp + j * BLOCK_N, 0], k_ready.index(s), k_smem.index(s))
+            _tma_load(ks_desc, [bh * sp + j * BLOCK_N], k_ready.index(s), ks_smem.index(s))
             mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(v_desc, [bh * D, j * BLOCK_N], v_ready.index(s), v_smem.index(s))
+            _tma_load(v_desc, [bh * D, j * BLOCK_N], v_ready.index(s), v_smem.index(s))
 
     @gluon.jit
     def _issue_qk(q_smem, k_smem, k_ready, j, s_layout: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -179,7 +182,7 @@ if gluon is not None:
         pid, bh = gl.program_id(0), gl.program_id(1)
         row0 = pid * 2 * BLOCK_M + WG * BLOCK_M
         mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [bh * sp + row0, 0], q_bar, q_smem)
+        _tma_load(q_desc, [bh * sp + row0, 0], q_bar, q_smem)
         rows = row0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
         qs = gl.load(QS + bh * sp + rows)
         m_i = gl.full([BLOCK_M], -float("inf"), gl.float32, gl.SliceLayout(1, s_layout))
