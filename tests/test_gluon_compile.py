@@ -39,3 +39,40 @@ def test_gluon_kernel_compiles_for_sm90():
             pytest.skip(str(e)[:200])
         raise
     assert kernel.asm["cubin"]
+
+
+def test_gluon_refusals_are_messages_not_tracebacks(monkeypatch):
+    import ast
+
+    import torch
+
+    from engine.attention import gluon_sage as gs
+    from engine.attention import triton_qkv
+    from engine.errors import KernelError
+
+    if gs.gluon is None:
+        pytest.skip(gs.available())
+    import triton
+    from triton.compiler.errors import CompilationError
+
+    # triton 3.5 imports the same Hopper names with other signatures: the registry must decline it
+    monkeypatch.setattr(triton, "__version__", "3.5.1")
+    assert "need 3.6+" in gs.available()
+    monkeypatch.setattr(triton, "__version__", "3.6.0+git1234")
+    assert gs.available() is None
+    # one stage would deadlock (block j+1's K waits on block j's stage)
+    x = triton_qkv.Quantized(*(torch.zeros(1, 1, 128, 128) for _ in range(5)), torch.ones(1, 1, 128), 5,
+                             k_block="lanes")
+    with pytest.raises(ValueError, match="2\\+ stages"):
+        gs.attention_quantized(x, torch.empty(1, 5, 1, 128), gs.Config(stages=1))
+
+    # a kernel this triton cannot compile: a KernelError that says what to do
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise CompilationError(None, ast.parse("x").body[0], "something has been removed")
+            return launch
+    monkeypatch.setattr(gs, "_attn_kernel", Broken())
+    monkeypatch.setattr(gs, "_descriptors", lambda x, config: (None,) * 4)
+    with pytest.raises(KernelError, match="does not compile with triton .*torch_sdpa"):
+        gs.attention_quantized(x, torch.empty(1, 5, 1, 128))

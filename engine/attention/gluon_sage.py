@@ -32,7 +32,14 @@ try:
 except ImportError:  # pragma: no cover - older triton, or none: the registry says so
     gluon = None
 
+from ..errors import KernelError
 from .triton_qkv import PAD, Quantized, quantize_qkv
+
+try:
+    from triton.compiler.errors import CompilationError
+except ImportError:  # pragma: no cover - no triton: nothing here runs
+    class CompilationError(Exception):
+        pass
 
 LOG2_448 = 8.807354922057604  # log2 448: P's FP8 scale rides in the exponent (as in triton_sage)
 
@@ -63,9 +70,24 @@ if gluon is not None:
     WG0, WG1 = gl.constexpr(0), gl.constexpr(1)  # the consumers' indices, as partition arguments
 
 
+def _triton_version() -> tuple[int, int]:
+    import triton
+    try:
+        return tuple(int(x) for x in triton.__version__.split(".")[:2])
+    except ValueError:  # a local build ("3.6.0+git...") parses; anything stranger is let through
+        return (99, 0)
+
+
 def available() -> str | None:
-    """None when this triton has Gluon's Hopper API, else why not."""
-    return None if gluon is not None else "this triton has no triton.experimental.gluon Hopper API (need 3.6+)"
+    """None when this triton has Gluon's Hopper API in the form the kernel is written for, else why not.
+    Older Gluon (3.5) imports the same names but with other signatures (warp_specialize's), so the
+    import alone does not tell; the kernel is checked with 3.6 on an H200 and compiled with 3.9."""
+    if gluon is None:
+        return "this triton has no triton.experimental.gluon Hopper API (need 3.6+)"
+    version = _triton_version()
+    if version < (3, 6):
+        return f"triton {version[0]}.{version[1]}'s Gluon API is older than the kernel's (need 3.6+)"
+    return None
 
 
 if gluon is not None:
@@ -270,15 +292,24 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
     if x.k_block != k_block(config):
         raise ValueError(f"gluon attention {config.label()} reads K scales of k_block={k_block(config)!r}; "
                          f"these copies were quantized with k_block={x.k_block!r}")
+    if config.stages < 2:  # block j+1's K is waited for while block j's stage is still held: one stage deadlocks
+        raise ValueError(f"gluon attention {config.label()}: needs 2+ stages")
     if PAD % (2 * ROWS) or PAD % config.block_n:
         raise ValueError(f"gluon attention: tiles of {config.label()} must divide the token padding {PAD}")
     dq, dk, dks, dv = _descriptors(x, config)
     grid = (math.ceil(x.seq / (2 * ROWS)), b * h)
-    _attn_kernel[grid](dq, dk, dks, dv, x.qs, x.ks, x.vs, out, x.seq, sp, h,
-                       out.stride(0), out.stride(1), out.stride(2),
-                       BLOCK_N=config.block_n, D=d, STAGES=config.stages, PINGPONG=config.pingpong, KS_THREAD=config.ks_thread,
-                       CONSUMER_REGS=config.consumer_regs,
-                       PRODUCER_REGS=config.producer_regs, num_warps=4)
+    try:
+        _attn_kernel[grid](dq, dk, dks, dv, x.qs, x.ks, x.vs, out, x.seq, sp, h,
+                           out.stride(0), out.stride(1), out.stride(2),
+                           BLOCK_N=config.block_n, D=d, STAGES=config.stages, PINGPONG=config.pingpong,
+                           KS_THREAD=config.ks_thread, CONSUMER_REGS=config.consumer_regs,
+                           PRODUCER_REGS=config.producer_regs, num_warps=4)
+    except CompilationError as e:  # Gluon's API moves between triton releases: say so, not a traceback
+        import triton
+        raise KernelError(
+            f"our Gluon attention kernel does not compile with triton {triton.__version__} "
+            f"({str(e).strip().splitlines()[-1][:300]}). Install triton 3.6 (the version it is checked with), "
+            "or set self_attn_1_type to torch_sdpa.") from e
     return out
 
 

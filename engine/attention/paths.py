@@ -59,7 +59,7 @@ class SdpaPath(AttentionPath):
 class Sage8GluonPath(AttentionPath):
     name, family = "sage8_gluon", "sage8"
     describe = ("8-bit attention, our Gluon kernel for Hopper (a TMA producer warp, two consumer warpgroups; "
-                "1.47x cuDNN bf16 at Wan 14B 480p on an H200)")
+                "1.46x cuDNN bf16 at Wan 14B 480p on an H200)")
     min_capability = (9, 0)
 
     def unavailable(self, device, head_dim, dtype):
