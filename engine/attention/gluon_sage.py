@@ -80,8 +80,9 @@ def _triton_version() -> tuple[int, int]:
 
 def available() -> str | None:
     """None when this triton has Gluon's Hopper API in the form the kernel is written for, else why not.
-    Older Gluon (3.5) imports the same names but with other signatures (warp_specialize's), so the
-    import alone does not tell; the kernel is checked with 3.6 on an H200 and compiled with 3.9."""
+    Older Gluon (3.4, 3.5) has these modules too, with an API the kernel was never built against
+    (warp_specialize's arguments, as we recall, changed in 3.6), so the import alone does not tell;
+    the kernel is checked with 3.6 on an H200 and only compiled (not run) with 3.9."""
     if gluon is None:
         return "this triton has no triton.experimental.gluon Hopper API (need 3.6+)"
     version = _triton_version()
