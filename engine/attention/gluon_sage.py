@@ -122,7 +122,7 @@ if gluon is not None:
                      STAGES: gl.constexpr, MASK: gl.constexpr, KS_THREAD: gl.constexpr):
         """p = 448·exp2(qs·ks·(q8·k8) − qs·m) for block j's int32 scores, and the new running max m.
         int32 -> float32 by adding the bits of 1.5·2^23 (|q8·k8| < 2^22, so the float is exact).
-        KS_THREAD: K's scales are shared by the keys one thread holds (quantize_qkv's k_block="thread":
+        KS_THREAD: K's scales are shared by the keys one thread holds (quantize_qkv's k_block="lanes":
         key c of a block belongs to group (c % 8) // 2), so the maximum is taken over the raw scores
         first and scales and offset fold into one FMA per score with the exponent's. ks4: block j's
         four group scales (_group_scales)."""
