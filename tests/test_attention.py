@@ -92,8 +92,9 @@ def test_registry_explains_itself():
 def test_gluon_path_declines_other_gpus_and_head_sizes(monkeypatch):
     from engine.attention import paths
 
-    if paths.gluon_sage is None or paths.gluon_sage.available():
+    if paths.gluon_sage is None or paths.gluon_sage.gluon is None:
         pytest.skip("no Gluon in this triton")
+    monkeypatch.setattr(paths.gluon_sage, "available", lambda: None)  # the version gate: test_gluon_compile.py
     path = PATHS["sage8_gluon"]
     cuda = torch.device("cuda")
     monkeypatch.setattr(paths, "cuda_capability", lambda device: (8, 9))
@@ -168,6 +169,18 @@ def test_processor_on_diffusers_wan(monkeypatch):
     install_attention(model, AttentionPlan())
     assert torch.equal(run(model), base)
     assert type(model.blocks[0].attn1.processor).__name__ == "WanAttnProcessor"
+
+
+def test_the_log_says_which_path_runs_and_why_not_a_faster_one(caplog):
+    model = tiny_model()
+    install_attention(model, AttentionPlan("sage8"))
+    try:
+        with caplog.at_level(logging.INFO, logger="engine.attention"):
+            run(model)
+    finally:
+        install_attention(model, AttentionPlan())
+    line = next(r.getMessage() for r in caplog.records if "self-attention runs" in r.getMessage())
+    assert "runs sage8_reference" in line and "not sage8_gluon: " in line and "sage8_triton: " in line
 
 
 def test_fused_block_attention_hook_takes_the_installed_path():

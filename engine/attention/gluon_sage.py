@@ -78,16 +78,26 @@ def _triton_version() -> tuple[int, int]:
         return (99, 0)
 
 
+# triton releases this kernel has run with on a GPU (docs/benchmarks.md); others compile (the CPU
+# test tests/test_gluon_compile.py builds it for sm_90 with whatever triton is installed) but Gluon's
+# semantics move between releases, so until a GPU run says so the Triton kernel runs there instead
+GPU_CHECKED_TRITON = ((3, 6),)
+
+
 def available() -> str | None:
-    """None when this triton has Gluon's Hopper API in the form the kernel is written for, else why not.
-    Older Gluon (3.4, 3.5) has these modules too, with an API the kernel was never built against
-    (warp_specialize's arguments, as we recall, changed in 3.6), so the import alone does not tell;
-    the kernel is checked with 3.6 on an H200 and only compiled (not run) with 3.9."""
+    """None when this triton has Gluon's Hopper API in the form the kernel is written for and was run
+    with on a GPU, else why not. Older Gluon (3.4, 3.5) has these modules too, with an API the kernel was
+    never built against (warp_specialize's arguments, as we recall, changed in 3.6)."""
     if gluon is None:
         return "this triton has no triton.experimental.gluon Hopper API (need 3.6+)"
     version = _triton_version()
     if version < (3, 6):
         return f"triton {version[0]}.{version[1]}'s Gluon API is older than the kernel's (need 3.6+)"
+    if version not in GPU_CHECKED_TRITON:
+        checked = ", ".join(f"{a}.{b}" for a, b in GPU_CHECKED_TRITON)
+        return (f"triton {version[0]}.{version[1]}: the Gluon kernel has been run on a GPU with triton {checked} "
+                "only (it compiles with this one; run tests/gpu/test_attention_gpu.py on a Hopper GPU and add "
+                "the version to gluon_sage.GPU_CHECKED_TRITON)")
     return None
 
 

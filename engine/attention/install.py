@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from .paths import select_path
+from .paths import explain, select_path
 from .plan import AttentionPlan
 
 log = logging.getLogger("engine.attention")
@@ -35,7 +35,14 @@ class SelfAttentionChoice:
         if path is None:
             path = self._paths[key] = select_path(self.plan.self_attn, q.device, q.shape[-1], q.dtype)
             if self.block_index == 0:
-                log.info("attention: self-attention runs %s (%s) on %s", path.name, path.describe, q.device)
+                # the faster paths of the family that declined, with why: no silent step down
+                passed = []
+                for name, why in explain(self.plan.self_attn, q.device, q.shape[-1], q.dtype):
+                    if name == path.name:
+                        break
+                    passed.append(f"{name}: {why}")
+                log.info("attention: self-attention runs %s (%s) on %s%s", path.name, path.describe, q.device,
+                         f"; not {'; '.join(passed)}" if passed else "")
         return path.run(q, k, v)
 
 
