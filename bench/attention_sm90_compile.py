@@ -47,7 +47,7 @@ def compile_config(cfg: ts.Config, d: int = 128):
                   FAST=cfg.fast_convert, OVERLAP=cfg.overlap and cfg.fast_convert,
                   SUM_MMA=cfg.sum_fp8_p and cfg.fast_convert, PROMOTE=cfg.block_n if cfg.fp32_pv else None,
                   POLY=cfg.poly_exp2 if cfg.fast_convert else 0, SPLIT=cfg.poly_split(),
-                  FRESH=cfg.pv_fresh and cfg.fast_convert)
+                  FRESH=cfg.pv_fresh and cfg.fast_convert, LANES=cfg.lane_fold)
     if not cfg.tma:
         consts.update(desc_q=None, desc_k=None, desc_v=None)
     for k in consts:

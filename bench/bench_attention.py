@@ -50,7 +50,8 @@ SWEEP = [ts.DEFAULT, C(64, 128, 4, 3, tma=True, fp32_pv=False), C(64, 128, 4, 3,
          C(poly_exp2=1), C(poly_exp2=2), C(poly_exp2=3), C(poly_exp2=4), C(poly_exp2=2, poly_asm=False),
          C(poly_exp2=1, overlap=True), C(poly_exp2=2, overlap=True),
          C(pv_fresh=True), C(pv_fresh=True, poly_exp2=1), C(pv_fresh=True, poly_exp2=2),
-         C(pv_fresh=True, overlap=True), C(128, 128, 8, 3, tma=True, overlap=True, pv_fresh=True)]
+         C(pv_fresh=True, overlap=True), C(128, 128, 8, 3, tma=True, overlap=True, pv_fresh=True),
+         C(lane_fold=True), C(128, 128, 8, 3, tma=True, lane_fold=True)]
 
 
 def sdpa(q, k, v, backend=None):
@@ -196,14 +197,16 @@ def main():
         base = timed(lambda: sdpa(q, k, v, "CUDNN_ATTENTION"), False)
         best = None
         x = ts.quantize_qkv(q, k, v)
+        x_lanes = ts.quantize_qkv(q, k, v, None, 1, "lanes")  # what lane_fold reads
         out = torch.empty_like(q)
         for cfg in SWEEP:
+            xq = x_lanes if cfg.lane_fold else x
             try:
                 t0 = time.perf_counter()
-                ts.attention_quantized(x, out, cfg)
+                ts.attention_quantized(xq, out, cfg)
                 torch.cuda.synchronize()
                 compile_s = time.perf_counter() - t0
-                ms = timed(lambda: ts.attention_quantized(x, out, cfg), False)
+                ms = timed(lambda: ts.attention_quantized(xq, out, cfg), False)
                 err = R.rel_error(out.float(), sdpa(q, k, v, "CUDNN_ATTENTION").float())
                 row = dict(config=cfg.label(), ms=ms, speedup=base / ms, err=err, compile_s=compile_s)
                 # only configs with full-precision P·V accumulation may win: without it the error on V with
@@ -214,7 +217,7 @@ def main():
                 row = dict(config=cfg.label(), error=f"{type(e).__name__}: {str(e)[:300]}")
             result["sweep"].append(row)
             log(f"sweep {name}: {row}")
-        del q, k, v, x, out
+        del q, k, v, x, x_lanes, out
         config = best[1] if best else config
     log(f"config: {config.label()}")
     for name, h, s in shapes:

@@ -56,7 +56,10 @@ cases = [((1, 1, 1, 64), ts.DEFAULT, (1, 1)),
          ((2, 130, 3, 32), ts.Config(128, 64, 8, 3, overlap=True, pv_fresh=True), (128, 64)),
          # K scales per lane group (reference.SAGE8, the family's recipe)
          ((1, 300, 2, 64), ts.DEFAULT, (1, "lanes")),
-         ((2, 77, 3, 32), ts.Config(128, 64, 4, 3, tma=False, fast_convert=False), (1, "lanes"))]
+         ((2, 77, 3, 32), ts.Config(128, 64, 4, 3, tma=False, fast_convert=False), (1, "lanes")),
+         # ... with the scales folded into the exponent's FMA (lane_fold)
+         ((1, 300, 2, 64), ts.Config(lane_fold=True), (1, "lanes")),
+         ((2, 130, 3, 32), ts.Config(128, 64, 4, 3, lane_fold=True), (1, "lanes"))]
 for i, (shape, cfg, blocks) in enumerate(cases):
     q, k, v = R.wan_like_qkv(*shape, seed=seed + i, dtype=torch.float32)
     out = torch.full_like(q, float("nan"))

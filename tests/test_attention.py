@@ -47,7 +47,7 @@ def test_triton_kernel_matches_reference_in_interpreter(rng):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "attention_interpret_check.py"), str(seed)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert proc.stdout.count("ok ") == 14
+    assert proc.stdout.count("ok ") == 16
 
 
 def test_config_keys_map_to_paths(caplog):
@@ -130,6 +130,9 @@ def test_quantized_copies_say_their_k_scales():
     x = triton_qkv.Quantized(*(torch.zeros(1, 1, 128, 128) for _ in range(5)), torch.ones(1, 1, 128), 5, k_block=1)
     with pytest.raises(ValueError, match="k_block='lanes'"):
         gluon_sage.attention_quantized(x, torch.empty(1, 5, 1, 128))
+    from engine.attention import triton_sage
+    with pytest.raises(ValueError, match="lane_fold needs copies quantized with k_block='lanes'"):
+        triton_sage.attention_quantized(x, torch.empty(1, 5, 1, 128), triton_sage.Config(lane_fold=True))
 
 
 def test_steps_and_blocks_decide():

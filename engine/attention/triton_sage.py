@@ -59,12 +59,16 @@ class Config:
     # every wgmma of the kernel, Q·Kᵀ's included (advisory C7514, bench/attention_sm90_compile.py);
     # this form compiles without it. Same accuracy on an H200 but not faster (32.9 vs 32.4 ms, 2026-12-04).
     pv_fresh: bool = False
+    # speed, same numerics: with K scales per lane group (quantize_qkv k_block="lanes"), the row max over
+    # raw scores and the scales folded into the exponent's FMA, the form that took the Gluon kernel from
+    # 32.4 to 26.3 ms on an H200. Not yet timed here (Ada runs this kernel): off until measured
+    lane_fold: bool = False
 
     def label(self) -> str:
         parts = [f"M{self.block_m}N{self.block_n}w{self.num_warps}s{self.num_stages}",
                  "tma" if self.tma else "", "ws" if self.warp_specialize else "", "" if self.fast_convert else "i2f",
                  "ov" if self.overlap else "", "sum8" if self.sum_fp8_p else "", "" if self.fp32_pv else "acc22",
-                 "pvf" if self.pv_fresh else "",
+                 "pvf" if self.pv_fresh else "", "lanes" if self.lane_fold else "",
                  f"px{self.poly_exp2}{'' if self.poly_asm or self.poly_exp2 == 4 else 't'}" if self.poly_exp2 else ""]
         return "-".join(p for p in parts if p)
 
@@ -157,11 +161,30 @@ if triton is not None:
 
     @triton.jit
     def _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, start, seq, sp, bh, desc_k, desc_v,
-                   BLOCK_N: tl.constexpr, D: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, LANES: tl.constexpr,
                    MASK: tl.constexpr, TMA: tl.constexpr, FAST: tl.constexpr,
                    SUM_MMA: tl.constexpr, PROMOTE: tl.constexpr, POLY: tl.constexpr, SPLIT: tl.constexpr,
                    FRESH: tl.constexpr):
-        if FAST:
+        if FAST and LANES:
+            # K scales per lane group (quantize_qkv k_block="lanes"): the row max over raw scores, then
+            # scales and the float offset fold into the exponent's FMA (gluon_sage._scaled_exp2's form)
+            n = start + tl.arange(0, BLOCK_N)
+            k, v = _load_kv(K8, V8, start, sp, bh, desc_k, desc_v, BLOCK_N, D, TMA)
+            bits = (tl.dot(q, k.T, out_dtype=tl.int32) + 0x4B400000).to(tl.float32, bitcast=True)
+            if MASK:
+                bits = tl.where((n < seq)[None, :], bits, -float("inf"))
+            b4 = tl.reshape(bits, [BLOCK_M, BLOCK_N // 8, 4, 2])  # key 8·g + 2·t + e: t is its lane group
+            ks4 = tl.load(KS + bh * sp + start + 2 * tl.arange(0, 4))  # key 2·t stands for group t
+            bmax = tl.max(tl.max(b4, axis=3), axis=1)
+            m_new = tl.maximum(m_i, tl.max((bmax - 12582912.0) * ks4[None, :], axis=1))
+            c1 = qs[:, None] * ks4[None, :]
+            c0 = 8.807354922057604 - c1 * 12582912.0 - (qs * m_new)[:, None]  # log2(448)
+            p = tl.reshape(tl.math.exp2(b4 * c1[:, None, :, None] + c0[:, None, :, None]), [BLOCK_M, BLOCK_N])
+            alpha = tl.math.exp2(qs * (m_i - m_new))
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None]
+            acc = tl.dot(p.to(tl.float8e4nv), v, acc, max_num_imprecise_acc=PROMOTE)
+        elif FAST:
             t = _scores(q, K8, KS, start, seq, sp, bh, desc_k, BLOCK_N, D, MASK, TMA)
             acc, l_i, m_new = _update(acc, l_i, m_i, t, qs, V8, start, sp, bh, desc_v, BLOCK_N, D, TMA,
                                       SUM_MMA, PROMOTE, POLY, SPLIT, FRESH)
@@ -186,7 +209,7 @@ if triton is not None:
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                      TMA: tl.constexpr, WS: tl.constexpr, FAST: tl.constexpr,
                      OVERLAP: tl.constexpr, SUM_MMA: tl.constexpr, PROMOTE: tl.constexpr,
-                     POLY: tl.constexpr, SPLIT: tl.constexpr, FRESH: tl.constexpr):
+                     POLY: tl.constexpr, SPLIT: tl.constexpr, FRESH: tl.constexpr, LANES: tl.constexpr):
         pid, bh = tl.program_id(0), tl.program_id(1)
         b, h = bh // H, bh % H
         m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -217,10 +240,12 @@ if triton is not None:
         else:
             for start in tl.range(0, full, BLOCK_N, warp_specialize=WS):
                 acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, start, seq, sp, bh, desc_k, desc_v,
-                                           BLOCK_N, D, False, TMA, FAST, SUM_MMA, PROMOTE, POLY, SPLIT, FRESH)
+                                           BLOCK_M, BLOCK_N, D, LANES, False, TMA, FAST, SUM_MMA, PROMOTE, POLY, SPLIT,
+                                           FRESH)
         if full < seq:
             acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, qs, K8, KS, V8, full, seq, sp, bh, desc_k, desc_v,
-                                       BLOCK_N, D, True, TMA, FAST, SUM_MMA, PROMOTE, POLY, SPLIT, FRESH)
+                                       BLOCK_M, BLOCK_N, D, LANES, True, TMA, FAST, SUM_MMA, PROMOTE, POLY, SPLIT,
+                                       FRESH)
         vs = tl.load(VS + bh * D + d)
         if not FAST:
             vs = vs / 448.0
@@ -244,6 +269,11 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
         dq = TensorDescriptor.from_tensor(x.q8.view(b * h * sp, d), [config.block_m, d])
         dk = TensorDescriptor.from_tensor(x.k8.view(b * h * sp, d), [config.block_n, d])
         dv = TensorDescriptor.from_tensor(x.v8.view(b * h * d, sp), [d, config.block_n])
+    lanes = config.lane_fold
+    if lanes and (x.k_block != "lanes" or not config.fast_convert or config.overlap or config.sum_fp8_p
+                  or config.poly_exp2 or config.pv_fresh):
+        raise ValueError(f"attention_quantized: lane_fold needs copies quantized with k_block='lanes' (got "
+                         f"{x.k_block!r}) and the plain fast form (no overlap, sum_fp8_p, poly_exp2, pv_fresh)")
     grid = (math.ceil(x.seq / config.block_m), b * h)
     _attn_kernel[grid](x.q8, x.qs, x.k8, x.ks, x.v8, x.vs, out, x.seq, sp, h,
                        out.stride(0), out.stride(1), out.stride(2), dq, dk, dv,
@@ -252,14 +282,17 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
                        SUM_MMA=config.sum_fp8_p and config.fast_convert,
                        PROMOTE=config.block_n if config.fp32_pv else None,
                        POLY=config.poly_exp2 if config.fast_convert else 0, SPLIT=config.poly_split(),
-                       FRESH=config.pv_fresh and config.fast_convert,
+                       FRESH=config.pv_fresh and config.fast_convert, LANES=lanes,
                        num_warps=config.num_warps, num_stages=config.num_stages)
     return out
 
 
 def attention_8bit(q, k, v, scale: float | None = None, config: Config = DEFAULT, q_block: int = 1,
-                   k_block: int = 1, out: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q kᵀ · scale) v on [B, S, H, D] tensors through the 8-bit path; returns q's dtype."""
+                   k_block: int | str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v on [B, S, H, D] tensors through the 8-bit path; returns q's dtype.
+    k_block: quantize_qkv's (default: "lanes" for a lane_fold config, else 1, per token)."""
+    if k_block is None:
+        k_block = "lanes" if config.lane_fold else 1
     x = quantize_qkv(q, k, v, scale, q_block, k_block)
     if out is None:
         out = torch.empty(q.shape, device=q.device, dtype=q.dtype)

@@ -96,6 +96,17 @@ def test_long_rows_with_v_offset_match_reference(config):
     assert R.rel_error(out, ref) < 1e-2
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1, 128), (1, 300, 12, 128), (2, 129, 3, 64), (1, 517, 2, 128)])
+@pytest.mark.parametrize("config", [ts.Config(lane_fold=True), ts.Config(128, 128, 8, 3, tma=True, lane_fold=True)])
+def test_triton_lane_fold_matches_reference_poisoned(shape, config):
+    q, k, v = R.wan_like_qkv(*shape, seed=int(torch.randint(0, 2**31 - 1, (1,))), device="cuda")
+    out = torch.full_like(q, float("nan"))
+    ts.attention_8bit(q, k, v, config=config, out=out)
+    assert not torch.isnan(out).any()
+    ref = R.sage_reference(q.cpu(), k.cpu(), v.cpu(), recipe=R.Recipe(1, 1, config.block_n, k_lanes=True))
+    assert R.rel_error(out.cpu(), ref) < 1e-2
+
+
 # ---- the Gluon kernel for Hopper (the sage8 family's first path on sm90) ----------------------
 
 def _hopper():
