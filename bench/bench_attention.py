@@ -1,5 +1,6 @@
-"""Attention alone at Wan's self-attention shapes: cuDNN bf16 SDPA, our 8-bit Triton kernel, and
-cuDNN's FP8 attention (sdpa_fp8 through nvidia-cudnn-frontend, behind our quantize launch).
+"""Attention alone at Wan's self-attention shapes: cuDNN bf16 SDPA, our 8-bit Triton kernel (per-token
+K scales, and the family's lane-group recipe), our Gluon kernel for Hopper, and cuDNN's FP8 attention
+(sdpa_fp8 through nvidia-cudnn-frontend, behind our quantize launch).
 
     python bench/bench_attention.py [--out DIR] [--sweep] [--check] [--wheel-dir DIR]   # on a GPU
     TRITON_INTERPRET=1 python bench/bench_attention.py --tiny --check    # on the CPU, for debugging
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.cudnn_frontend import use_wheel_dir  # noqa: E402
-from engine.attention import cudnn_fp8  # noqa: E402
+from engine.attention import cudnn_fp8, gluon_sage  # noqa: E402
 from engine.attention import reference as R  # noqa: E402
 from engine.attention import triton_sage as ts  # noqa: E402
 from engine.attention.fp8_qkv import quantize_fp8  # noqa: E402
@@ -189,6 +190,7 @@ def main():
         result["check_worst"] = check(device, log)
         result["check_cudnn_fp8_worst"] = check_cudnn_fp8(device, log)
         check_long_rows(device, ts.DEFAULT, log, *((300, 16) if args.tiny else ()))
+    gluon_why = PATHS["sage8_gluon"].unavailable(torch.device(device), 64 if args.tiny else 128, torch.bfloat16)
     shapes = TINY if args.tiny else SHAPES
     config = ts.DEFAULT
     if args.sweep and not args.tiny:
@@ -231,11 +233,15 @@ def main():
             cands = {"cudnn bf16": lambda: sdpa(q, k, v, "CUDNN_ATTENTION"),
                      "flash bf16": lambda: sdpa(q, k, v, "FLASH_ATTENTION")}
         cands["sage8 triton"] = lambda: ts.attention_8bit(q, k, v, config=config)
+        # the family's recipe (reference.SAGE8: K scales per lane group), as the registry runs it
+        cands["sage8 triton lanes"] = lambda: ts.attention_8bit(q, k, v, config=config, k_block="lanes")
+        cands["sage8 gluon"] = (lambda: gluon_sage.attention_8bit(q, k, v)) if gluon_why is None else None
         cands["cudnn fp8"] = (lambda: cudnn_fp8.attention_fp8(cudnn, q, k, v)) if cudnn is not None else None
         cands["cudnn mxfp8"] = None
         for cand, fn in cands.items():
             if fn is None:
-                why = mxfp8_status(device) if cand == "cudnn mxfp8" else f"not run: {cudnn_why}"
+                why = {"cudnn mxfp8": mxfp8_status(device), "sage8 gluon": f"not run: {gluon_why}"}.get(
+                    cand, f"not run: {cudnn_why}")
                 row = dict(shape=name, heads=h, tokens=s, path=cand, skipped=why)
                 result["rows"].append(row)
                 log(f"row {row}")

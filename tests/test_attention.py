@@ -103,6 +103,10 @@ def test_gluon_path_declines_other_gpus_and_head_sizes(monkeypatch):
     assert path.unavailable(cuda, 128, torch.bfloat16) is None
     assert "head dim 64" in path.unavailable(cuda, 64, torch.bfloat16)
     assert "float32" in path.unavailable(cuda, 128, torch.float32)
+    # on Hopper the triton-version reason is the one given (elsewhere the GPU's comes first)
+    monkeypatch.setattr(paths.gluon_sage, "available", lambda: "triton 9.9: not run on a GPU")
+    assert path.unavailable(cuda, 128, torch.bfloat16) == "triton 9.9: not run on a GPU"
+    assert "runs on CUDA GPUs only" == path.unavailable(torch.device("cpu"), 128, torch.bfloat16)
 
 
 def test_lane_groups_of_k_scales():

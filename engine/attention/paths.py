@@ -65,9 +65,6 @@ class Sage8GluonPath(AttentionPath):
     def unavailable(self, device, head_dim, dtype):
         if gluon_sage is None or triton_sage is None:
             return "triton is not installed"
-        why = gluon_sage.available()
-        if why:
-            return why
         if device.type != "cuda":
             return "runs on CUDA GPUs only"
         cap = cuda_capability(device)
@@ -76,6 +73,9 @@ class Sage8GluonPath(AttentionPath):
         if cap != (9, 0):
             return (f"{device_label(device)} is compute capability {cap[0]}.{cap[1]}; the kernel is written for "
                     "Hopper's warpgroup MMA (9.0)")
+        why = gluon_sage.available()
+        if why:
+            return why
         if head_dim != gluon_sage.HEAD_DIM:
             return f"head dim {head_dim}; the kernel is built for {gluon_sage.HEAD_DIM} (every Wan model's)"
         if dtype not in (torch.bfloat16, torch.float16):
