@@ -1,7 +1,8 @@
 """The quantize launch of our 8-bit attention: q, k, v [B, S, H, D] -> INT8 q/k, FP8 v.
 
 Numerics are engine/attention/reference.py's: K smoothed by its per-channel mean over tokens,
-INT8 with round-half-away and one scale per token (or per block of tokens), V in FP8 e4m3 with
+INT8 with round-half-away and one scale per token (or per block of tokens, or, for K, per lane
+group: reference.quantize_int8_lanes, the sage8 recipe), V in FP8 e4m3 with
 one scale per channel. Two kernels: per-chunk K channel sums and V channel maxima (reduced in
 torch: a few KB), then one program per 128 tokens of one head that writes all three copies.
 Layouts of the copies: q8, k8 [B, H, Sp, D] and v8 transposed [B, H, D, Sp], Sp = S padded to
@@ -80,7 +81,7 @@ if triton is not None:
                       sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
                       BQ: tl.constexpr, BK: tl.constexpr, QROW: tl.constexpr, D: tl.constexpr):
         """One block of BQ tokens of one (batch, head): q8 (scales per token or per BQ tokens),
-        k8 of the smoothed k (per token, or per BK tokens when BK > 1), v8 transposed. Scales
+        k8 of the smoothed k (per token, per BK tokens when BK > 1, per lane group when BK == 0), v8 transposed. Scales
         are stored per token either way, so the attention kernel reads one layout. Rows past
         `seq` are written as zeros."""
         blk, bh = tl.program_id(0), tl.program_id(1)
