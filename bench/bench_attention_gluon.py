@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.bench_attention import sdpa, timed  # noqa: E402
 from engine.attention import gluon_sage as gs  # noqa: E402
 from engine.attention import reference as R  # noqa: E402
 from engine.attention import triton_sage as ts  # noqa: E402
@@ -30,18 +31,6 @@ from engine.attention import triton_sage as ts  # noqa: E402
 SHAPES = {"1.3B 480p": (12, 32760), "1.3B 720p": (12, 75600), "14B 480p": (40, 32760), "14B 720p": (40, 75600)}
 G = gs.Config
 CONFIGS = [G(), G(pingpong=True)]
-
-
-def sdpa_cudnn(q, k, v):
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        return F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
-
-
-def ms_of(fn):
-    from triton.testing import do_bench
-    return do_bench(fn, warmup=50, rep=400, return_mode="median")
 
 
 def check(cfg: gs.Config) -> dict:
@@ -72,12 +61,12 @@ def one(cfg: gs.Config, shapes: list[str]) -> dict:
     for name in shapes:
         h, s = SHAPES[name]
         q, k, v = R.wan_like_qkv(1, s, h, 128, seed=2, device="cuda")
-        ref = sdpa_cudnn(q, k, v).float()
+        ref = sdpa(q, k, v, "CUDNN_ATTENTION").float()
         x = ts.quantize_qkv(q, k, v, None, 1, gs.k_block(cfg))
         out = torch.empty_like(q)
         gs.attention_quantized(x, out, cfg)
         flops = 4 * s * s * 128 * h
-        ms = ms_of(lambda: gs.attention_quantized(x, out, cfg))
+        ms = timed(lambda: gs.attention_quantized(x, out, cfg), False)
         row[name] = dict(ms=ms, tflops=flops / ms / 1e9, err=R.rel_error(out.float(), ref))
         del q, k, v, x, out, ref
     return row
@@ -89,15 +78,15 @@ def baseline(shapes: list[str]) -> dict:
     for name in shapes:
         h, s = SHAPES[name]
         q, k, v = R.wan_like_qkv(1, s, h, 128, seed=2, device="cuda")
-        ref = sdpa_cudnn(q, k, v).float()
+        ref = sdpa(q, k, v, "CUDNN_ATTENTION").float()
         x = ts.quantize_qkv(q, k, v)
         out = torch.empty_like(q)
         ts.attention_quantized(x, out)
-        rows[name] = dict(cudnn_ms=ms_of(lambda: sdpa_cudnn(q, k, v)),
-                          triton_ms=ms_of(lambda: ts.attention_quantized(x, out)),
+        rows[name] = dict(cudnn_ms=timed(lambda: sdpa(q, k, v, "CUDNN_ATTENTION"), False),
+                          triton_ms=timed(lambda: ts.attention_quantized(x, out), False),
                           triton_err=R.rel_error(out.float(), ref),
                           triton_lanes_err=R.rel_error(ts.attention_8bit(q, k, v, k_block="lanes").float(), ref),
-                          quant_ms=ms_of(lambda: ts.quantize_qkv(q, k, v)))
+                          quant_ms=timed(lambda: ts.quantize_qkv(q, k, v), False))
         del q, k, v, x, out, ref
     return rows
 

@@ -72,7 +72,7 @@ for i, (shape, cfg, blocks) in enumerate(cases):
     # folded into exp2) a few such, in the exact form one on a tie (seen: 2.9% in one row of 462,
     # 1.2e-3 overall, at seed 8037785); the row check below is the exact form's strict one. The
     # coarse-Q case (one scale per 128 tokens, 130 tokens) has the longest tail: 5.1e-3 at seed 673 in a
-    # scan of 300 seeds, 5.3e-3 in one CI run; a bug shows as 1e-2 and more
+    # scan of 300 seeds, 5.3e-3 in one test run; a bug shows as 1e-2 and more
     assert err < 8e-3, (shape, cfg.label(), err)
     if not cfg.fast_convert:
         # exact form: every row equal to float32 rounding, but for a Q or P value on a rounding tie,

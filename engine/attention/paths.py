@@ -47,6 +47,18 @@ class AttentionPath:
         raise NotImplementedError
 
 
+def _cuda(device) -> tuple[tuple[int, int] | None, str | None]:
+    """The compute capability of `device`, or why a CUDA path cannot look at one."""
+    if device.type != "cuda":
+        return None, "runs on CUDA GPUs only"
+    cap = cuda_capability(device)
+    return (cap, None) if cap is not None else (None, "no CUDA GPU is visible to torch")
+
+
+def _half(dtype, what: str = "the kernel") -> str | None:
+    return None if dtype in (torch.bfloat16, torch.float16) else f"inputs are {dtype}; {what} takes bf16 or fp16"
+
+
 class SdpaPath(AttentionPath):
     name, family = "sdpa", "sdpa"
     describe = "bf16 SDPA (torch picks cuDNN on Hopper)"
@@ -65,11 +77,9 @@ class Sage8GluonPath(AttentionPath):
     def unavailable(self, device, head_dim, dtype):
         if gluon_sage is None or triton_sage is None:
             return "triton is not installed"
-        if device.type != "cuda":
-            return "runs on CUDA GPUs only"
-        cap = cuda_capability(device)
-        if cap is None:
-            return "no CUDA GPU is visible to torch"
+        cap, why = _cuda(device)
+        if why:
+            return why
         if cap != (9, 0):
             return (f"{device_label(device)} is compute capability {cap[0]}.{cap[1]}; the kernel is written for "
                     "Hopper's warpgroup MMA (9.0)")
@@ -78,9 +88,7 @@ class Sage8GluonPath(AttentionPath):
             return why
         if head_dim != gluon_sage.HEAD_DIM:
             return f"head dim {head_dim}; the kernel is built for {gluon_sage.HEAD_DIM} (every Wan model's)"
-        if dtype not in (torch.bfloat16, torch.float16):
-            return f"inputs are {dtype}; the kernel takes bf16 or fp16"
-        return None
+        return _half(dtype)
 
     def run(self, q, k, v, scale=None):
         return torch.ops.wanattn.sage8_gluon(q, k, v, -1.0 if scale is None else scale)
@@ -94,19 +102,15 @@ class Sage8TritonPath(AttentionPath):
     def unavailable(self, device, head_dim, dtype):
         if triton_sage is None:
             return "triton is not installed"
-        if device.type != "cuda":
-            return "runs on CUDA GPUs only"
-        cap = cuda_capability(device)
-        if cap is None:
-            return "no CUDA GPU is visible to torch"
+        cap, why = _cuda(device)
+        if why:
+            return why
         if cap < self.min_capability:
             return (f"{device_label(device)} has no FP8 matrix instructions (compute capability 8.9+: Ada, "
                     "Hopper, Blackwell); on Ampere use torch_sdpa")
         if head_dim & (head_dim - 1) or not 16 <= head_dim <= 256:
             return f"head dim {head_dim} is not a power of two in 16..256"
-        if dtype not in (torch.bfloat16, torch.float16):
-            return f"inputs are {dtype}; the kernel takes bf16 or fp16"
-        return None
+        return _half(dtype)
 
     def run(self, q, k, v, scale=None):
         return torch.ops.wanattn.sage8(q, k, v, -1.0 if scale is None else scale)
@@ -136,18 +140,17 @@ class CudnnFp8Path(AttentionPath):
     def unavailable(self, device, head_dim, dtype):
         if fp8_qkv.triton is None:
             return "triton is not installed (the quantize launch is a Triton kernel)"
-        if device.type != "cuda":
-            return "runs on CUDA GPUs only"
-        cap = cuda_capability(device)
-        if cap is None:
-            return "no CUDA GPU is visible to torch"
+        cap, why = _cuda(device)
+        if why:
+            return why
         if cap < self.min_capability:
             return (f"{device_label(device)} is compute capability {cap[0]}.{cap[1]}; cuDNN's FP8 attention needs "
                     "9.0+ (Hopper, Blackwell); on Ada use sage_attn2")
         if head_dim & (head_dim - 1) or not 16 <= head_dim <= 256:
             return f"head dim {head_dim} is not a power of two in 16..256 (the quantize kernel's tiles)"
-        if dtype not in (torch.bfloat16, torch.float16):
-            return f"inputs are {dtype}; the path takes bf16 or fp16"
+        why = _half(dtype, "the path")
+        if why:
+            return why
         cudnn, why = cudnn_fp8.load_frontend()
         if cudnn is None:
             return why

@@ -129,8 +129,11 @@ def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block:
     or "lanes": one scale per lane group (reference.quantize_int8_lanes), stored per token."""
     b, seq, h, d = q.shape
     scale = d ** -0.5 if scale is None else scale
-    bk = 0 if k_block == "lanes" else k_block
-    if not isinstance(bk, int) or bk < 0 or (k_block != "lanes" and bk == 0):
+    if k_block == "lanes":
+        bk = 0  # the kernel's BK for lane groups
+    elif isinstance(k_block, int) and not isinstance(k_block, bool) and k_block >= 1:
+        bk = k_block
+    else:
         raise ValueError(f"quantize_qkv: k_block {k_block!r}: a token count or 'lanes'")
     if seq == 0 or q_block not in (1, QUANT_TOKENS) or (bk and QUANT_TOKENS % bk):
         raise ValueError(f"quantize_qkv: seq {seq}, q_block {q_block}, k_block {k_block} not supported")
