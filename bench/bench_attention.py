@@ -160,6 +160,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true", help="small shapes, CPU interpreter")
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sweep-pick", help="comma-separated indices into SWEEP (default: all of it)")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--wheel-dir", default=os.environ.get("CUDNN_FE_DIR"),
@@ -201,7 +202,8 @@ def main():
         x = ts.quantize_qkv(q, k, v)
         x_lanes = ts.quantize_qkv(q, k, v, None, 1, "lanes")  # what lane_fold reads
         out = torch.empty_like(q)
-        for cfg in SWEEP:
+        pick = [SWEEP[int(i)] for i in args.sweep_pick.split(",")] if args.sweep_pick else SWEEP
+        for cfg in pick:
             xq = x_lanes if cfg.lane_fold else x
             try:
                 t0 = time.perf_counter()
@@ -222,6 +224,7 @@ def main():
         del q, k, v, x, x_lanes, out
         config = best[1] if best else config
     log(f"config: {config.label()}")
+    per_token = ts.DEFAULT if config.lane_fold else config  # the per-token row and its diagnostics
     for name, h, s in shapes:
         q, k, v = R.wan_like_qkv(1, s, h, 128 if not args.tiny else 64, seed=2, device=device)
         flops = 4 * s * s * q.shape[-1] * h
@@ -232,9 +235,9 @@ def main():
             ref = sdpa(q, k, v, "CUDNN_ATTENTION").float()
             cands = {"cudnn bf16": lambda: sdpa(q, k, v, "CUDNN_ATTENTION"),
                      "flash bf16": lambda: sdpa(q, k, v, "FLASH_ATTENTION")}
-        cands["sage8 triton"] = lambda: ts.attention_8bit(q, k, v, config=config)
+        cands["sage8 triton"] = lambda: ts.attention_8bit(q, k, v, config=per_token)
         # the family's recipe (reference.SAGE8: K scales per lane group), as the registry runs it
-        cands["sage8 triton lanes"] = lambda: ts.attention_8bit(q, k, v, config=config, k_block="lanes")
+        cands["sage8 triton lanes"] = lambda: ts.attention_8bit(q, k, v, config=ts.LANES, k_block="lanes")
         cands["sage8 gluon"] = (lambda: gluon_sage.attention_8bit(q, k, v)) if gluon_why is None else None
         cands["cudnn fp8"] = (lambda: cudnn_fp8.attention_fp8(cudnn, q, k, v)) if cudnn is not None else None
         cands["cudnn mxfp8"] = None
@@ -273,14 +276,14 @@ def main():
             if cand == "sage8 triton" and "ms" in row:
                 x = ts.quantize_qkv(q, k, v)
                 out = torch.empty_like(q)
-                row["kernel_ms"] = timed(lambda: ts.attention_quantized(x, out, config), args.tiny)
+                row["kernel_ms"] = timed(lambda: ts.attention_quantized(x, out, per_token), args.tiny)
                 row["quant_ms"] = timed(lambda: ts.quantize_qkv(q, k, v), args.tiny)
-                coarse = ts.attention_8bit(q, k, v, config=config, q_block=128, k_block=64)
+                coarse = ts.attention_8bit(q, k, v, config=per_token, q_block=128, k_block=64)
                 row["err_q128_k64"] = R.rel_error(coarse.float(), ref)
                 v_off = v + torch.randn(1, 1, h, v.shape[-1], device=device, dtype=v.dtype) * 3
                 ref_off = (R.attention_f64(q, k, v_off) if args.tiny else sdpa(q, k, v_off, "CUDNN_ATTENTION")).float()
-                row["err_v_offset"] = R.rel_error(ts.attention_8bit(q, k, v_off, config=config).float(), ref_off)
-                sum8 = dataclasses.replace(config, sum_fp8_p=True)
+                row["err_v_offset"] = R.rel_error(ts.attention_8bit(q, k, v_off, config=per_token).float(), ref_off)
+                sum8 = dataclasses.replace(per_token, sum_fp8_p=True)
                 row["err_v_offset_sum8"] = R.rel_error(ts.attention_8bit(q, k, v_off, config=sum8).float(), ref_off)
                 row["err_sum8"] = R.rel_error(ts.attention_8bit(q, k, v, config=sum8).float(), ref)
                 del x, out, coarse, v_off, ref_off

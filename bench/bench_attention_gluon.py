@@ -30,7 +30,7 @@ from engine.attention import triton_sage as ts  # noqa: E402
 
 SHAPES = {"1.3B 480p": (12, 32760), "1.3B 720p": (12, 75600), "14B 480p": (40, 32760), "14B 720p": (40, 75600)}
 G = gs.Config
-CONFIGS = [G(), G(pingpong=True)]
+CONFIGS = [G(), G(pingpong=True), G(stages=2), G(stages=4)]
 
 
 def check(cfg: gs.Config) -> dict:
@@ -39,7 +39,7 @@ def check(cfg: gs.Config) -> dict:
         q, k, v = R.wan_like_qkv(b, s, h, 128, seed=s, device="cuda")
         out = torch.full_like(q, float("nan"))
         gs.attention_8bit(q, k, v, config=cfg, out=out)
-        ref = R.sage_reference(q.cpu(), k.cpu(), v.cpu(), recipe=R.Recipe(1, 1, cfg.block_n, k_lanes=cfg.ks_thread))
+        ref = R.sage_reference(q.cpu(), k.cpu(), v.cpu(), recipe=gs.recipe(cfg))
         nan = bool(torch.isnan(out).any())
         err = float("inf") if nan else R.rel_error(out.cpu(), ref)
         worst = max(worst, err)
@@ -62,7 +62,7 @@ def one(cfg: gs.Config, shapes: list[str]) -> dict:
         h, s = SHAPES[name]
         q, k, v = R.wan_like_qkv(1, s, h, 128, seed=2, device="cuda")
         ref = sdpa(q, k, v, "CUDNN_ATTENTION").float()
-        x = ts.quantize_qkv(q, k, v, None, 1, gs.k_block(cfg))
+        x = gs.quantize(q, k, v, None, cfg)
         out = torch.empty_like(q)
         gs.attention_quantized(x, out, cfg)
         flops = 4 * s * s * 128 * h
@@ -97,6 +97,7 @@ def main():
     ap.add_argument("--shapes", default="14b480")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a config as JSON, in a child process
     ap.add_argument("--timeout", type=float, default=240)
+    ap.add_argument("--configs", default="all", help="'default', or 'all' (the sweep's CONFIGS)")
     a = ap.parse_args()
     shapes = list(SHAPES) if a.shapes == "all" else ["14B 480p"]
     if a.one:
@@ -108,7 +109,7 @@ def main():
     print(head, flush=True)
     result = dict(head=head, baseline=baseline(shapes), rows=[])
     print("baseline", result["baseline"], flush=True)
-    for cfg in CONFIGS:
+    for cfg in (CONFIGS if a.configs == "all" else [gs.DEFAULT]):
         cmd = [sys.executable, __file__, "--one", json.dumps(dataclasses.asdict(cfg)), "--shapes", a.shapes]
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)

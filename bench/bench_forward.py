@@ -60,13 +60,18 @@ def profile_groups(run):
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         run()
         torch.cuda.synchronize()
-    ms, launches = {}, {}
+    ms, launches, attention = {}, {}, {}
     for e in prof.events():
         if e.device_type == torch.autograd.DeviceType.CUDA:
             g = kernel_group(e.name)
-            ms[g] = ms.get(g, 0.0) + e.time_range.elapsed_us() / 1000
+            t = e.time_range.elapsed_us() / 1000
+            ms[g] = ms.get(g, 0.0) + t
             launches[g] = launches.get(g, 0) + 1
-    return ms, launches
+            if g == "attention":  # self- and cross-attention run different kernels: name them apart
+                name = e.name[:120]
+                n, total = attention.get(name, (0, 0.0))
+                attention[name] = (n + 1, total + t)
+    return ms, launches, {k: dict(launches=n, ms=t) for k, (n, t) in attention.items()}
 
 
 def timed_forward(run) -> float:
@@ -148,9 +153,12 @@ def section(name, res, base, fp8, layers, rounds, cudnn_why, do_profile, log):
     if do_profile:
         for variant in ("fp8 fused", "fp8 fused + sage8", "fp8 fused + cudnn fp8"):
             if variant in runs:
-                ms, launches = profile_groups(runs[variant])
+                ms, launches, kernels = profile_groups(runs[variant])
                 rows[variant]["profile_ms"] = ms
                 rows[variant]["profile_launches"] = launches
+                rows[variant]["profile_attention_kernels"] = kernels
+                for name, k in sorted(kernels.items(), key=lambda kv: -kv[1]["ms"]):
+                    log(f"  {variant}: {k['launches']} x {name}: {k['ms']:.1f} ms")
     del lat, ctx, y_base
     return list(rows.values())
 

@@ -3,10 +3,13 @@
 Sage8GluonPath.unavailable only asks whether Gluon's Hopper API imports; a kernel this triton cannot
 compile would then fail inside the custom op, mid-generation, with a compiler traceback. Gluon's API
 moves between releases (triton 3.9 removed tma.async_copy_global_to_shared), so compile it here."""
+import dataclasses
+
 import pytest
 
 
-def test_gluon_kernel_compiles_for_sm90():
+@pytest.mark.parametrize("option", ["default", "per_token"])
+def test_gluon_kernel_compiles_for_sm90(option):
     from engine.attention import gluon_sage as gs
 
     if gs.gluon is None or gs._triton_version() < (3, 6):  # not the GPU-run gate: compile with any 3.6+
@@ -17,7 +20,8 @@ def test_gluon_kernel_compiles_for_sm90():
         from triton.experimental.gluon._runtime import GluonASTSource
     except ImportError:
         pytest.skip("this triton has no Gluon compile entry to call without a GPU")
-    gl, cfg, d = gs.gl, gs.DEFAULT, gs.HEAD_DIM
+    gl, d = gs.gl, gs.HEAD_DIM
+    cfg = {"default": gs.DEFAULT, "per_token": dataclasses.replace(gs.DEFAULT, ks_thread=False)}[option]
     fn = gs._attn_kernel
 
     def layout(shape, dtype):
@@ -28,8 +32,7 @@ def test_gluon_kernel_compiles_for_sm90():
            "v_desc": f"tensordesc<fp8e4nv[{d}, {cfg.block_n}],{layout([d, cfg.block_n], gl.float8e4nv)}>",
            "QS": "*fp32", "KS": "*fp32", "VS": "*fp32", "OUT": "*bf16",
            "seq": "i32", "sp": "i32", "H": "i32", "so_b": "i32", "so_s": "i32", "so_h": "i32"}
-    consts = dict(BLOCK_N=cfg.block_n, D=d, STAGES=cfg.stages, PINGPONG=cfg.pingpong, KS_THREAD=cfg.ks_thread,
-                  CONSUMER_REGS=cfg.consumer_regs, PRODUCER_REGS=cfg.producer_regs)
+    consts = dict(D=d, **cfg.constexprs())
     sig.update({k: "constexpr" for k in consts})
     src = GluonASTSource(fn, {k: sig[k] for k in fn.arg_names}, consts, {})
     try:

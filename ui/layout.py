@@ -32,7 +32,7 @@ def examples() -> tuple[list[list[str]], list[list[str]]]:
 # Measured on an H200 (docs/benchmarks.md, 2026-12-04); needs an FP8 GPU (Ada, Hopper, Blackwell).
 ATTENTION_NOTE = ("8-bit: our SageAttention2-style kernels (INT8 Q·K, FP8 P·V). On Hopper 1.46x cuDNN bf16 at the "
                   "14B 480p shape (1.52x at 720p): a 14B 4-step 480p video in 8.7 s instead of 10.5 s with fp8 "
-                  "alone. Other FP8 GPUs run the Triton kernel (1.17x on an H200). Relative error 0.044 against "
+                  "alone. Other FP8 GPUs run the Triton kernel (1.27x on an H200). Relative error 0.044 against "
                   "bf16 attention; same video PSNR as fp8 alone")
 
 

@@ -19,6 +19,7 @@ Registers are re-allocated between the partitions (setmaxnreg): the producer nee
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -56,6 +57,11 @@ class Config:
     def label(self) -> str:
         return (f"gluon-N{self.block_n}s{self.stages}" + ("-pp" if self.pingpong else "")
                 + ("-kst" if self.ks_thread else "") + f"-r{self.consumer_regs}")
+
+    def constexprs(self) -> dict:
+        """The kernel's compile-time arguments for this config (the launch and the compile tests)."""
+        return dict(BLOCK_N=self.block_n, STAGES=self.stages, PINGPONG=self.pingpong, KS_THREAD=self.ks_thread,
+                    CONSUMER_REGS=self.consumer_regs, PRODUCER_REGS=self.producer_regs)
 
 
 DEFAULT = Config()
@@ -104,8 +110,8 @@ def available() -> str | None:
 if gluon is not None:
     @gluon.jit
     def _loader(k_desc, ks_desc, v_desc, k_smem, ks_smem, v_smem, k_ready, v_ready, kv_empty, seq, sp,
-                BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
-        """K with its per-token scales (read by the per-token form; the lane-group form loads its four
+                BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, KS_THREAD: gl.constexpr):
+        """K (with its per-token scales for the per-token form; the lane-group form loads its four
         scales per block itself, _group_scales) and V, block by block, into the ring of stages."""
         bh = gl.program_id(1)
         n_blocks = gl.cdiv(seq, BLOCK_N)
@@ -113,9 +119,12 @@ if gluon is not None:
             s = j % STAGES
             # a fresh barrier counts as having completed the phase before phase 0
             mbarrier.wait(kv_empty.index(s), ((j // STAGES) & 1) ^ 1)
-            mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes + ks_desc.block_type.nbytes)
+            if KS_THREAD:
+                mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
+            else:
+                mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes + ks_desc.block_type.nbytes)
+                _tma_load(ks_desc, [bh * sp + j * BLOCK_N], k_ready.index(s), ks_smem.index(s))
             _tma_load(k_desc, [bh * sp + j * BLOCK_N, 0], k_ready.index(s), k_smem.index(s))
-            _tma_load(ks_desc, [bh * sp + j * BLOCK_N], k_ready.index(s), ks_smem.index(s))
             mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
             _tma_load(v_desc, [bh * D, j * BLOCK_N], v_ready.index(s), v_smem.index(s))
 
@@ -167,8 +176,8 @@ if gluon is not None:
         return gl.load(KS + bh * sp + j * BLOCK_N + 2 * gl.arange(0, 4, layout=g_layout))
 
     @gluon.jit
-    def _block(j, si, ks4, acc, m_i, l_i, tphase, qs, KS, bh, sp, seq, q_smem, k_smem, ks_smem, v_smem, k_ready, v_ready,
-               kv_empty, turn, s_layout: gl.constexpr, o_layout: gl.constexpr, WG: gl.constexpr,
+    def _block(j, si, ks4, acc, m_i, l_i, tphase, qs, KS, bh, sp, seq, q_smem, k_smem, ks_smem, v_smem, k_ready,
+               v_ready, kv_empty, turn, s_layout: gl.constexpr, o_layout: gl.constexpr, WG: gl.constexpr,
                BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
                KS_THREAD: gl.constexpr, MASK: gl.constexpr, LAST: gl.constexpr):
         """Block j's softmax (its scores si done on entry), then one batch of matrix products: block j's
@@ -235,11 +244,13 @@ if gluon is not None:
         si = warpgroup_mma_wait(0, deps=(si,))
         for j in range(0, n_blocks - 1):
             si, ks4, acc, m_i, l_i, tphase = _block(
-                j, si, ks4, acc, m_i, l_i, tphase, qs, KS, bh, sp, seq, q_smem, k_smem, ks_smem, v_smem, k_ready, v_ready,
-                kv_empty, turn, s_layout, o_layout, WG, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD, False, False)
+                j, si, ks4, acc, m_i, l_i, tphase, qs, KS, bh, sp, seq, q_smem, k_smem, ks_smem, v_smem, k_ready,
+                v_ready, kv_empty, turn, s_layout, o_layout, WG, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD,
+                False, False)
         si, ks4, acc, m_i, l_i, tphase = _block(  # the last block, masked past seq
-            n_blocks - 1, si, ks4, acc, m_i, l_i, tphase, qs, KS, bh, sp, seq, q_smem, k_smem, ks_smem, v_smem, k_ready,
-            v_ready, kv_empty, turn, s_layout, o_layout, WG, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD, True, True)
+            n_blocks - 1, si, ks4, acc, m_i, l_i, tphase, qs, KS, bh, sp, seq, q_smem, k_smem, ks_smem, v_smem,
+            k_ready, v_ready, kv_empty, turn, s_layout, o_layout, WG, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD,
+            True, True)
 
         d = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
         vs = gl.load(VS + bh * D + d)
@@ -253,8 +264,7 @@ if gluon is not None:
     @gluon.jit
     def _attn_kernel(q_desc, k_desc, ks_desc, v_desc, QS, KS, VS, OUT, seq, sp, H, so_b, so_s, so_h,
                      BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
-                     KS_THREAD: gl.constexpr,
-                     CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+                     KS_THREAD: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_M, D], q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, D], k_desc.layout)
         ks_smem = gl.allocate_shared_memory(ks_desc.dtype, [STAGES, BLOCK_N], ks_desc.layout)
@@ -282,7 +292,7 @@ if gluon is not None:
                          v_ready, kv_empty, turn, QS, KS, VS, OUT, seq, sp, H, so_b, so_s, so_h,
                          WG1, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD)),
             (_loader, (k_desc, ks_desc, v_desc, k_smem, ks_smem, v_smem, k_ready, v_ready, kv_empty, seq, sp,
-                       BLOCK_N, D, STAGES)),
+                       BLOCK_N, D, STAGES, KS_THREAD)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -302,7 +312,7 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
     b, h, sp, d = x.q8.shape
     if x.k_block != k_block(config):
         raise ValueError(f"gluon attention {config.label()} reads K scales of k_block={k_block(config)!r}; "
-                         f"these copies were quantized with k_block={x.k_block!r}")
+                         f"these copies were quantized with k_block={x.k_block!r} (use gluon_sage.quantize)")
     if config.stages < 2:  # block j+1's K is waited for while block j's stage is still held: one stage deadlocks
         raise ValueError(f"gluon attention {config.label()}: needs 2+ stages")
     if PAD % (2 * ROWS) or PAD % config.block_n:
@@ -312,9 +322,7 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
     try:
         _attn_kernel[grid](dq, dk, dks, dv, x.qs, x.ks, x.vs, out, x.seq, sp, h,
                            out.stride(0), out.stride(1), out.stride(2),
-                           BLOCK_N=config.block_n, D=d, STAGES=config.stages, PINGPONG=config.pingpong,
-                           KS_THREAD=config.ks_thread, CONSUMER_REGS=config.consumer_regs,
-                           PRODUCER_REGS=config.producer_regs, num_warps=4,
+                           D=d, **config.constexprs(), num_warps=4,
                            enable_fp_fusion=True)  # as measured: triton 3.10 turns the default off
     except CompilationError as e:  # Gluon's API moves between triton releases: say so, not a traceback
         import triton
@@ -325,14 +333,25 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
     return out
 
 
+def recipe(config: Config = DEFAULT):
+    """The reference recipe (engine/attention/reference.py) this kernel's config computes."""
+    from . import reference
+    return dataclasses.replace(reference.SAGE8, block_n=config.block_n, k_lanes=config.ks_thread)
+
+
 def k_block(config: Config = DEFAULT):
     """The quantize_qkv k_block this kernel's config reads."""
     return "lanes" if config.ks_thread else 1
 
 
+def quantize(q, k, v, scale: float | None = None, config: Config = DEFAULT) -> Quantized:
+    """The 8-bit copies this kernel's config reads (triton_qkv.quantize_qkv)."""
+    return quantize_qkv(q, k, v, scale, 1, k_block(config))
+
+
 def attention_8bit(q, k, v, scale: float | None = None, config: Config = DEFAULT, out=None) -> torch.Tensor:
     """softmax(q kᵀ · scale) v on [B, S, H, D] tensors through the Gluon kernel; returns q's dtype."""
-    x = quantize_qkv(q, k, v, scale, 1, k_block(config))
+    x = quantize(q, k, v, scale, config)
     if out is None:
         out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     return attention_quantized(x, out, config)

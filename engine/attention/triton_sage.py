@@ -84,6 +84,10 @@ class Config:
 
 
 DEFAULT = Config()
+# what the sage8 family runs on this kernel (engine/attention/paths.py: Ada, Blackwell; Hopper without
+# Gluon): the lane-group recipe with its scales folded into the exponent, 29.5 ms against 32.6 per
+# token at Wan 14B 480p on an H200 (docs/benchmarks.md)
+LANES = Config(lane_fold=True)
 
 
 if triton is not None:
