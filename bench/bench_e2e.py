@@ -8,7 +8,8 @@ setup (bf16, our presets, each memory tier under its cap), in one process.
 Rows: `BASE[+OPTION...][@N]`. BASE: `bf16`, `fp8` (hopper-fp8), `int8` (ampere-int8), `fp8-tiled`
 (hopper-fp8 with use_tiling_vae), `torchao` (fp8 PerRow on the blocks + compile_repeated_blocks; skipped
 when torchao is not importable), or any preset name (the memory tiers: `vram12-fp8`, ...). OPTIONs, each
-one setup axis, combinable: `sage8` (LightX2V's 8-bit self-attention, engine.attention), `tiled`
+one setup axis, combinable: `sage8` (LightX2V's 8-bit self-attention, engine.attention), `hybrid` (sage8 with
+bf16 attention on the first and last denoising step: attn_bf16_first_steps / attn_bf16_last_steps), `tiled`
 (use_tiling_vae), the decoder: `tiny` (LightTAE) or `light` (LightVAE), or `fp32vae` (the full VAE in
 fp32 without engine/vae/speed.py's GPU default of fp16, channels-last and cuDNN benchmark: the decode
 before 2026-12-03). `@N` caps the process at N GiB (torch.cuda.set_per_process_memory_fraction).
@@ -65,7 +66,7 @@ DEFAULT_ROWS = {"14b": "bf16,fp8,int8,fp8-tiled,fp8+fp32vae,fp8+sage8,fp8+sage8+
                         "vram12-fp8+tiny@6",
                 "tiny": "bf16,fp8,int8,fp8-tiled,fp8+fp32vae,fp8+tiny,fp8+light,vram24-fp8,vram12-int8"}
 ALIASES = {"fp8": "hopper-fp8", "int8": "ampere-int8", "fp8-tiled": "hopper-fp8"}
-OPTIONS = ("sage8", "tiled", "tiny", "light", "fp32vae")
+OPTIONS = ("sage8", "hybrid", "tiled", "tiny", "light", "fp32vae")
 DECODER_OPTIONS = ("tiny", "light")  # at most one: each is a different decode
 PROMPT = "a red fox runs through fresh snow at dawn, cinematic"
 
@@ -163,8 +164,10 @@ def row_config(row: str | Row, files: dict | None = None):
         raw = dict(load_preset(ALIASES.get(name, name)))
     if name == "fp8-tiled" or "tiled" in row.options:
         raw["use_tiling_vae"] = True
-    if "sage8" in row.options:
+    if "sage8" in row.options or "hybrid" in row.options:
         raw["self_attn_1_type"] = "sage_attn2"
+    if "hybrid" in row.options:
+        raw.update(attn_bf16_first_steps=1, attn_bf16_last_steps=1)
     if row.decoder != "full":
         path = (files or {}).get(row.decoder)
         if not path:

@@ -47,6 +47,9 @@ def test_row_options_become_the_engines_config_keys(bench, tmp_path):
     assert decoder_from_config(light.raw).kind == "light" and light.get("vae_path") == str(files["light"])
     assert speed_settings(bench.row_config("fp8+fp32vae").raw, "cuda") == VaeSpeed()  # the old fp32 decode
     assert bench.row_config("fp8+tiled").get("use_tiling_vae") is True
+    hybrid = bench.row_config("fp8+hybrid")
+    assert hybrid.get("self_attn_1_type") == "sage_attn2"
+    assert (hybrid.get("attn_bf16_first_steps"), hybrid.get("attn_bf16_last_steps")) == (1, 1)
 
 
 @pytest.mark.parametrize("text, words", [
@@ -75,7 +78,7 @@ def test_default_rows_cover_the_tiers_and_decoders(bench):
 def test_tiny_run_writes_every_row(bench, tmp_path):
     out = tmp_path / "bench.json"
     ref = tmp_path / "bf16.npy"
-    rows = ["bf16", "int8", "fp8-tiled", "vram12-int8", "int8+sage8+tiny"]
+    rows = ["bf16", "int8", "fp8-tiled", "vram12-int8", "int8+hybrid+tiny"]
     report = bench.main(["--tiny", "--rows", ",".join(rows), "--out", str(out),
                          "--tmp", str(tmp_path / "videos"), "--reference", str(ref)])
     saved = json.loads(out.read_text())
