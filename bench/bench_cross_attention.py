@@ -2,8 +2,9 @@
 
     python bench/bench_cross_attention.py [--json PATH]
 
-Why: in the full 14B forward the 40 cross-attention calls cost about as much as three self-attention
-calls although they do 1/64 of the work (docs/benchmarks.md). The engine calls it through diffusers'
+Why: the 40 cross-attention calls of a 14B forward do 1/64 of the self-attention's work; whether an 8-bit
+path would pay (measured 2026-12-04: 25.6 ms for all 40, less than one self-attention call of 29.2 ms,
+docs/benchmarks.md, so it was not built). The engine calls it through diffusers'
 dispatch_attention_fn on [B, S, H, D] views (engine/fused.py); this times that call and torch SDPA
 with each backend forced, on the same views and on contiguous [B, H, S, D] copies, bf16, batch 1.
 """

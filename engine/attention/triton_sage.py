@@ -61,7 +61,7 @@ class Config:
     pv_fresh: bool = False
     # speed, same numerics: with K scales per lane group (quantize_qkv k_block="lanes"), the row max over
     # raw scores and the scales folded into the exponent's FMA, the form that took the Gluon kernel from
-    # 32.4 to 26.3 ms on an H200. Not yet timed here (Ada runs this kernel): off until measured
+    # 32.4 to 26.3 ms on an H200. Off in DEFAULT (its copies are per token); LANES below turns it on
     lane_fold: bool = False
 
     def label(self) -> str:
