@@ -18,7 +18,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine.attention import gluon_sage as gs  # noqa: E402
 from engine.attention import reference as R  # noqa: E402
-from engine.attention import triton_qkv  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--heads", type=int, default=40)
