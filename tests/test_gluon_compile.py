@@ -4,6 +4,10 @@ Sage8GluonPath.unavailable only asks whether Gluon's Hopper API imports; a kerne
 compile would then fail inside the custom op, mid-generation, with a compiler traceback. Gluon's API
 moves between releases (triton 3.9 removed tma.async_copy_global_to_shared), so compile it here."""
 import dataclasses
+import os
+import re
+import subprocess
+import tempfile
 
 import pytest
 
@@ -43,6 +47,15 @@ def test_gluon_kernel_compiles_for_sm90(option):
             pytest.skip(str(e)[:200])
         raise
     assert kernel.asm["cubin"]
+    # no local-memory stack: the variants that spilled ran 44-73% slower on the H200 (docs/benchmarks.md)
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if os.path.exists(cuobjdump):
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(kernel.asm["cubin"])
+            f.flush()
+            usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+        stack = re.search(r"STACK:(\d+)", usage)
+        assert stack and int(stack.group(1)) == 0, usage
 
 
 def test_gluon_refusals_are_messages_not_tracebacks(monkeypatch):
