@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - older triton, or none: the registry sa
     gluon = None
 
 from ..errors import KernelError
-from .triton_qkv import PAD, Quantized, quantize_qkv
+from .triton_qkv import LOG2_P_SCALE, PAD, Quantized, quantize_qkv
 
 try:
     from triton.compiler.errors import CompilationError
@@ -42,7 +42,6 @@ except ImportError:  # pragma: no cover - no triton: nothing here runs
     class CompilationError(Exception):
         pass
 
-LOG2_448 = 8.807354922057604  # log2 448: P's FP8 scale rides in the exponent (as in triton_sage)
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ if gluon is not None:
     # the old name now raises at compile time (triton 3.9), so take whichever this triton has
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     BLOCK_M = gl.constexpr(ROWS)
-    LOG2_448_C = gl.constexpr(LOG2_448)
+    LOG2_448_C = gl.constexpr(LOG2_P_SCALE)  # P's FP8 scale rides in the exponent
     WG0, WG1 = gl.constexpr(0), gl.constexpr(1)  # the consumers' indices, as partition arguments
 
 

@@ -231,8 +231,7 @@ if triton_sage is not None:
     @torch.library.custom_op("wanattn::sage8", mutates_args=())
     def sage8_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """[B, S, H, D] in and out; scale < 0 means 1/sqrt(D)."""
-        return triton_sage.attention_8bit(q, k, v, None if scale < 0 else scale, config=triton_sage.LANES,
-                                          k_block="lanes")
+        return triton_sage.attention_8bit(q, k, v, None if scale < 0 else scale, config=triton_sage.LANES)
 
     @sage8_op.register_fake
     def _(q, k, v, scale):

@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - the registry reports it
 
 LOG2E = 1.4426950408889634
 P_SCALE = 448.0
+LOG2_P_SCALE = math.log2(P_SCALE)  # the attention kernels put P's FP8 scale in the exponent
 PAD = 128  # token padding of the 8-bit copies: a multiple of every BLOCK_M / BLOCK_N we use
 QUANT_TOKENS = 128  # tokens per program of the quantize kernel
 

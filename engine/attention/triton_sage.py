@@ -22,10 +22,12 @@ try:
 except ImportError:  # pragma: no cover - registry reports it
     triton = None
 
-from .triton_qkv import PAD, Quantized, quantize_qkv  # noqa: F401  (quantize_qkv: re-exported)
+from .triton_qkv import LOG2_P_SCALE, PAD, Quantized, quantize_qkv  # noqa: F401  (quantize_qkv: re-exported)
 
 if triton is not None:
     from .fma_exp2 import exp2_split
+
+    LOG2_448 = tl.constexpr(LOG2_P_SCALE)
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,8 @@ if triton is not None:
         else:
             v = tl.load(V8 + (bh * D + d[:, None]) * sp + n[None, :]).T
         m_new = tl.maximum(m_i, tl.max(t, axis=1))
-        p = exp2_split(t * qs[:, None] + (8.807354922057604 - qs * m_new)[:, None], POLY, SPLIT)  # log2(448)
+        e0 = LOG2_448 - qs * m_new
+        p = exp2_split(t * qs[:, None] + e0[:, None], POLY, SPLIT)
         alpha = tl.math.exp2(qs * (m_i - m_new))
         p8 = p.to(tl.float8e4nv)
         if SUM_MMA:
@@ -182,7 +185,7 @@ if triton is not None:
             bmax = tl.max(tl.max(b4, axis=3), axis=1)
             m_new = tl.maximum(m_i, tl.max((bmax - 12582912.0) * ks4[None, :], axis=1))
             c1 = qs[:, None] * ks4[None, :]
-            c0 = 8.807354922057604 - c1 * 12582912.0 - (qs * m_new)[:, None]  # log2(448)
+            c0 = LOG2_448 - c1 * 12582912.0 - (qs * m_new)[:, None]
             p = tl.reshape(tl.math.exp2(b4 * c1[:, None, :, None] + c0[:, None, :, None]), [BLOCK_M, BLOCK_N])
             alpha = tl.math.exp2(qs * (m_i - m_new))
             l_i = l_i * alpha + tl.sum(p, axis=1)
