@@ -127,6 +127,16 @@ class Row(NamedTuple):  # a NamedTuple: this script is also loaded by path (test
         return next((o for o in self.options if o in ("tiny", "light")), "full")
 
 
+ATTENTION = {"sage8", "hybrid"}
+
+
+def linears_row(row: Row) -> str:
+    """The row that differs from `row` only in its attention: `fp8+hybrid+tiny@8` -> `fp8+tiny@8`."""
+    head, _, cap = row.text.partition("@")
+    kept = [part.removesuffix("-sage8") for part in head.split("+") if part not in ATTENTION]
+    return "+".join(kept) + (f"@{cap}" if cap else "")
+
+
 def parse_row(text: str) -> Row:
     """`BASE[+OPTION...][@N]` (module docstring); ValueError naming what is wrong."""
     head, _, cap = text.partition("@")
@@ -337,6 +347,9 @@ def run_row(row: str, master, args, device, reference, warmed: set):
                    error_pct=round(100 * (est.peak - peak) / peak, 1) if peak else None,
                    weight_GiB=round(sum(result.stats.weight_bytes.values()) / 2**30, 2),
                    psnr_dB=psnr(video, reference.get("video")) if parsed.decoder == "full" else NOT_COMPARABLE,
+                   # the 8-bit attention's own effect: against the same row without it, run earlier
+                   psnr_vs_linears_dB=psnr(video, reference.get(linears_row(parsed))) if ATTENTION & set(parsed.options)
+                   else None,
                    tiled=est.tiled and parsed.decoder != "tiny",  # the tiny decoder decodes in chunks, not tiles
                    tiles=est.grid.text() if est.grid is not None and parsed.decoder != "tiny" else None,
                    vae=loaded.reports.get("vae", ""),  # which decode settings ran (engine.vae.speed's note)
@@ -367,7 +380,7 @@ def run_row(row: str, master, args, device, reference, warmed: set):
 
 
 COLUMNS = ("row", "status", "decoder", "total_s", "load_s", "encode_s", "step_s", "decode_s", "peak_GiB",
-           "predicted_GiB", "error_pct", "weight_GiB", "warmup_s", "psnr_dB", "tiles", "offload")
+           "predicted_GiB", "error_pct", "weight_GiB", "warmup_s", "psnr_dB", "psnr_vs_linears_dB", "tiles", "offload")
 
 
 def table(rows: list[dict]) -> str:
@@ -431,6 +444,8 @@ def main(argv=None) -> dict:
                 import numpy as np
 
                 np.save(args.reference, video)
+        if video is not None and not ATTENTION & set(parse_row(row).options):
+            reference[row] = video  # a row the attention rows compare with (psnr_vs_linears_dB)
         report["rows"].append(result)
         print(json.dumps(result), flush=True)
         if args.out:

@@ -35,6 +35,13 @@ def test_row_grammar(bench, text, base, options, cap, decoder):
     assert (row.base, row.options, row.cap, row.decoder) == (base, options, cap, decoder)
 
 
+@pytest.mark.parametrize("text, linears", [
+    ("fp8+hybrid", "fp8"), ("fp8-sage8+tiny@8", "fp8+tiny@8"), ("int8+sage8+hybrid+light", "int8+light"),
+    ("vram12-fp8@8", "vram12-fp8@8")])
+def test_attention_rows_compare_with_the_row_without_it(bench, text, linears):
+    assert bench.linears_row(bench.parse_row(text)) == linears
+
+
 def test_row_options_become_the_engines_config_keys(bench, tmp_path):
     from engine.memory import decoder_from_config
     from engine.vae.speed import VaeSpeed, speed_settings
@@ -78,7 +85,7 @@ def test_default_rows_cover_the_tiers_and_decoders(bench):
 def test_tiny_run_writes_every_row(bench, tmp_path):
     out = tmp_path / "bench.json"
     ref = tmp_path / "bf16.npy"
-    rows = ["bf16", "int8", "fp8-tiled", "vram12-int8", "int8+hybrid+tiny"]
+    rows = ["bf16", "int8", "fp8-tiled", "vram12-int8", "int8+hybrid+tiny", "int8+hybrid"]
     report = bench.main(["--tiny", "--rows", ",".join(rows), "--out", str(out),
                          "--tmp", str(tmp_path / "videos"), "--reference", str(ref)])
     saved = json.loads(out.read_text())
@@ -88,11 +95,14 @@ def test_tiny_run_writes_every_row(bench, tmp_path):
         assert row["total_s"] >= row["decode_s"] > 0 and row["step_s"] > 0 and row["predicted_GiB"] > 0
     assert saved["rows"][0]["psnr_dB"] is None  # the reference itself
     assert all(isinstance(r["psnr_dB"], float) for r in saved["rows"][1:4])
-    assert [r["tiled"] for r in saved["rows"]] == [False, False, True, True, False]
+    assert [r["tiled"] for r in saved["rows"]] == [False, False, True, True, False, False]
+    # the attention's own effect is measured against the row without it, when that row ran
+    assert isinstance(saved["rows"][5]["psnr_vs_linears_dB"], float)
+    assert [r["psnr_vs_linears_dB"] for r in saved["rows"][:5]] == [None] * 5  # int8+tiny did not run
     # the +tiny row decodes with the tiny decoder, and engine.memory's prediction counted that decoder
     tiny = saved["rows"][4]
     assert tiny["psnr_dB"] == "n/a (different decoder)" and tiny["decoder"] == "tiny"
-    assert [r["decoder"] for r in saved["rows"][:4]] == ["full"] * 4
+    assert [r["decoder"] for r in saved["rows"][:4]] == ["full"] * 4 and saved["rows"][5]["decoder"] == "full"
     assert not list((tmp_path / "videos").glob("*.mp4"))  # the export is replaced: frames stay in memory
     again = bench.main(["--tiny", "--rows", "int8", "--tmp", str(tmp_path / "videos"), "--reference", str(ref)])
     assert again["rows"][0]["psnr_dB"] == saved["rows"][1]["psnr_dB"]  # same weights and seed in a new run

@@ -12,7 +12,7 @@ import tempfile
 import pytest
 
 
-@pytest.mark.parametrize("option", ["default", "per_token", "early_qk"])
+@pytest.mark.parametrize("option", ["default", "per_token"])
 def test_gluon_kernel_compiles_for_sm90(option):
     from engine.attention import gluon_sage as gs
 
@@ -25,8 +25,7 @@ def test_gluon_kernel_compiles_for_sm90(option):
     except ImportError:
         pytest.skip("this triton has no Gluon compile entry to call without a GPU")
     gl, d = gs.gl, gs.HEAD_DIM
-    cfg = {"default": gs.DEFAULT, "per_token": dataclasses.replace(gs.DEFAULT, ks_thread=False),
-           "early_qk": dataclasses.replace(gs.DEFAULT, early_qk=True)}[option]
+    cfg = {"default": gs.DEFAULT, "per_token": dataclasses.replace(gs.DEFAULT, ks_thread=False)}[option]
     fn = gs._attn_kernel
 
     def layout(shape, dtype):
@@ -86,8 +85,6 @@ def test_gluon_refusals_are_messages_not_tracebacks(monkeypatch):
                              k_block="lanes")
     with pytest.raises(ValueError, match="2\\+ stages"):
         gs.attention_quantized(x, torch.empty(1, 5, 1, 128), gs.Config(stages=1))
-    with pytest.raises(ValueError, match="do not combine"):
-        gs.attention_quantized(x, torch.empty(1, 5, 1, 128), gs.Config(early_qk=True, pingpong=True))
 
     # a kernel this triton cannot compile: a KernelError that says what to do
     class Broken:

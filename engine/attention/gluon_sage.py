@@ -52,16 +52,15 @@ class Config:
     ks_thread: bool = True  # K scales per lane group (quantize_qkv k_block="lanes"); else per token
     consumer_regs: int = 240  # setmaxnreg: 2·128·240 + 128·24 of the SM's 65,536 registers
     producer_regs: int = 24
-    early_qk: bool = False  # the next block's Q·Kᵀ runs under this block's softmax (not with ping-pong)
 
     def label(self) -> str:
         return (f"gluon-N{self.block_n}s{self.stages}" + ("-pp" if self.pingpong else "")
-                + ("-kst" if self.ks_thread else "") + ("-eq" if self.early_qk else "") + f"-r{self.consumer_regs}")
+                + ("-kst" if self.ks_thread else "") + f"-r{self.consumer_regs}")
 
     def constexprs(self) -> dict:
         """The kernel's compile-time arguments for this config (the launch and the compile tests)."""
         return dict(BLOCK_N=self.block_n, STAGES=self.stages, PINGPONG=self.pingpong, KS_THREAD=self.ks_thread,
-                    EARLY=self.early_qk, CONSUMER_REGS=self.consumer_regs, PRODUCER_REGS=self.producer_regs)
+                    CONSUMER_REGS=self.consumer_regs, PRODUCER_REGS=self.producer_regs)
 
 
 DEFAULT = Config()
@@ -179,20 +178,13 @@ if gluon is not None:
     def _block(j, si, ks4, acc, m_i, l_i, tphase, qs, KS, bh, sp, seq, q_smem, k_smem, ks_smem, v_smem, k_ready,
                v_ready, kv_empty, turn, s_layout: gl.constexpr, o_layout: gl.constexpr, WG: gl.constexpr,
                BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
-               KS_THREAD: gl.constexpr, EARLY: gl.constexpr, MASK: gl.constexpr, LAST: gl.constexpr):
+               KS_THREAD: gl.constexpr, MASK: gl.constexpr, LAST: gl.constexpr):
         """Block j's softmax (its scores si done on entry), then one batch of matrix products: block j's
         P·V (into a fresh accumulator, added at full precision) and block j+1's Q·Kᵀ, issued in this
         warpgroup's turn and waited for while the other warpgroup runs its softmax. Nothing is in
         flight across the loop's back edge (ptxas then serialises every wgmma, C7514), and P is used
         where it is made (an FP8 tensor carried across iterations is unpacked to bytes and repacked).
-        EARLY: block j+1's Q·Kᵀ is issued before block j's softmax and runs under it (FlashAttention-3's
-        intra-warpgroup overlap); only P·V is waited for after the softmax.
         """
-        if EARLY and not LAST:
-            si_next = _issue_qk(q_smem, k_smem, k_ready, j + 1, s_layout, BLOCK_N, STAGES)
-            ks4_next = ks4
-            if KS_THREAD:
-                ks4_next = _group_scales(KS, bh, sp, j + 1, s_layout, BLOCK_N)
         p, m_new = _scaled_exp2(si, ks_smem, ks4, qs, m_i, seq, j, s_layout, BLOCK_N, STAGES, MASK, KS_THREAD)
         alpha = gl.exp2(qs * (m_i - m_new))
         p8 = p.to(gl.float8e4nv)
@@ -205,7 +197,7 @@ if gluon is not None:
         pv = warpgroup_mma(gl.convert_layout(p8, gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)),
                            v_smem.index(s).permute((1, 0)), gl.zeros([BLOCK_M, D], gl.float32, o_layout),
                            use_acc=False, is_async=True)
-        if not LAST and not EARLY:
+        if not LAST:
             si = _issue_qk(q_smem, k_smem, k_ready, j + 1, s_layout, BLOCK_N, STAGES)
             if KS_THREAD:
                 ks4 = _group_scales(KS, bh, sp, j + 1, s_layout, BLOCK_N)
@@ -213,9 +205,6 @@ if gluon is not None:
             mbarrier.arrive(turn.index(1 - WG))
         if LAST:
             pv = warpgroup_mma_wait(0, deps=(pv,))
-        elif EARLY:
-            pv, si = warpgroup_mma_wait(0, deps=(pv, si_next))
-            ks4 = ks4_next
         else:
             pv, si = warpgroup_mma_wait(0, deps=(pv, si))
         acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None] + pv
@@ -226,7 +215,7 @@ if gluon is not None:
     def _consumer(q_desc, k_smem, ks_smem, v_smem, q_smem, q_bar, k_ready, v_ready, kv_empty, turn,
                   QS, KS, VS, OUT, seq, sp, H, so_b, so_s, so_h,
                   WG: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                  PINGPONG: gl.constexpr, KS_THREAD: gl.constexpr, EARLY: gl.constexpr):
+                  PINGPONG: gl.constexpr, KS_THREAD: gl.constexpr):
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, BLOCK_N, 32])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -256,11 +245,11 @@ if gluon is not None:
             si, ks4, acc, m_i, l_i, tphase = _block(
                 j, si, ks4, acc, m_i, l_i, tphase, qs, KS, bh, sp, seq, q_smem, k_smem, ks_smem, v_smem, k_ready,
                 v_ready, kv_empty, turn, s_layout, o_layout, WG, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD,
-                EARLY, False, False)
+                False, False)
         si, ks4, acc, m_i, l_i, tphase = _block(  # the last block, masked past seq
             n_blocks - 1, si, ks4, acc, m_i, l_i, tphase, qs, KS, bh, sp, seq, q_smem, k_smem, ks_smem, v_smem,
             k_ready, v_ready, kv_empty, turn, s_layout, o_layout, WG, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD,
-            EARLY, True, True)
+            True, True)
 
         d = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
         vs = gl.load(VS + bh * D + d)
@@ -274,7 +263,7 @@ if gluon is not None:
     @gluon.jit
     def _attn_kernel(q_desc, k_desc, ks_desc, v_desc, QS, KS, VS, OUT, seq, sp, H, so_b, so_s, so_h,
                      BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
-                     KS_THREAD: gl.constexpr, EARLY: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                     KS_THREAD: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                      PRODUCER_REGS: gl.constexpr):
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_M, D], q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, D], k_desc.layout)
@@ -298,10 +287,10 @@ if gluon is not None:
         gl.warp_specialize([
             (_consumer, (q_desc, k_smem, ks_smem, v_smem, q_smem.index(0), q_bar.index(0), k_ready,
                          v_ready, kv_empty, turn, QS, KS, VS, OUT, seq, sp, H, so_b, so_s, so_h,
-                         WG0, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD, EARLY)),
+                         WG0, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD)),
             (_consumer, (q_desc, k_smem, ks_smem, v_smem, q_smem.index(1), q_bar.index(1), k_ready,
                          v_ready, kv_empty, turn, QS, KS, VS, OUT, seq, sp, H, so_b, so_s, so_h,
-                         WG1, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD, EARLY)),
+                         WG1, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD)),
             (_loader, (k_desc, ks_desc, v_desc, k_smem, ks_smem, v_smem, k_ready, v_ready, kv_empty, seq, sp,
                        BLOCK_N, D, STAGES, KS_THREAD)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -324,8 +313,6 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
     if x.k_block != k_block(config):
         raise ValueError(f"gluon attention {config.label()} reads K scales of k_block={k_block(config)!r}; "
                          f"these copies were quantized with k_block={x.k_block!r} (use gluon_sage.quantize)")
-    if config.early_qk and config.pingpong:  # two issue points per block; the turn handshake orders one
-        raise ValueError(f"gluon attention {config.label()}: early_qk and pingpong do not combine")
     if config.stages < 2:  # block j+1's K is waited for while block j's stage is still held: one stage deadlocks
         raise ValueError(f"gluon attention {config.label()}: needs 2+ stages")
     if PAD % (2 * ROWS) or PAD % config.block_n:

@@ -1,0 +1,144 @@
+"""Why the 8-bit attention kernel runs slower inside the 14B forward than alone (29.2 against 25.7 ms a
+call at 480p; docs/benchmarks.md): the same call timed after different work, with the SM clock and power
+sampled by nvidia-smi meanwhile.
+
+    python bench/bench_attention_context.py [--out DIR] [--iters 30]
+
+Per phase, `iters` times: the work before (nothing; the feed-forward's two fp8 GEMMs at the 14B 480p
+shape; an idle wait of about the GEMMs' length; a 2 GiB copy that evicts L2), then one attention call
+timed with CUDA events: our Gluon kernel on already-quantized Wan-like q/k/v, and cuDNN bf16 SDPA in
+the same phases. The clock and power columns are the means of nvidia-smi's samples taken while the
+phase ran (every 10 ms), the throttle column the share of samples with an active clock event other
+than idle. JSON to DIR/context.json; the table is printed last.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.bench_attention import sdpa  # noqa: E402
+from engine.attention import gluon_sage as gs  # noqa: E402
+from engine.attention import reference as R  # noqa: E402
+
+HEADS, TOKENS, DIM, FFN = 40, 32760, 5120, 13824  # Wan 14B at 480p x 81 frames
+FIELDS = ("timestamp,clocks.sm,power.draw,temperature.gpu", ",clocks_event_reasons.active", ",clocks_throttle_reasons.active")
+
+
+def start_sampler(path):
+    """nvidia-smi every 10 ms into `path`; the clock-event field's name changed across drivers."""
+    for extra in FIELDS[1:] + ("",):
+        q = FIELDS[0] + extra
+        if subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader,nounits"],
+                          capture_output=True).returncode == 0:
+            return subprocess.Popen(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader,nounits", "-lms", "10"],
+                                    stdout=open(path, "w"), stderr=subprocess.DEVNULL)
+    return None
+
+
+def samples(path):
+    rows = []
+    for line in open(path):
+        f = [x.strip() for x in line.split(",")]
+        try:
+            t = dt.datetime.strptime(f[0], "%Y/%m/%d %H:%M:%S.%f")
+            reason = int(f[4], 16) if len(f) > 4 else 0
+            rows.append((t, float(f[1]), float(f[2]), float(f[3]), reason))
+        except (ValueError, IndexError):
+            continue
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    ap.add_argument("--iters", type=int, default=30)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    dev = torch.device("cuda")
+    q, k, v = R.wan_like_qkv(1, TOKENS, HEADS, 128, seed=2, device="cuda")
+    x = gs.quantize(q, k, v)
+    out = torch.empty_like(q)
+    a8 = torch.randn(TOKENS, DIM, device=dev).to(torch.float8_e4m3fn)
+    w_up = torch.randn(FFN, DIM, device=dev).to(torch.float8_e4m3fn).t()
+    h8 = torch.randn(TOKENS, FFN, device=dev).to(torch.float8_e4m3fn)
+    w_down = torch.randn(DIM, FFN, device=dev).to(torch.float8_e4m3fn).t()
+    one = torch.ones((), device=dev)
+    big = torch.empty(2 << 30, dtype=torch.uint8, device=dev)
+    big2 = torch.empty_like(big)
+
+    def gemms():
+        torch._scaled_mm(a8, w_up, one, one, out_dtype=torch.bfloat16)
+        torch._scaled_mm(h8, w_down, one, one, out_dtype=torch.bfloat16)
+
+    def evt_ms(fn):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); b.synchronize()
+        return a.elapsed_time(b)
+
+    for _ in range(3):
+        gemms(); gs.attention_quantized(x, out); sdpa(q, k, v, "CUDNN_ATTENTION")
+    torch.cuda.synchronize()
+    gemm_ms = sorted(evt_ms(gemms) for _ in range(5))[2]
+    clock_khz = torch.cuda.get_device_properties(dev).clock_rate if hasattr(
+        torch.cuda.get_device_properties(dev), "clock_rate") else 1_980_000
+    sleep_cycles = int(gemm_ms * clock_khz)  # about the GEMMs' length at the top clock
+
+    before = {"none": lambda: None, "fp8 GEMMs": gemms,
+              "idle wait": lambda: torch.cuda._sleep(sleep_cycles),
+              "2 GiB copy": lambda: big2.copy_(big)}
+    kernels = {"gluon 8-bit": lambda: gs.attention_quantized(x, out),
+               "cudnn bf16": lambda: sdpa(q, k, v, "CUDNN_ATTENTION")}
+    smi = os.path.join(args.out or tempfile.mkdtemp(), "nvidia-smi.csv")
+    proc = start_sampler(smi)
+    time.sleep(0.5)
+    phases = []
+    for kname, kern in kernels.items():
+        for bname, work in before.items():
+            t0 = dt.datetime.now()
+            ms = []
+            for _ in range(args.iters):
+                work()
+                ms.append(evt_ms(kern))
+            t1 = dt.datetime.now()
+            ms.sort()
+            phases.append(dict(kernel=kname, before=bname, median_ms=ms[len(ms) // 2], min_ms=ms[0],
+                               max_ms=ms[-1], start=t0.isoformat(), end=t1.isoformat()))
+            print(f"{kname:<12} after {bname:<11} {ms[len(ms) // 2]:7.2f} ms (min {ms[0]:.2f}, max {ms[-1]:.2f})",
+                  flush=True)
+    time.sleep(0.3)
+    if proc is not None:
+        proc.terminate(); proc.wait()
+        rows = samples(smi)
+        for p in phases:
+            t0, t1 = dt.datetime.fromisoformat(p["start"]), dt.datetime.fromisoformat(p["end"])
+            s = [r for r in rows if t0 <= r[0] <= t1]
+            if s:
+                p.update(samples=len(s), sm_mhz=sum(r[1] for r in s) / len(s), power_w=sum(r[2] for r in s) / len(s),
+                         temp_c=max(r[3] for r in s), throttled=sum(1 for r in s if r[4] & ~1) / len(s),
+                         reasons=sorted({hex(r[4]) for r in s}))
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                  gemm_ms=gemm_ms, sleep_cycles=sleep_cycles, iters=args.iters, phases=phases,
+                  command="python3 bench/bench_attention_context.py " + " ".join(sys.argv[1:]))
+    if args.out:
+        json.dump(result, open(os.path.join(args.out, "context.json"), "w"), indent=1)
+    print(f"\n{result['device']} {result['date']} UTC; fp8 GEMMs before each call: {gemm_ms:.2f} ms\n")
+    print("| kernel | work before each call | median ms | min | max | SM MHz | W | throttled | reasons |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for p in phases:
+        print(f"| {p['kernel']} | {p['before']} | {p['median_ms']:.2f} | {p['min_ms']:.2f} | {p['max_ms']:.2f} | "
+              f"{p.get('sm_mhz', float('nan')):.0f} | {p.get('power_w', float('nan')):.0f} | "
+              f"{p.get('throttled', float('nan')):.2f} | {' '.join(p.get('reasons', []))} |")
+
+
+if __name__ == "__main__":
+    main()
