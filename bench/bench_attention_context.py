@@ -31,7 +31,8 @@ from engine.attention import gluon_sage as gs  # noqa: E402
 from engine.attention import reference as R  # noqa: E402
 
 HEADS, TOKENS, DIM, FFN = 40, 32760, 5120, 13824  # Wan 14B at 480p x 81 frames
-FIELDS = ("timestamp,clocks.sm,power.draw,temperature.gpu", ",clocks_event_reasons.active", ",clocks_throttle_reasons.active")
+FIELDS = ("timestamp,clocks.sm,power.draw,temperature.gpu", ",clocks_event_reasons.active",
+          ",clocks_throttle_reasons.active")
 
 
 def start_sampler(path):
@@ -126,7 +127,8 @@ def main():
                 p.update(samples=len(s), sm_mhz=sum(r[1] for r in s) / len(s), power_w=sum(r[2] for r in s) / len(s),
                          temp_c=max(r[3] for r in s), throttled=sum(1 for r in s if r[4] & ~1) / len(s),
                          reasons=sorted({hex(r[4]) for r in s}))
-    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+                  date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
                   gemm_ms=gemm_ms, sleep_cycles=sleep_cycles, iters=args.iters, phases=phases,
                   command="python3 bench/bench_attention_context.py " + " ".join(sys.argv[1:]))
     if args.out:
