@@ -6,8 +6,7 @@ float64 rotary embedding, gated residuals), plus one activation quantization per
 forward produces each linear's 8-bit input inside the kernel that already produces it:
 
   norm1 + modulation + quantize       -> shared by to_q, to_k, to_v (one quantization, not three)
-  q/k RMSNorm + rotary embedding       -> one kernel each; with 8-bit self-attention, q's kernel
-                                          writes the attention's INT8 copy of q instead of bf16 q
+  q/k RMSNorm + rotary embedding       -> one kernel each
   residual*gate + norm2 + quantize     -> attn2.to_q
   residual + norm3 + modulation + quantize -> ffn.net.0
   GELU + quantize                      -> ffn.net.2
@@ -25,7 +24,6 @@ import logging
 
 import torch
 
-from .attention import triton_qkv
 from .attention.install import self_attention_choice
 from .linear import QuantLinear
 
@@ -122,20 +120,11 @@ def fused_block_forward(block, hidden_states, encoder_hidden_states, temb, rotar
     query, key, value = (_linear_q(l, q8, s8, rows, dtype).view(b, s_len, -1) for l in (a1.to_q, a1.to_k, a1.to_v))
     head_dim = query.shape[-1] // a1.heads
     cos, sin = _rope_tables(rotary_emb, s_len, head_dim) if rotary_emb is not None else (None, None)
-    parallel_config = getattr(a1.processor, "_parallel_config", None)
-    choice = self_attention_choice(a1) if parallel_config is None else None
-    if choice is not None and choice.wants_8bit() and choice.takes_int8_q(query.device, head_dim, dtype):
-        # the 8-bit attention's Q copy straight from the RMSNorm + rotary kernel: no bf16 q in between
-        q8, qs = ops.rmsnorm_rope_int8(query, a1.norm_q.weight, _eps(a1.norm_q), head_dim, cos, sin,
-                                       triton_qkv.PAD, triton_qkv.q_scale(None, head_dim))
-        key = ops.rmsnorm_rope(key, a1.norm_k.weight, _eps(a1.norm_k), head_dim, cos, sin)
-        k, v = (t.unflatten(2, (a1.heads, -1)) for t in (key, value))
-        out = choice.run_int8_q(q8, qs, k, v).type_as(key)
-    else:
-        query = ops.rmsnorm_rope(query, a1.norm_q.weight, _eps(a1.norm_q), head_dim, cos, sin)
-        key = ops.rmsnorm_rope(key, a1.norm_k.weight, _eps(a1.norm_k), head_dim, cos, sin)
-        # context parallelism (engine/parallel): self-attention only, as diffusers' WanAttnProcessor does
-        out = _attention(a1, query, key, value, self_attention=True, parallel_config=parallel_config)
+    query = ops.rmsnorm_rope(query, a1.norm_q.weight, _eps(a1.norm_q), head_dim, cos, sin)
+    key = ops.rmsnorm_rope(key, a1.norm_k.weight, _eps(a1.norm_k), head_dim, cos, sin)
+    # context parallelism (engine/parallel): self-attention only, as diffusers' WanAttnProcessor does
+    out = _attention(a1, query, key, value, self_attention=True,
+                     parallel_config=getattr(a1.processor, "_parallel_config", None))
     q8, s8 = ops.quantize_heads(out, kind, pad)
     attn_out = _linear_q(a1.to_out[0], q8, s8, rows, dtype).view(b, s_len, d)
 

@@ -93,35 +93,3 @@ for cfg in (ts.Config(sum_fp8_p=True), ts.Config(128, 128, 8, 3, overlap=True, s
     err = R.rel_error(out, R.sage_reference(q, k, v, recipe=R.Recipe(1, 1, cfg.block_n, sum_fp8_p=True)))
     assert err < 5e-3, (cfg.label(), err)
     print(f"ok sum_fp8_p {cfg.label()} {err:.1e}")
-
-# Q's copy written by the RMSNorm + rotary kernel (engine/fused.py's path when the 8-bit attention runs):
-# against per-token INT8 of that kernel's own bf16 q (float32 division, round half away, as the
-# quantize launch), then the same copies, and the same attention output, as the quantize launch's
-# (here, with the interpreter's one summation order; a GPU may sum a token's squares in another order
-# in each variant: tests/gpu/test_attention_gpu.py::test_int8_q_from_the_rmsnorm_kernel)
-from engine.attention import triton_qkv  # noqa: E402
-from engine.kernels import triton_wan  # noqa: E402
-
-for i, (b, n, heads, hd) in enumerate(((1, 130, 3, 32), (2, 5, 2, 64))):  # 3 heads: padded to 4 in the kernel
-    gen = torch.Generator().manual_seed(seed + 100 + i)
-    x = torch.randn(b, n, heads * hd, generator=gen).to(torch.bfloat16)
-    w = torch.randn(heads * hd, generator=gen)
-    ang = torch.randn(n, hd // 2, generator=gen).repeat_interleave(2, dim=1)
-    cos, sin = ang.cos(), ang.sin()
-    qs_scale = triton_qkv.q_scale(None, hd)
-    q = triton_wan.rmsnorm_rope(x, w, 1e-6, hd, cos, sin).unflatten(2, (heads, hd))
-    q8, qs = triton_wan.rmsnorm_rope_int8(x, w, 1e-6, hd, cos, sin, triton_qkv.PAD, qs_scale)
-    amax = q.float().abs().amax(-1)
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    want = R.round_half_away(q.float() / scale[..., None])
-    assert torch.equal(q8[:, :, :n].permute(0, 2, 1, 3).float(), want), "INT8 Q"
-    assert torch.equal(qs[:, :, :n], (scale * torch.tensor(qs_scale)).transpose(1, 2)), "Q scales"
-    _, k, v = R.wan_like_qkv(b, n, heads, hd, seed=seed + 200 + i)
-    k, v = k.to(torch.bfloat16), v.to(torch.bfloat16)
-    whole = triton_qkv.quantize_qkv(q, k, v, None, 1, "lanes")
-    folded = triton_qkv.quantize_qkv(None, k, v, None, 1, "lanes", q_int8=(q8, qs))
-    for name in ("q8", "qs", "k8", "ks", "v8", "vs"):
-        assert torch.equal(getattr(whole, name).float(), getattr(folded, name).float()), name
-    out = ts.attention_8bit(None, k, v, config=ts.LANES, q_int8=(q8, qs))
-    assert torch.equal(out, ts.attention_8bit(q, k, v, config=ts.LANES)), "attention from Q's folded copy"
-    print(f"ok rmsnorm_rope_int8 {(b, n, heads, hd)}")

@@ -344,16 +344,14 @@ def k_block(config: Config = DEFAULT):
     return "lanes" if config.ks_thread else 1
 
 
-def quantize(q, k, v, scale: float | None = None, config: Config = DEFAULT, q_int8=None) -> Quantized:
-    """The 8-bit copies this kernel's config reads (triton_qkv.quantize_qkv; q_int8 as there)."""
-    return quantize_qkv(q, k, v, scale, 1, k_block(config), q_int8)
+def quantize(q, k, v, scale: float | None = None, config: Config = DEFAULT) -> Quantized:
+    """The 8-bit copies this kernel's config reads (triton_qkv.quantize_qkv)."""
+    return quantize_qkv(q, k, v, scale, 1, k_block(config))
 
 
-def attention_8bit(q, k, v, scale: float | None = None, config: Config = DEFAULT, out=None,
-                   q_int8=None) -> torch.Tensor:
-    """softmax(q kᵀ · scale) v on [B, S, H, D] tensors through the Gluon kernel; returns k's dtype.
-    q_int8: Q's per-token copy made where q was computed (q is then None)."""
-    x = quantize(q, k, v, scale, config, q_int8)
+def attention_8bit(q, k, v, scale: float | None = None, config: Config = DEFAULT, out=None) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v on [B, S, H, D] tensors through the Gluon kernel; returns q's dtype."""
+    x = quantize(q, k, v, scale, config)
     if out is None:
-        out = torch.empty(k.shape, device=k.device, dtype=k.dtype)
+        out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     return attention_quantized(x, out, config)

@@ -28,33 +28,22 @@ class SelfAttentionChoice:
     def wants_8bit(self) -> bool:
         return self.plan.eightbit_for(self.block_index)
 
-    def path(self, device, head_dim: int, dtype):
-        key = (device, head_dim, dtype)
+    def run(self, q, k, v) -> torch.Tensor:
+        """q, k, v [B, S, H, D] -> [B, S, H, D] through the plan's family on q's device."""
+        key = (q.device, q.shape[-1], q.dtype)
         path = self._paths.get(key)
         if path is None:
-            path = self._paths[key] = select_path(self.plan.self_attn, device, head_dim, dtype)
+            path = self._paths[key] = select_path(self.plan.self_attn, q.device, q.shape[-1], q.dtype)
             if self.block_index == 0:
                 # the faster paths of the family that declined, with why: no silent step down
                 passed = []
-                for name, why in explain(self.plan.self_attn, device, head_dim, dtype):
+                for name, why in explain(self.plan.self_attn, q.device, q.shape[-1], q.dtype):
                     if name == path.name:
                         break
                     passed.append(f"{name}: {why}")
-                log.info("attention: self-attention runs %s (%s) on %s%s", path.name, path.describe, device,
+                log.info("attention: self-attention runs %s (%s) on %s%s", path.name, path.describe, q.device,
                          f"; not {'; '.join(passed)}" if passed else "")
-        return path
-
-    def run(self, q, k, v) -> torch.Tensor:
-        """q, k, v [B, S, H, D] -> [B, S, H, D] through the plan's family on q's device."""
-        return self.path(q.device, q.shape[-1], q.dtype).run(q, k, v)
-
-    def takes_int8_q(self, device, head_dim: int, dtype) -> bool:
-        """Whether run_int8_q can run here (the path reads Q's INT8 copy instead of bf16 q)."""
-        return self.path(device, head_dim, dtype).takes_int8_q
-
-    def run_int8_q(self, q8, qs, k, v) -> torch.Tensor:
-        """Q's per-token copy (engine.kernels.triton_wan.rmsnorm_rope_int8), k, v [B, S, H, D] -> [B, S, H, D]."""
-        return self.path(k.device, k.shape[-1], k.dtype).run_int8_q(q8, qs, k, v)
+        return path.run(q, k, v)
 
 
 def _rotary(x, cos, sin):

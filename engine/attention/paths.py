@@ -38,9 +38,6 @@ class AttentionPath:
     family = "?"
     describe = ""
     min_capability: tuple[int, int] | None = None  # CUDA paths: the oldest GPU generation that runs it
-    # run_int8_q: Q's per-token INT8 copy made by the kernel that computes q (engine.kernels.triton_wan.
-    # rmsnorm_rope_int8), so q never exists in bf16
-    takes_int8_q = False
 
     def unavailable(self, device: torch.device, head_dim: int, dtype: torch.dtype) -> str | None:
         """Why this path cannot run on `device` for this head size and dtype (None: it can)."""
@@ -48,9 +45,6 @@ class AttentionPath:
 
     def run(self, q, k, v, scale: float | None = None) -> torch.Tensor:
         raise NotImplementedError
-
-    def run_int8_q(self, q8, qs, k, v, scale: float | None = None) -> torch.Tensor:
-        raise NotImplementedError(f"{self.name} reads bf16 q")
 
 
 def _cuda(device) -> tuple[tuple[int, int] | None, str | None]:
@@ -96,13 +90,8 @@ class Sage8GluonPath(AttentionPath):
             return f"head dim {head_dim}; the kernel is built for {gluon_sage.HEAD_DIM} (every Wan model's)"
         return _half(dtype)
 
-    takes_int8_q = True
-
     def run(self, q, k, v, scale=None):
         return torch.ops.wanattn.sage8_gluon(q, k, v, -1.0 if scale is None else scale)
-
-    def run_int8_q(self, q8, qs, k, v, scale=None):
-        return torch.ops.wanattn.sage8_gluon(None, k, v, -1.0 if scale is None else scale, q8, qs)
 
 
 class Sage8TritonPath(AttentionPath):
@@ -123,13 +112,8 @@ class Sage8TritonPath(AttentionPath):
             return f"head dim {head_dim} is not a power of two in 16..256"
         return _half(dtype)
 
-    takes_int8_q = True
-
     def run(self, q, k, v, scale=None):
         return torch.ops.wanattn.sage8(q, k, v, -1.0 if scale is None else scale)
-
-    def run_int8_q(self, q8, qs, k, v, scale=None):
-        return torch.ops.wanattn.sage8(None, k, v, -1.0 if scale is None else scale, q8, qs)
 
 
 class Sage8ReferencePath(AttentionPath):
@@ -244,29 +228,23 @@ def select_path(family: str, device, head_dim: int, dtype) -> AttentionPath:
 
 
 if triton_sage is not None:
-    def _int8_q(q8, qs):
-        return None if q8 is None else (q8, qs)
-
     @torch.library.custom_op("wanattn::sage8", mutates_args=())
-    def sage8_op(q: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor, scale: float,
-                 q8: torch.Tensor | None = None, qs: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, S, H, D] in and out; scale < 0 means 1/sqrt(D); q8, qs: Q's copy instead of q."""
-        return triton_sage.attention_8bit(q, k, v, None if scale < 0 else scale, config=triton_sage.LANES,
-                                          q_int8=_int8_q(q8, qs))
+    def sage8_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """[B, S, H, D] in and out; scale < 0 means 1/sqrt(D)."""
+        return triton_sage.attention_8bit(q, k, v, None if scale < 0 else scale, config=triton_sage.LANES)
 
     @sage8_op.register_fake
-    def _(q, k, v, scale, q8=None, qs=None):
-        return torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    def _(q, k, v, scale):
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
     @torch.library.custom_op("wanattn::sage8_gluon", mutates_args=())
-    def sage8_gluon_op(q: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor, scale: float,
-                       q8: torch.Tensor | None = None, qs: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, S, H, D] in and out; scale < 0 means 1/sqrt(D); q8, qs: Q's copy instead of q."""
-        return gluon_sage.attention_8bit(q, k, v, None if scale < 0 else scale, q_int8=_int8_q(q8, qs))
+    def sage8_gluon_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """[B, S, H, D] in and out; scale < 0 means 1/sqrt(D)."""
+        return gluon_sage.attention_8bit(q, k, v, None if scale < 0 else scale)
 
     @sage8_gluon_op.register_fake
-    def _(q, k, v, scale, q8=None, qs=None):
-        return torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    def _(q, k, v, scale):
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
 if fp8_qkv.triton is not None:

@@ -8,9 +8,7 @@ torch: a few KB), then one program per 128 tokens of one head that writes all th
 Layouts of the copies: q8, k8 [B, H, Sp, D] and v8 transposed [B, H, D, Sp], Sp = S padded to
 a multiple of 128 with zeros (Hopper's FP8 matrix instruction reads its B operand with the
 reduction dimension, tokens, contiguous). Q's scales carry softmax's scale and log2(e), so the
-attention kernel uses exp2 directly. In the fused Wan block Q's copy is written by the RMSNorm +
-rotary kernel instead (engine.kernels.triton_wan.rmsnorm_rope_int8, `q_int8` here): the same recipe,
-without q's bf16 round trip through memory.
+attention kernel uses exp2 directly.
 """
 from __future__ import annotations
 
@@ -82,22 +80,20 @@ if triton is not None:
     @triton.jit
     def _qkv_quant_kernel(Q, K, V, KMEAN, VSCALE, Q8, QS, K8, KS, V8, seq, sp, H, q_scale,
                       sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
-                      BQ: tl.constexpr, BK: tl.constexpr, QROW: tl.constexpr, D: tl.constexpr,
-                      WRITE_Q: tl.constexpr):
+                      BQ: tl.constexpr, BK: tl.constexpr, QROW: tl.constexpr, D: tl.constexpr):
         """One block of BQ tokens of one (batch, head): q8 (scales per token or per BQ tokens),
         k8 of the smoothed k (per token, per BK tokens when BK > 1, per lane group when BK == 0), v8 transposed. Scales
         are stored per token either way, so the attention kernel reads one layout. Rows past
-        `seq` are written as zeros. WRITE_Q off: Q's copy was written already (rmsnorm_rope_int8)."""
+        `seq` are written as zeros."""
         blk, bh = tl.program_id(0), tl.program_id(1)
         b, h = bh // H, bh % H
         d = tl.arange(0, D)
         s = blk * BQ + tl.arange(0, BQ)
         ok = (s < seq)[:, None]
-        if WRITE_Q:
-            q = tl.load(Q + b * sq_b + h * sq_h + s[:, None] * sq_s + d[None, :], mask=ok, other=0.0).to(tl.float32)
-            q8, qscale = _int8_rows(q, QROW)
-            tl.store(Q8 + (bh * sp + s[:, None]) * D + d[None, :], q8)
-            tl.store(QS + bh * sp + s, qscale * q_scale)
+        q = tl.load(Q + b * sq_b + h * sq_h + s[:, None] * sq_s + d[None, :], mask=ok, other=0.0).to(tl.float32)
+        q8, qscale = _int8_rows(q, QROW)
+        tl.store(Q8 + (bh * sp + s[:, None]) * D + d[None, :], q8)
+        tl.store(QS + bh * sp + s, qscale * q_scale)
         kmean = tl.load(KMEAN + bh * D + d)
         if BK == 1:
             k = tl.load(K + b * sk_b + h * sk_h + s[:, None] * sk_s + d[None, :], mask=ok, other=0.0)
@@ -127,20 +123,13 @@ if triton is not None:
         tl.store(V8 + (bh * D + d[None, :]) * sp + s[:, None], v8)
 
 
-def q_scale(scale: float | None, head_dim: int) -> float:
-    """What Q's stored scales carry besides amax/127: softmax's scale and log2(e)."""
-    return (head_dim ** -0.5 if scale is None else scale) * LOG2E
-
-
-def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block: int | str = 1,
-                 q_int8: tuple[torch.Tensor, torch.Tensor] | None = None) -> Quantized:
+def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block: int | str = 1) -> Quantized:
     """q, k, v [B, S, H, D] (D contiguous; any other strides) -> the 8-bit copies the kernel reads.
 
     q_block: tokens of Q per scale, 1 or 128; k_block: tokens of K per scale, 1 or a divisor of 128,
-    or "lanes": one scale per lane group (reference.quantize_int8_lanes), stored per token.
-    q_int8: Q's copy already made (q8, qs) by the kernel that wrote q (engine.kernels.triton_wan.
-    rmsnorm_rope_int8, per token); q is then not read and may be None."""
-    b, seq, h, d = k.shape
+    or "lanes": one scale per lane group (reference.quantize_int8_lanes), stored per token."""
+    b, seq, h, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
     if k_block == "lanes":
         bk = 0  # the kernel's BK for lane groups
     elif isinstance(k_block, int) and not isinstance(k_block, bool) and k_block >= 1:
@@ -150,11 +139,7 @@ def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block:
     if seq == 0 or q_block not in (1, QUANT_TOKENS) or (bk and QUANT_TOKENS % bk):
         raise ValueError(f"quantize_qkv: seq {seq}, q_block {q_block}, k_block {k_block} not supported")
     sp = math.ceil(seq / PAD) * PAD
-    if q_int8 is not None and (q_block != 1 or tuple(q_int8[0].shape) != (b, h, sp, d)
-                               or tuple(q_int8[1].shape) != (b, h, sp)):
-        raise ValueError(f"quantize_qkv: q_int8 must be per-token copies [B, H, Sp, D] = {[b, h, sp, d]} and "
-                         f"their scales; got {[list(t.shape) for t in q_int8]} with q_block {q_block}")
-    dev = k.device
+    dev = q.device
     chunk = 1024
     chunks = math.ceil(seq / chunk)
     ksum = torch.empty(b * h, chunks, d, device=dev, dtype=torch.float32)
@@ -164,15 +149,15 @@ def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block:
     kmean = (ksum.sum(dim=1) / seq).contiguous()
     vscale = vmax.amax(dim=1)
     vscale = torch.where(vscale > 0, vscale / P_SCALE, torch.ones_like(vscale)).contiguous()
-    k8 = torch.empty(b, h, sp, d, device=dev, dtype=torch.int8)
-    ks = torch.empty(b, h, sp, device=dev, dtype=torch.float32)
-    q8, qs = (torch.empty_like(k8), torch.empty_like(ks)) if q_int8 is None else q_int8
+    q8 = torch.empty(b, h, sp, d, device=dev, dtype=torch.int8)
+    k8 = torch.empty_like(q8)
     v8 = torch.empty(b, h, d, sp, device=dev, dtype=torch.float8_e4m3fn)
-    q_in = k if q_int8 is not None else q  # not read without WRITE_Q
+    qs = torch.empty(b, h, sp, device=dev, dtype=torch.float32)
+    ks = torch.empty_like(qs)
     _qkv_quant_kernel[(sp // QUANT_TOKENS, b * h)](
-        q_in, k, v, kmean, vscale, q8, qs, k8, ks, v8, seq, sp, h, q_scale(scale, d),
-        *q_in.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-        BQ=QUANT_TOKENS, BK=bk, QROW=q_block == 1, D=d, WRITE_Q=q_int8 is None, num_warps=4)
+        q, k, v, kmean, vscale, q8, qs, k8, ks, v8, seq, sp, h, scale * LOG2E,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        BQ=QUANT_TOKENS, BK=bk, QROW=q_block == 1, D=d, num_warps=4)
     return Quantized(q8, qs, k8, ks, v8, vscale.view(b, h, d), seq, k_block)
 
 

@@ -296,14 +296,12 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
 
 
 def attention_8bit(q, k, v, scale: float | None = None, config: Config = DEFAULT, q_block: int = 1,
-                   k_block: int | str | None = None, out: torch.Tensor | None = None,
-                   q_int8: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """softmax(q kᵀ · scale) v on [B, S, H, D] tensors through the 8-bit path; returns k's dtype.
-    k_block: quantize_qkv's (default: "lanes" for a lane_fold config, else 1, per token); q_int8:
-    quantize_qkv's (Q's copy made where q was computed; q is then None)."""
+                   k_block: int | str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v on [B, S, H, D] tensors through the 8-bit path; returns q's dtype.
+    k_block: quantize_qkv's (default: "lanes" for a lane_fold config, else 1, per token)."""
     if k_block is None:
         k_block = "lanes" if config.lane_fold else 1
-    x = quantize_qkv(q, k, v, scale, q_block, k_block, q_int8)
+    x = quantize_qkv(q, k, v, scale, q_block, k_block)
     if out is None:
-        out = torch.empty(k.shape, device=k.device, dtype=k.dtype)
+        out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     return attention_quantized(x, out, config)

@@ -92,20 +92,6 @@ def _(x, weight, eps, head_dim, cos, sin):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("wanq::rmsnorm_rope_int8", mutates_args=())
-def rmsnorm_rope_int8_op(x: torch.Tensor, weight: torch.Tensor, eps: float, head_dim: int, cos: torch.Tensor | None,
-                         sin: torch.Tensor | None, pad: int, q_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return triton_wan.rmsnorm_rope_int8(x, weight, eps, head_dim, cos, sin, pad, q_scale)
-
-
-@rmsnorm_rope_int8_op.register_fake
-def _(x, weight, eps, head_dim, cos, sin, pad, q_scale):
-    b, s_len, d = x.shape
-    sp = -(-s_len // pad) * pad
-    return (x.new_empty((b, d // head_dim, sp, head_dim), dtype=torch.int8),
-            x.new_empty((b, d // head_dim, sp), dtype=torch.float32))
-
-
 @torch.library.custom_op("wanq::gated_residual", mutates_args=())
 def gated_residual_op(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     return triton_wan.gated_residual(h, y, gate)
@@ -130,5 +116,4 @@ quantize_heads = _dispatch(quantize_heads_op, lambda x, kind, pad: triton_quant.
 norm_quant = _dispatch(norm_quant_op, _norm_quant_impl)
 scaled_gemm = _dispatch(scaled_gemm_op, triton_gemm.scaled_gemm)
 rmsnorm_rope = _dispatch(rmsnorm_rope_op, triton_wan.rmsnorm_rope)
-rmsnorm_rope_int8 = _dispatch(rmsnorm_rope_int8_op, triton_wan.rmsnorm_rope_int8)
 gated_residual = _dispatch(gated_residual_op, triton_wan.gated_residual)

@@ -21,13 +21,9 @@ from .triton_quant import row_warps
 if triton is not None:
 
     @triton.jit
-    def _rmsnorm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, D, S, eps, q8_ptr, qs_ptr, SP, q_scale,
-                             HEAD: tl.constexpr, HEADS: tl.constexpr, ROPE: tl.constexpr, INT8: tl.constexpr):
+    def _rmsnorm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, D, S, eps,
+                             HEAD: tl.constexpr, HEADS: tl.constexpr, ROPE: tl.constexpr):
         """One token: x [D] -> RMSNorm over all heads (* w) -> rotate (even, odd) pairs per head.
-
-        INT8: instead of the bf16 row, the 8-bit attention's copy of it (engine/attention/triton_qkv.py's
-        per-token Q, the same values from the same bf16 rounding): INT8 per head into q8 [B, H, SP, HEAD]
-        and amax/127 · q_scale into qs [B, H, SP].
 
         The row is a [HEADS, HEAD] tile (HEADS padded to a power of two) loaded with contiguous,
         vectorized accesses, the pairs split in registers, and every head shares one [HEAD] row of
@@ -47,18 +43,7 @@ if triton is not None:
             y0, y1 = tl.split(tl.reshape(y, (HEADS, HEAD // 2, 2)))
             c, s = c[None, :], s[None, :]
             y = tl.reshape(tl.join(y0 * c - y1 * s, y0 * s + y1 * c), (HEADS, HEAD))
-        if INT8:
-            y = y.to(tl.bfloat16).to(tl.float32)
-            amax = tl.max(tl.abs(y), axis=1)
-            scale = tl.where(amax > 0, amax / 127.0, 1.0)
-            y = y / scale[:, None]
-            q8 = tl.where(y >= 0, y + 0.5, y - 0.5).to(tl.int8)  # round half away: the cast truncates
-            head = (row // S) * (D // HEAD) + tl.arange(0, HEADS)  # b·H + h
-            tok = row % S
-            tl.store(q8_ptr + (head[:, None] * SP + tok) * HEAD + tl.arange(0, HEAD)[None, :], q8, mask=live)
-            tl.store(qs_ptr + head * SP + tok, scale * q_scale, mask=tl.arange(0, HEADS) < D // HEAD)
-        else:
-            tl.store(out_ptr + row * D + col, y.to(out_ptr.dtype.element_ty), mask=live)
+        tl.store(out_ptr + row * D + col, y.to(out_ptr.dtype.element_ty), mask=live)
 
     @triton.jit
     def _gated_residual_kernel(h_ptr, y_ptr, gate_ptr, out_ptr, D, S, stride_gate, BLOCK: tl.constexpr):
@@ -81,32 +66,9 @@ def rmsnorm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, head_dim: in
     heads = triton.next_power_of_2(d // head_dim)
     rope = cos is not None
     _rmsnorm_rope_kernel[(b * s_len,)](x, weight, cos if rope else x, sin if rope else x, out, d, s_len, eps,
-                                       out, out, 0, 0.0, HEAD=head_dim, HEADS=heads, ROPE=rope, INT8=False,
+                                       HEAD=head_dim, HEADS=heads, ROPE=rope,
                                        num_warps=row_warps(heads * head_dim, "rmsnorm_rope"))
     return out
-
-
-def rmsnorm_rope_int8(x: torch.Tensor, weight: torch.Tensor, eps: float, head_dim: int,
-                      cos: torch.Tensor | None, sin: torch.Tensor | None, pad: int,
-                      q_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """rmsnorm_rope's result as the 8-bit attention's Q copy, without the bf16 tensor in between:
-    int8 q8 [B, H, Sp, head_dim] and fp32 qs [B, H, Sp] (amax/127 · q_scale) per token and head, Sp = S
-    rounded up to `pad`. Rows past S hold what triton_qkv.quantize_qkv writes there (zeros, scale 1).
-    On a GPU a q value can differ from rmsnorm_rope's by one bf16 step: the two variants sum a token's
-    squares in different orders (tests/gpu/test_attention_gpu.py::test_int8_q_from_the_rmsnorm_kernel)."""
-    b, s_len, d = x.shape
-    if d % head_dim or head_dim & (head_dim - 1):
-        raise ValueError(f"rmsnorm_rope needs a power-of-two head_dim dividing {d}; got {head_dim}")
-    h, sp = d // head_dim, -(-s_len // pad) * pad
-    q8 = torch.empty(b, h, sp, head_dim, device=x.device, dtype=torch.int8)
-    qs = torch.empty(b, h, sp, device=x.device, dtype=torch.float32)
-    q8[:, :, s_len:] = 0
-    qs[:, :, s_len:] = q_scale
-    rope, heads = cos is not None, triton.next_power_of_2(h)
-    _rmsnorm_rope_kernel[(b * s_len,)](x, weight, cos if rope else x, sin if rope else x, x, d, s_len, eps,
-                                       q8, qs, sp, q_scale, HEAD=head_dim, HEADS=heads, ROPE=rope, INT8=True,
-                                       num_warps=row_warps(heads * head_dim, "rmsnorm_rope"))
-    return q8, qs
 
 
 def gated_residual(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:

@@ -49,10 +49,9 @@ def test_error_bound_against_bf16_sdpa():
     assert R.rel_error(out, ref) < 0.05
 
 
-def test_fused_block_with_8bit_attention_against_diffusers(monkeypatch):
+def test_fused_block_with_8bit_attention_against_diffusers():
     """The fused fp8 block with 8-bit self-attention against diffusers' own forward (bf16 attention),
-    and against diffusers' forward with our 8-bit processor (same attention numerics); with Q's INT8 copy
-    from the RMSNorm + rotary kernel, within 1e-3 of the quantize launch's."""
+    and against diffusers' forward with our 8-bit processor (same attention numerics)."""
     pytest.importorskip("diffusers")
     from diffusers import WanTransformer3DModel
 
@@ -76,15 +75,9 @@ def test_fused_block_with_8bit_attention_against_diffusers(monkeypatch):
         eager8 = model(lat, ts_, ctx, return_dict=False)[0].float()
         assert install_fused_wan(model) == 2
         fused8 = model(lat, ts_, ctx, return_dict=False)[0].float()
-        path = select_path("sage8", torch.device("cuda"), 128, torch.bfloat16)
-        assert path.takes_int8_q
-        monkeypatch.setattr(path, "takes_int8_q", False)  # q in bf16, quantized by the attention's launch
-        unfolded = model(lat, ts_, ctx, return_dict=False)[0].float()
-        monkeypatch.undo()
         uninstall_fused_wan(model)
         install_attention(model, AttentionPlan())
     assert torch.isfinite(fused8).all()
-    assert R.rel_error(fused8, unfolded) < 1e-3  # see test_int8_q_from_the_rmsnorm_kernel
     assert R.rel_error(fused8, eager8) < 2e-2  # the fused block's own bound (tests/gpu/test_kernels_gpu.py)
     assert 0 < R.rel_error(eager8, want) < 0.05
 
@@ -248,38 +241,3 @@ def test_fused_block_with_cudnn_fp8_against_diffusers():
     assert torch.isfinite(fused8).all()
     assert R.rel_error(fused8, eager8) < 2e-2
     assert 0 < R.rel_error(eager8, want) < 0.12
-
-
-@pytest.mark.parametrize("name", ["sage8_gluon", "sage8_triton"])
-@pytest.mark.parametrize("shape", [(1, 300, 12, 128), (2, 129, 3, 128), (1, 1, 40, 128)])
-def test_int8_q_from_the_rmsnorm_kernel(name, shape):
-    """run_int8_q on Q's copy from rmsnorm_rope_int8 against run on rmsnorm_rope's bf16 q. Not the same
-    bytes on a GPU: the two kernel variants sum a token's squares in different orders (the compiler lays
-    the tile out for its consumers), so a q value can land one bf16 step apart; seen on an H200: one
-    (token, head) of 3600 with its amax one step up, 9 INT8 values moved by 1 (the interpreter,
-    one order, is exact: tests/attention_interpret_check.py)."""
-    from engine.attention import triton_qkv
-    from engine.attention.paths import PATHS
-    from engine.kernels import triton_wan
-
-    path = PATHS[name]
-    why = path.unavailable(torch.device("cuda"), 128, torch.bfloat16)
-    if why:
-        pytest.skip(why)
-    b, n, heads, hd = shape
-    gen = torch.Generator(device="cuda").manual_seed(n)
-    x = torch.randn(b, n, heads * hd, device="cuda", generator=gen).to(torch.bfloat16)
-    w = torch.rand(heads * hd, device="cuda", generator=gen) + 0.5
-    ang = torch.randn(n, hd // 2, device="cuda", generator=gen).repeat_interleave(2, dim=1)
-    cos, sin = ang.cos().contiguous(), ang.sin().contiguous()
-    q = triton_wan.rmsnorm_rope(x, w, 1e-6, hd, cos, sin).unflatten(2, (heads, hd))
-    q8, qs = triton_wan.rmsnorm_rope_int8(x, w, 1e-6, hd, cos, sin, triton_qkv.PAD, triton_qkv.q_scale(None, hd))
-    amax = q.float().abs().amax(-1)
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    want = R.round_half_away(q.float() / scale[..., None]).permute(0, 2, 1, 3)
-    moved = (q8[:, :, :n].float() - want).abs()
-    assert moved.max() <= 1 and (moved > 0).float().mean() < 1e-3
-    assert ((qs[:, :, :n] / (scale * triton_qkv.q_scale(None, hd)).transpose(1, 2) - 1).abs() <= 2 ** -7).all()
-    assert (q8[:, :, n:] == 0).all()
-    _, k, v = R.wan_like_qkv(b, n, heads, hd, seed=n, device="cuda")
-    assert R.rel_error(path.run_int8_q(q8, qs, k, v).float(), path.run(q, k, v).float()) < 1e-3
