@@ -7,9 +7,11 @@ sampled by nvidia-smi meanwhile.
 Per phase, `iters` times: the work before (nothing; the feed-forward's two fp8 GEMMs at the 14B 480p
 shape; an idle wait of about the GEMMs' length; a 2 GiB copy that evicts L2), then one attention call
 timed with CUDA events: our Gluon kernel on already-quantized Wan-like q/k/v, and cuDNN bf16 SDPA in
-the same phases. The clock and power columns are the means of nvidia-smi's samples taken while the
-phase ran (every 10 ms), the throttle column the share of samples with an active clock event other
-than idle. JSON to DIR/context.json; the table is printed last.
+the same phases, and the GEMMs with no call after them. The clock column is the mean of nvidia-smi's
+samples taken while the phase ran (every 10 ms), the throttle column the share of samples with an
+active clock event other than idle; joules and watts come from NVML's energy counter over the phase
+(bench/energy.py; nvidia-smi's power reading is a trailing average). JSON to DIR/context.json; the
+table is printed last.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_attention import sdpa  # noqa: E402
+from bench.energy import Nvml  # noqa: E402
 from engine.attention import gluon_sage as gs  # noqa: E402
 from engine.attention import reference as R  # noqa: E402
 
@@ -98,22 +101,31 @@ def main():
               "idle wait": lambda: torch.cuda._sleep(sleep_cycles),
               "2 GiB copy": lambda: big2.copy_(big)}
     kernels = {"gluon 8-bit": lambda: gs.attention_quantized(x, out),
-               "cudnn bf16": lambda: sdpa(q, k, v, "CUDNN_ATTENTION")}
+               "cudnn bf16": lambda: sdpa(q, k, v, "CUDNN_ATTENTION"),
+               "(none)": lambda: None}  # with the GEMMs only: their own joules, to subtract
+    gpu = Nvml(torch.cuda.current_device())
     smi = os.path.join(args.out or tempfile.mkdtemp(), "nvidia-smi.csv")
     proc = start_sampler(smi)
     time.sleep(0.5)
     phases = []
     for kname, kern in kernels.items():
         for bname, work in before.items():
+            if kname == "(none)" and bname != "fp8 GEMMs":
+                continue
+            torch.cuda.synchronize()
+            j0 = gpu.energy_j()
             t0 = dt.datetime.now()
             ms = []
             for _ in range(args.iters):
                 work()
                 ms.append(evt_ms(kern))
             t1 = dt.datetime.now()
+            j1 = gpu.energy_j()
             ms.sort()
             phases.append(dict(kernel=kname, before=bname, median_ms=ms[len(ms) // 2], min_ms=ms[0],
-                               max_ms=ms[-1], start=t0.isoformat(), end=t1.isoformat()))
+                               max_ms=ms[-1], start=t0.isoformat(), end=t1.isoformat(),
+                               joules_per_iter=None if j0 is None else (j1 - j0) / args.iters,
+                               watts=None if j0 is None else (j1 - j0) / (t1 - t0).total_seconds()))
             print(f"{kname:<12} after {bname:<11} {ms[len(ms) // 2]:7.2f} ms (min {ms[0]:.2f}, max {ms[-1]:.2f})",
                   flush=True)
     time.sleep(0.3)
@@ -124,22 +136,27 @@ def main():
             t0, t1 = dt.datetime.fromisoformat(p["start"]), dt.datetime.fromisoformat(p["end"])
             s = [r for r in rows if t0 <= r[0] <= t1]
             if s:
-                p.update(samples=len(s), sm_mhz=sum(r[1] for r in s) / len(s), power_w=sum(r[2] for r in s) / len(s),
+                p.update(samples=len(s), sm_mhz=sum(r[1] for r in s) / len(s),
+                         smi_power_w=sum(r[2] for r in s) / len(s),
                          temp_c=max(r[3] for r in s), throttled=sum(1 for r in s if r[4] & ~1) / len(s),
                          reasons=sorted({hex(r[4]) for r in s}))
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                   date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
                   gemm_ms=gemm_ms, sleep_cycles=sleep_cycles, iters=args.iters, phases=phases,
+                  power_limit_w=gpu.power_limit_w(), nvml=gpu.why or "ok",
                   command="python3 bench/bench_attention_context.py " + " ".join(sys.argv[1:]))
     if args.out:
         json.dump(result, open(os.path.join(args.out, "context.json"), "w"), indent=1)
     print(f"\n{result['device']} {result['date']} UTC; fp8 GEMMs before each call: {gemm_ms:.2f} ms\n")
-    print("| kernel | work before each call | median ms | min | max | SM MHz | W | throttled | reasons |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
+    print(f"NVML: {result['nvml']}, enforced power limit {result['power_limit_w']} W\n")
+    print("| kernel | work before each call | median ms | min | max | SM MHz | J per iteration (NVML) | W (NVML) "
+          "| throttled | reasons |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for p in phases:
         print(f"| {p['kernel']} | {p['before']} | {p['median_ms']:.2f} | {p['min_ms']:.2f} | {p['max_ms']:.2f} | "
-              f"{p.get('sm_mhz', float('nan')):.0f} | {p.get('power_w', float('nan')):.0f} | "
-              f"{p.get('throttled', float('nan')):.2f} | {' '.join(p.get('reasons', []))} |")
+              f"{p.get('sm_mhz', nan):.0f} | {p['joules_per_iter'] or nan:.2f} | {p['watts'] or nan:.0f} | "
+              f"{p.get('throttled', nan):.2f} | {' '.join(p.get('reasons', []))} |")
 
 
 if __name__ == "__main__":

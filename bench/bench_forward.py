@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_kernels import WAN_1_3B, WAN_14B, env_line  # noqa: E402
 from bench.cudnn_frontend import use_wheel_dir  # noqa: E402
+from bench.energy import Nvml  # noqa: E402
 
 RES = {"480p": (60, 104, 32760), "720p": (90, 160, 75600)}  # latent height, width; tokens at 21 frames
 VARIANTS = ("bf16 eager", "fp8 fused", "fp8 fused + sage8", "fp8 fused + cudnn fp8")
@@ -108,12 +109,15 @@ def attention_alone(run, log, calls: int = 20) -> dict:
     return out
 
 
-def timed_forward(run) -> float:
+def timed_forward(run, gpu=None) -> tuple[float, float | None]:
+    """ms of one forward, and the GPU's joules over it (NVML; None where it cannot be read)."""
     torch.cuda.synchronize()
+    j0 = gpu.energy_j() if gpu is not None else None
     t0 = time.perf_counter()
     run()
     torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1000
+    ms = (time.perf_counter() - t0) * 1000
+    return ms, (gpu.energy_j() - j0 if j0 is not None else None)
 
 
 def build(cfg, layers):
@@ -177,13 +181,22 @@ def section(name, res, base, fp8, layers, rounds, cudnn_why, do_profile, log):
         del y
         runs[variant] = run
         row["rounds_ms"] = []
+    gpu = Nvml(torch.cuda.current_device())  # at the power limit joules, not FLOPs, set the pace
     for r in range(rounds):
         for variant, run in runs.items():
-            rows[variant]["rounds_ms"].append(timed_forward(run))
+            ms, joules = timed_forward(run, gpu)
+            rows[variant]["rounds_ms"].append(ms)
+            rows[variant].setdefault("rounds_j", []).append(joules)
         log(f"{name} {res} round {r}: " + ", ".join(f"{v} {rows[v]['rounds_ms'][-1]:.0f} ms" for v in runs))
     for variant in runs:
         t = sorted(rows[variant]["rounds_ms"])
         rows[variant]["ms"] = t[len(t) // 2]
+        j = sorted(x for x in rows[variant]["rounds_j"] if x is not None)
+        if j:
+            rows[variant]["joules"] = j[len(j) // 2]
+            rows[variant]["watts"] = rows[variant]["joules"] / rows[variant]["ms"] * 1000
+        else:
+            rows[variant]["energy"] = f"not read: {gpu.why}"
     if do_profile:
         for variant in ("fp8 fused", "fp8 fused + sage8", "fp8 fused + cudnn fp8"):
             if variant in runs:
@@ -222,6 +235,15 @@ def tables(rows):
                    f"{_ratio(bf16, r['ms'])} | {_ratio(fp8, r['ms'])} | "
                    f"{r['rel_err_vs_bf16']:.4f} | {r['first_call_s']:.1f} | "
                    + " ".join(f"{t:.0f}" for t in r["rounds_ms"]) + " |")
+    energy = [r for r in rows if "joules" in r]
+    if energy:
+        out += ["", "GPU energy per forward (NVML's counter; median round):", "",
+                "| model | res | variant | J / forward | mean W | J x bf16 eager |", "|---|---|---|---|---|---|"]
+        joules = {(r["model"], r["res"], r["variant"]): r["joules"] for r in energy}
+        for r in energy:
+            base = joules.get((r["model"], r["res"], "bf16 eager"))
+            out.append(f"| {r['model']} x{r['blocks']} | {r['res']} | {r['variant']} | {r['joules']:.0f} | "
+                       f"{r['watts']:.0f} | {_ratio(r['joules'], base)} |")
     prof = [r for r in rows if "profile_ms" in r]
     if prof:
         out += ["", "GPU kernel time of one profiled forward (ms per forward / per block):", "",

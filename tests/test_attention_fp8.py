@@ -202,13 +202,18 @@ def test_bench_helpers(tmp_path, monkeypatch):
                       "_rmsnorm_rope_kernel": "rmsnorm+rope",
                       "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16": "attention"}
     rows = [dict(model="14B", res="480p", blocks=40, variant="bf16 eager", ms=3000.0, rel_err_vs_bf16=0.0,
-                 first_call_s=9.0, rounds_ms=[3000.0]),
+                 first_call_s=9.0, rounds_ms=[3000.0], joules=2100.0, watts=700.0),
             dict(model="14B", res="480p", blocks=40, variant="fp8 fused", ms=2000.0, rel_err_vs_bf16=0.01,
-                 first_call_s=9.0, rounds_ms=[2000.0], profile_ms={"attention": 1600.0, "quantize: statistics": 8.0}),
+                 first_call_s=9.0, rounds_ms=[2000.0], profile_ms={"attention": 1600.0, "quantize: statistics": 8.0},
+                 joules=1300.0, watts=650.0),
             dict(model="14B", res="480p", blocks=40, variant="fp8 fused + cudnn fp8", skipped="not importable")]
     table = bf.tables(rows)
     assert "| 2000.0 | 1.50x | 1.00x |" in table and "not run: not importable" in table
     assert "1600.0 / 40.00" in table and "8.0 / 0.20" in table
+    assert "| 14B x40 | 480p | fp8 fused | 1300 | 650 | 0.62x |" in table  # joules against bf16's
+    from bench.energy import Nvml
+    gpu = Nvml(0)  # without an NVIDIA driver: a reason, and no numbers rather than an error
+    assert (gpu.why is None) == (gpu.energy_j() is not None)
     (tmp_path / "pkg" / "cudnn").mkdir(parents=True)
     (tmp_path / "pkg" / "cudnn" / "__init__.py").write_text("")
     monkeypatch.setattr(sys, "path", list(sys.path))
