@@ -30,7 +30,7 @@ from engine.attention import triton_sage as ts  # noqa: E402
 
 SHAPES = {"1.3B 480p": (12, 32760), "1.3B 720p": (12, 75600), "14B 480p": (40, 32760), "14B 720p": (40, 75600)}
 G = gs.Config
-CONFIGS = [G(), G(stages=4), G(pingpong=True)]
+CONFIGS = [G(), G(v_perm=True), G(stages=4), G(pingpong=True)]
 
 
 def check(cfg: gs.Config) -> dict:
