@@ -42,24 +42,45 @@ def start_sampler(path):
     """nvidia-smi every 10 ms into `path`; the clock-event field's name changed across drivers."""
     for extra in FIELDS[1:] + ("",):
         q = FIELDS[0] + extra
-        if subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader,nounits"],
-                          capture_output=True).returncode == 0:
+        try:
+            ok = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader,nounits"],
+                                capture_output=True).returncode == 0
+        except FileNotFoundError:
+            return None
+        if ok:
             return subprocess.Popen(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader,nounits", "-lms", "10"],
                                     stdout=open(path, "w"), stderr=subprocess.DEVNULL)
     return None
 
 
+def _number(text, parse=float):
+    try:
+        return parse(text)
+    except ValueError:  # "[N/A]" and the like: that field is unknown, the sample still counts
+        return None
+
+
 def samples(path):
+    """(time, SM MHz, W, °C, clock-event bits or None) per line of nvidia-smi's output."""
     rows = []
     for line in open(path):
         f = [x.strip() for x in line.split(",")]
         try:
             t = dt.datetime.strptime(f[0], "%Y/%m/%d %H:%M:%S.%f")
-            reason = int(f[4], 16) if len(f) > 4 else 0
-            rows.append((t, float(f[1]), float(f[2]), float(f[3]), reason))
         except (ValueError, IndexError):
             continue
+        f += [""] * (5 - len(f))
+        rows.append((t, _number(f[1]), _number(f[2]), _number(f[3]), _number(f[4], lambda x: int(x, 16))))
     return rows
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _share(x):
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def main():
@@ -67,6 +88,8 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--iters", type=int, default=30)
     args = ap.parse_args()
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
     torch.set_grad_enabled(False)
     dev = torch.device("cuda")
     q, k, v = R.wan_like_qkv(1, TOKENS, HEADS, 128, seed=2, device="cuda")
@@ -113,7 +136,7 @@ def main():
             if kname == "(none)" and bname != "fp8 GEMMs":
                 continue
             torch.cuda.synchronize()
-            j0 = gpu.energy_j()
+            j0 = gpu.energy_j()  # a 30-call phase lasts ~1 s: NVML's counter moves in steps of tens of ms
             t0 = dt.datetime.now()
             ms = []
             for _ in range(args.iters):
@@ -124,8 +147,8 @@ def main():
             ms.sort()
             phases.append(dict(kernel=kname, before=bname, median_ms=ms[len(ms) // 2], min_ms=ms[0],
                                max_ms=ms[-1], start=t0.isoformat(), end=t1.isoformat(),
-                               joules_per_iter=None if j0 is None else (j1 - j0) / args.iters,
-                               watts=None if j0 is None else (j1 - j0) / (t1 - t0).total_seconds()))
+                               joules_per_iter=None if None in (j0, j1) else (j1 - j0) / args.iters,
+                               watts=None if None in (j0, j1) else (j1 - j0) / (t1 - t0).total_seconds()))
             print(f"{kname:<12} after {bname:<11} {ms[len(ms) // 2]:7.2f} ms (min {ms[0]:.2f}, max {ms[-1]:.2f})",
                   flush=True)
     time.sleep(0.3)
@@ -136,27 +159,29 @@ def main():
             t0, t1 = dt.datetime.fromisoformat(p["start"]), dt.datetime.fromisoformat(p["end"])
             s = [r for r in rows if t0 <= r[0] <= t1]
             if s:
-                p.update(samples=len(s), sm_mhz=sum(r[1] for r in s) / len(s),
-                         smi_power_w=sum(r[2] for r in s) / len(s),
-                         temp_c=max(r[3] for r in s), throttled=sum(1 for r in s if r[4] & ~1) / len(s),
-                         reasons=sorted({hex(r[4]) for r in s}))
+                known = [r[4] for r in s if r[4] is not None]
+                p.update(samples=len(s), sm_mhz=_mean(r[1] for r in s), smi_power_w=_mean(r[2] for r in s),
+                         temp_c=max((r[3] for r in s if r[3] is not None), default=None),
+                         throttled=sum(1 for r in known if r & ~1) / len(known) if known else None,
+                         reasons=sorted({hex(r) for r in known}))
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                   date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
                   gemm_ms=gemm_ms, sleep_cycles=sleep_cycles, iters=args.iters, phases=phases,
-                  power_limit_w=gpu.power_limit_w(), nvml=gpu.why or "ok",
+                  power_limit_w=gpu.power_limit_w(), nvml=gpu.why or ("ok; " + gpu.note if gpu.note else "ok"),
                   command="python3 bench/bench_attention_context.py " + " ".join(sys.argv[1:]))
     if args.out:
         json.dump(result, open(os.path.join(args.out, "context.json"), "w"), indent=1)
     print(f"\n{result['device']} {result['date']} UTC; fp8 GEMMs before each call: {gemm_ms:.2f} ms\n")
     nan = float("nan")
-    print(f"NVML: {result['nvml']}, enforced power limit {result['power_limit_w']} W\n")
+    limit = result["power_limit_w"]
+    print(f"NVML: {result['nvml']}" + (f", enforced power limit {limit:.0f} W" if limit else "") + "\n")
     print("| kernel | work before each call | median ms | min | max | SM MHz | J per iteration (NVML) | W (NVML) "
           "| throttled | reasons |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for p in phases:
         print(f"| {p['kernel']} | {p['before']} | {p['median_ms']:.2f} | {p['min_ms']:.2f} | {p['max_ms']:.2f} | "
-              f"{p.get('sm_mhz', nan):.0f} | {p['joules_per_iter'] or nan:.2f} | {p['watts'] or nan:.0f} | "
-              f"{p.get('throttled', nan):.2f} | {' '.join(p.get('reasons', []))} |")
+              f"{p.get('sm_mhz') or nan:.0f} | {p['joules_per_iter'] or nan:.2f} | {p['watts'] or nan:.0f} | "
+              f"{_share(p.get('throttled'))} | {' '.join(p.get('reasons') or ['n/a'])} |")
 
 
 if __name__ == "__main__":

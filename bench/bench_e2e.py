@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import generate as gen  # noqa: E402
 from engine import memory  # noqa: E402
+from engine.attention.plan import ATTN_TYPES  # noqa: E402
 from engine.builder import LoadedModel, place_pipeline, use_distill_sampler  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
@@ -130,11 +131,16 @@ class Row(NamedTuple):  # a NamedTuple: this script is also loaded by path (test
 ATTENTION = {"sage8", "hybrid"}
 
 
-def linears_row(row: Row) -> str:
-    """The row that differs from `row` only in its attention: `fp8+hybrid+tiny@8` -> `fp8+tiny@8`."""
-    head, _, cap = row.text.partition("@")
-    kept = [part.removesuffix("-sage8") for part in head.split("+") if part not in ATTENTION]
-    return "+".join(kept) + (f"@{cap}" if cap else "")
+def linears_key(row: Row) -> tuple:
+    """What identifies a row apart from its attention options: `fp8+hybrid+tiny@8` and `fp8+tiny@8` share it."""
+    return row.base, frozenset(o for o in row.options if o not in ATTENTION), row.cap
+
+
+def eightbit_base(base: str) -> bool:
+    """Whether the base preset itself runs 8-bit self-attention (the *-speed presets)."""
+    if base in ("bf16", "torchao"):
+        return False
+    return ATTN_TYPES.get(load_preset(ALIASES.get(base, base)).get("self_attn_1_type", "torch_sdpa")) != "sdpa"
 
 
 def parse_row(text: str) -> Row:
@@ -297,12 +303,22 @@ def phase_of(marks: dict, steps: int) -> str:
 NOT_COMPARABLE = "n/a (different decoder)"  # random light/tiny weights: no relation to the full VAE's frames
 
 
-def psnr(a, b) -> float | None:
+def psnr(a, b) -> float | str | None:
     if a is None or b is None or a.shape != b.shape:
         return None
     peak = 255.0 if a.dtype == "uint8" else 1.0  # generate() hands out uint8 frames since 2026-12-03
     mse = float(((a.astype("float64") - b.astype("float64")) ** 2).mean())
-    return round(10 * math.log10(peak ** 2 / mse), 2) if mse > 0 else float("inf")
+    return round(10 * math.log10(peak ** 2 / mse), 2) if mse > 0 else "identical"  # JSON has no infinity
+
+
+def psnr_vs_linears(row: Row, video, reference: dict):
+    """The 8-bit attention's own effect: the row's frames against the same row without its attention
+    options, run earlier in this process (None when that row did not run or the row has no such option)."""
+    if not ATTENTION & set(row.options):
+        return None
+    if eightbit_base(row.base):
+        return f"n/a ({row.base} runs 8-bit attention itself)"
+    return psnr(video, reference.get(linears_key(row)))
 
 
 def run_row(row: str, master, args, device, reference, warmed: set):
@@ -347,9 +363,7 @@ def run_row(row: str, master, args, device, reference, warmed: set):
                    error_pct=round(100 * (est.peak - peak) / peak, 1) if peak else None,
                    weight_GiB=round(sum(result.stats.weight_bytes.values()) / 2**30, 2),
                    psnr_dB=psnr(video, reference.get("video")) if parsed.decoder == "full" else NOT_COMPARABLE,
-                   # the 8-bit attention's own effect: against the same row without it, run earlier
-                   psnr_vs_linears_dB=psnr(video, reference.get(linears_row(parsed))) if ATTENTION & set(parsed.options)
-                   else None,
+                   psnr_vs_linears_dB=psnr_vs_linears(parsed, video, reference),
                    tiled=est.tiled and parsed.decoder != "tiny",  # the tiny decoder decodes in chunks, not tiles
                    tiles=est.grid.text() if est.grid is not None and parsed.decoder != "tiny" else None,
                    vae=loaded.reports.get("vae", ""),  # which decode settings ran (engine.vae.speed's note)
@@ -412,6 +426,8 @@ def main(argv=None) -> dict:
         parsed = [parse_row(r) for r in rows]
     except (ValueError, EngineError) as e:
         ap.error(str(e))
+    # rows whose frames a later attention row compares with (psnr_vs_linears_dB): only those are kept
+    wanted = {linears_key(p) for p in parsed if ATTENTION & set(p.options) and not eightbit_base(p.base)}
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     import diffusers
 
@@ -444,8 +460,9 @@ def main(argv=None) -> dict:
                 import numpy as np
 
                 np.save(args.reference, video)
-        if video is not None and not ATTENTION & set(parse_row(row).options):
-            reference[row] = video  # a row the attention rows compare with (psnr_vs_linears_dB)
+        key = linears_key(parse_row(row))
+        if video is not None and key in wanted and not ATTENTION & set(parse_row(row).options):
+            reference[key] = video
         report["rows"].append(result)
         print(json.dumps(result), flush=True)
         if args.out:

@@ -114,15 +114,28 @@ def attention_alone(run, log, calls: int = 20) -> dict:
     return out
 
 
-def timed_forward(run, gpu=None) -> tuple[float, float | None]:
-    """ms of one forward, and the GPU's joules over it (NVML; None where it cannot be read)."""
+def timed_forward(run) -> float:
     torch.cuda.synchronize()
-    j0 = gpu.energy_j() if gpu is not None else None
     t0 = time.perf_counter()
     run()
     torch.cuda.synchronize()
-    ms = (time.perf_counter() - t0) * 1000
-    return ms, (gpu.energy_j() - j0 if j0 is not None else None)
+    return (time.perf_counter() - t0) * 1000
+
+
+def energy(run, gpu, min_s: float = 2.0) -> dict:
+    """Joules per forward and mean watts over back-to-back forwards lasting at least min_s: NVML's energy
+    counter moves in steps of tens of milliseconds on recent GPUs, too coarse for one short forward."""
+    torch.cuda.synchronize()
+    j0, t0, n = gpu.energy_j(), time.perf_counter(), 0
+    while n < 2 or time.perf_counter() - t0 < min_s:
+        run()
+        torch.cuda.synchronize()
+        n += 1
+    j1, seconds = gpu.energy_j(), time.perf_counter() - t0
+    if j0 is None or j1 is None:
+        return {"energy": f"not read: {gpu.why or 'NVML returned no energy reading'}"}
+    return {"joules": (j1 - j0) / n, "watts": (j1 - j0) / seconds, "energy_forwards": n,
+            **({"energy_note": gpu.note} if gpu.note else {})}
 
 
 def build(cfg, layers):
@@ -189,22 +202,15 @@ def section(name, res, base, fp8, layers, rounds, cudnn_why, do_profile, log, va
         del y
         runs[variant] = run
         row["rounds_ms"] = []
-    gpu = Nvml(torch.cuda.current_device())  # at the power limit joules, not FLOPs, set the pace
     for r in range(rounds):
         for variant, run in runs.items():
-            ms, joules = timed_forward(run, gpu)
-            rows[variant]["rounds_ms"].append(ms)
-            rows[variant].setdefault("rounds_j", []).append(joules)
+            rows[variant]["rounds_ms"].append(timed_forward(run))
         log(f"{name} {res} round {r}: " + ", ".join(f"{v} {rows[v]['rounds_ms'][-1]:.0f} ms" for v in runs))
-    for variant in runs:
+    gpu = Nvml(torch.cuda.current_device())  # at the power limit joules, not FLOPs, set the pace
+    for variant, run in runs.items():
         t = sorted(rows[variant]["rounds_ms"])
         rows[variant]["ms"] = t[len(t) // 2]
-        j = sorted(x for x in rows[variant]["rounds_j"] if x is not None)
-        if j:
-            rows[variant]["joules"] = j[len(j) // 2]
-            rows[variant]["watts"] = rows[variant]["joules"] / rows[variant]["ms"] * 1000
-        else:
-            rows[variant]["energy"] = f"not read: {gpu.why}"
+        rows[variant].update(energy(run, gpu))
     if do_profile:
         for variant in ("fp8 fused", "fp8 fused + sage8", V_PERM, "fp8 fused + cudnn fp8"):
             if variant in runs:
@@ -243,15 +249,16 @@ def tables(rows):
                    f"{_ratio(bf16, r['ms'])} | {_ratio(fp8, r['ms'])} | "
                    f"{r['rel_err_vs_bf16']:.4f} | {r['first_call_s']:.1f} | "
                    + " ".join(f"{t:.0f}" for t in r["rounds_ms"]) + " |")
-    energy = [r for r in rows if "joules" in r]
-    if energy:
-        out += ["", "GPU energy per forward (NVML's counter; median round):", "",
-                "| model | res | variant | J / forward | mean W | J x bf16 eager |", "|---|---|---|---|---|---|"]
-        joules = {(r["model"], r["res"], r["variant"]): r["joules"] for r in energy}
-        for r in energy:
+    spent = [r for r in rows if "joules" in r]
+    if spent:
+        out += ["", "GPU energy per forward (NVML's counter over back-to-back forwards of 2 s or more):", "",
+                "| model | res | variant | J / forward | mean W | bf16 eager's J / this J |",
+                "|---|---|---|---|---|---|"]
+        joules = {(r["model"], r["res"], r["variant"]): r["joules"] for r in spent}
+        for r in spent:
             base = joules.get((r["model"], r["res"], "bf16 eager"))
             out.append(f"| {r['model']} x{r['blocks']} | {r['res']} | {r['variant']} | {r['joules']:.0f} | "
-                       f"{r['watts']:.0f} | {_ratio(r['joules'], base)} |")
+                       f"{r['watts']:.0f} | {_ratio(base, r['joules'])} |")
     prof = [r for r in rows if "profile_ms" in r]
     if prof:
         out += ["", "GPU kernel time of one profiled forward (ms per forward / per block):", "",

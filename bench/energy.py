@@ -11,31 +11,37 @@ from __future__ import annotations
 
 import ctypes
 
-NVML_CLOCK_SM = 1
-
 
 class Nvml:
     def __init__(self, cuda_index: int = 0):
         self.why: str | None = None
+        self.note = ""
         self._lib = self._dev = None
         try:
             lib = ctypes.CDLL("libnvidia-ml.so.1")
         except OSError as e:
             self.why = f"libnvidia-ml.so.1 not loadable ({e})"
             return
-        if lib.nvmlInit_v2() != 0:
-            self.why = "nvmlInit_v2 failed"
-            return
-        dev = ctypes.c_void_p()
-        bus = _pci_bus_id(cuda_index)
-        found = (bus is not None and lib.nvmlDeviceGetHandleByPciBusId_v2(bus.encode(), ctypes.byref(dev)) == 0)
-        if not found and lib.nvmlDeviceGetHandleByIndex_v2(cuda_index, ctypes.byref(dev)) != 0:
-            self.why = f"no NVML device for CUDA device {cuda_index}"
+        try:
+            if lib.nvmlInit_v2() != 0:
+                self.why = "nvmlInit_v2 failed"
+                return
+            dev = ctypes.c_void_p()
+            bus = _pci_bus_id(cuda_index)
+            found = bus is not None and lib.nvmlDeviceGetHandleByPciBusId_v2(bus.encode(), ctypes.byref(dev)) == 0
+            if not found:
+                if lib.nvmlDeviceGetHandleByIndex_v2(cuda_index, ctypes.byref(dev)) != 0:
+                    self.why = f"no NVML device for CUDA device {cuda_index}"
+                    return
+                # right unless CUDA_VISIBLE_DEVICES reorders the GPUs
+                self.note = f"NVML device {cuda_index} taken by index (no PCI bus id from torch)"
+        except AttributeError as e:  # a driver library without these entry points
+            self.why = f"libnvidia-ml.so.1 lacks {e}"
             return
         self._lib, self._dev = lib, dev
 
     def _read(self, fn: str, ctype, *args):
-        if self._lib is None:
+        if self._lib is None or not hasattr(self._lib, fn):
             return None
         out = ctype()
         return out.value if getattr(self._lib, fn)(self._dev, *args, ctypes.byref(out)) == 0 else None
@@ -48,9 +54,6 @@ class Nvml:
     def power_limit_w(self) -> float | None:
         mw = self._read("nvmlDeviceGetEnforcedPowerLimit", ctypes.c_uint)
         return None if mw is None else mw / 1000.0
-
-    def sm_clock_mhz(self) -> int | None:
-        return self._read("nvmlDeviceGetClockInfo", ctypes.c_uint, NVML_CLOCK_SM)
 
 
 def _pci_bus_id(cuda_index: int) -> str | None:
