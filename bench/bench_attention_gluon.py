@@ -23,12 +23,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import bench_attention  # noqa: E402
 from bench.bench_attention import sdpa, timed  # noqa: E402
 from engine.attention import gluon_sage as gs  # noqa: E402
 from engine.attention import reference as R  # noqa: E402
 from engine.attention import triton_sage as ts  # noqa: E402
 
-SHAPES = {"1.3B 480p": (12, 32760), "1.3B 720p": (12, 75600), "14B 480p": (40, 32760), "14B 720p": (40, 75600)}
+SHAPES = {name: (heads, tokens) for name, heads, tokens in bench_attention.SHAPES}
 G = gs.Config
 CONFIGS = [G(), G(v_perm=True), G(stages=4), G(pingpong=True)]
 

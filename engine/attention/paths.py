@@ -227,15 +227,18 @@ def select_path(family: str, device, head_dim: int, dtype) -> AttentionPath:
     raise KernelError("\n".join(lines))
 
 
+def _like_q(q, k, v, scale):
+    """What every attention op returns, for torch.compile's tracing (register_fake)."""
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
 if triton_sage is not None:
     @torch.library.custom_op("wanattn::sage8", mutates_args=())
     def sage8_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """[B, S, H, D] in and out; scale < 0 means 1/sqrt(D)."""
         return triton_sage.attention_8bit(q, k, v, None if scale < 0 else scale, config=triton_sage.LANES)
 
-    @sage8_op.register_fake
-    def _(q, k, v, scale):
-        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    sage8_op.register_fake(_like_q)
 
     @torch.library.custom_op("wanattn::sage8_gluon", mutates_args=())
     def sage8_gluon_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -243,9 +246,7 @@ if triton_sage is not None:
         # the module's DEFAULT read at each call: bench_forward.py times a variant config through it
         return gluon_sage.attention_8bit(q, k, v, None if scale < 0 else scale, config=gluon_sage.DEFAULT)
 
-    @sage8_gluon_op.register_fake
-    def _(q, k, v, scale):
-        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    sage8_gluon_op.register_fake(_like_q)
 
 
 if fp8_qkv.triton is not None:
@@ -257,6 +258,4 @@ if fp8_qkv.triton is not None:
             raise KernelError(why)
         return cudnn_fp8.attention_fp8(cudnn, q, k, v, None if scale < 0 else scale)
 
-    @cudnn_fp8_op.register_fake
-    def _(q, k, v, scale):
-        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    cudnn_fp8_op.register_fake(_like_q)
