@@ -9,7 +9,8 @@ Rows: `BASE[+OPTION...][@N]`. BASE: `bf16`, `fp8` (hopper-fp8), `int8` (ampere-i
 (hopper-fp8 with use_tiling_vae), `torchao` (fp8 PerRow on the blocks + compile_repeated_blocks; skipped
 when torchao is not importable), or any preset name (the memory tiers: `vram12-fp8`, ...). OPTIONs, each
 one setup axis, combinable: `sage8` (LightX2V's 8-bit self-attention, engine.attention), `hybrid` (sage8 with
-bf16 attention on the first and last denoising step: attn_bf16_first_steps / attn_bf16_last_steps), `tiled`
+bf16 attention on the first and last denoising step: attn_bf16_first_steps / attn_bf16_last_steps), `cudnnfp8`
+(cuDNN's FP8 self-attention, self_attn_1_type cudnn_fp8; needs nvidia-cudnn-frontend), `tiled`
 (use_tiling_vae), the decoder: `tiny` (LightTAE) or `light` (LightVAE), or `fp32vae` (the full VAE in
 fp32 without engine/vae/speed.py's GPU default of fp16, channels-last and cuDNN benchmark: the decode
 before 2026-12-03). `@N` caps the process at N GiB (torch.cuda.set_per_process_memory_fraction).
@@ -67,7 +68,7 @@ DEFAULT_ROWS = {"14b": "bf16,fp8,int8,fp8-tiled,fp8+fp32vae,fp8+sage8,fp8+sage8+
                         "vram12-fp8+tiny@6",
                 "tiny": "bf16,fp8,int8,fp8-tiled,fp8+fp32vae,fp8+tiny,fp8+light,vram24-fp8,vram12-int8"}
 ALIASES = {"fp8": "hopper-fp8", "int8": "ampere-int8", "fp8-tiled": "hopper-fp8"}
-OPTIONS = ("sage8", "hybrid", "tiled", "tiny", "light", "fp32vae")
+OPTIONS = ("sage8", "hybrid", "cudnnfp8", "tiled", "tiny", "light", "fp32vae")
 DECODER_OPTIONS = ("tiny", "light")  # at most one: each is a different decode
 PROMPT = "a red fox runs through fresh snow at dawn, cinematic"
 
@@ -128,7 +129,7 @@ class Row(NamedTuple):  # a NamedTuple: this script is also loaded by path (test
         return next((o for o in self.options if o in ("tiny", "light")), "full")
 
 
-ATTENTION = {"sage8", "hybrid"}
+ATTENTION = {"sage8", "hybrid", "cudnnfp8"}
 
 
 def linears_key(row: Row) -> tuple:
@@ -182,6 +183,8 @@ def row_config(row: str | Row, files: dict | None = None):
         raw["use_tiling_vae"] = True
     if "sage8" in row.options or "hybrid" in row.options:
         raw["self_attn_1_type"] = "sage_attn2"
+    if "cudnnfp8" in row.options:
+        raw["self_attn_1_type"] = "cudnn_fp8"
     if "hybrid" in row.options:
         raw.update(attn_bf16_first_steps=1, attn_bf16_last_steps=1)
     if row.decoder != "full":

@@ -40,6 +40,18 @@ def test_fp8_reference_smoothing():
     assert R.rel_error(R.fp8_tensor_reference(q, shifted, v, smooth_k=False), exact) > R.rel_error(a, exact)
 
 
+def test_fp8_reference_with_an_fp8_output():
+    """out_fp8 (cuDNN's e4m3 O on Hopper): every output is an e4m3 value times V's scale, and the
+    rounding moves the result by about e4m3's relative step, not more."""
+    q, k, v = R.wan_like_qkv(1, 200, 3, 64, seed=5, dtype=torch.float64)
+    wide, narrow = R.fp8_tensor_reference(q, k, v), R.fp8_tensor_reference(q, k, v, out_fp8=True)
+    _, sv = R.quantize_fp8_tensor(v.double())
+    units = narrow / sv
+    assert torch.allclose(units.float().to(torch.float8_e4m3fn).double(), units, rtol=1e-12, atol=0)
+    assert not torch.allclose(wide / sv, units)
+    assert 0.005 < R.rel_error(narrow, wide) < 0.05  # e4m3 rounds to within 2^-4 relative
+
+
 def test_fp8_reference_quantizer():
     x = torch.tensor([[-3.0, 0.5], [1.0, 2.0]], dtype=torch.float64)
     codes, scale = R.quantize_fp8_tensor(x)
@@ -127,10 +139,10 @@ def test_registry_reason_when_cudnn_declines_the_graph(monkeypatch):
     path = paths.CudnnFp8Path()  # a fresh one: the registered path caches its probes
     why = path.unavailable(torch.device("cuda", 3), 64, torch.bfloat16)
     assert "cuDNN 9.99.0" in why and "head dim 64" in why and "CUDNN_STATUS_NOT_SUPPORTED" in why
-    # a bf16 O first, then fp16 (cast after), each with cuDNN's first line
-    assert "more detail" not in why and "bfloat16 output" in why and "float16 output" in why
-    assert built == [(1, 1, cudnn_fp8.PROBE_TOKENS, 64, torch.bfloat16), (1, 1, cudnn_fp8.PROBE_TOKENS, 64, torch.float16)]
-    assert path.unavailable(torch.device("cuda", 3), 64, torch.bfloat16) == why and len(built) == 2  # cached
+    # a bf16 O first, then fp16 (cast after), then e4m3 (dequantized after), each with cuDNN's first line
+    assert "more detail" not in why and all(f"{t} output" in why for t in ("bfloat16", "float16", "float8_e4m3fn"))
+    assert built == [(1, 1, cudnn_fp8.PROBE_TOKENS, 64, t) for t in (torch.bfloat16, torch.float16, torch.float8_e4m3fn)]
+    assert path.unavailable(torch.device("cuda", 3), 64, torch.bfloat16) == why and len(built) == 3  # cached
     with pytest.raises(KernelError) as e:  # at run time: the shape, cuDNN's words, what to set instead
         cudnn_fp8.graph_for(frontend, torch.device("cuda", 3), 1, 40, 32760, 128, torch.bfloat16, 0.088)
     assert all(w in str(e.value) for w in ("H=40", "S=32760", "D=128", "NOT_SUPPORTED", "sage_attn2"))
@@ -183,7 +195,23 @@ def test_graph_falls_back_to_an_fp16_output_and_says_so(monkeypatch, caplog):
         assert cudnn_fp8.graph_for(object(), torch.device("cuda", 0), 1, 12, 1000, 128, torch.bfloat16, 0.088) is g
     assert g.out_dtype == torch.float16
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1 and "engine7" in lines[0] and "cast to torch.bfloat16" in lines[0]
+    assert len(lines) == 1 and "engine7" in lines[0] and "converted to torch.bfloat16" in lines[0]
+
+
+def test_graph_falls_back_to_an_fp8_output_as_hopper_needs(monkeypatch, caplog):
+    """cuDNN 9.19 on Hopper builds sdpa_fp8 with an FP8 O only (docs/benchmarks.md, 2026-12-03): the
+    graph is built with an e4m3 O and the log line says it is converted."""
+    def build(cudnn, device, b, h, s, d, out_dtype, scale):
+        if out_dtype != torch.float8_e4m3fn:
+            raise RuntimeError("sdpa fp8 forward with HALF/BFLOAT16 output is only supported on Blackwell")
+        return cudnn_fp8.Fp8Graph(None, {}, None, None, "engine9", out_dtype)
+
+    monkeypatch.setattr(cudnn_fp8, "build_graph", build)
+    monkeypatch.setattr(cudnn_fp8, "_GRAPHS", {})
+    with caplog.at_level(logging.INFO, logger="engine.attention"):
+        g = cudnn_fp8.graph_for(object(), torch.device("cuda", 0), 1, 12, 1000, 128, torch.bfloat16, 0.088)
+    assert g.out_dtype == torch.float8_e4m3fn
+    assert "O in torch.float8_e4m3fn, converted to torch.bfloat16" in caplog.records[0].getMessage()
 
 
 def test_bench_helpers(tmp_path, monkeypatch):

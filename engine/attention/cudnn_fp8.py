@@ -8,7 +8,10 @@ Facts from the frontend (1.32, its docstrings and its tests/python/sdpa/fp8.py):
 Q/K/V [B, H, S, D] descriptors with any strides (we declare [B, S, H, D] memory), six float32
 [1,1,1,1] device scalars (descale q/k/v, descale_s, scale_s, scale_o), `generate_stats=False` for
 inference; it returns O, Stats, Amax_S, Amax_O. With P ≤ 1, scale_s = 448 and descale_s = 1/448;
-O is declared bf16 (scale_o = 1), or fp16 and cast where cuDNN declines bf16 (see graph_for).
+O is declared bf16 (scale_o = 1), else fp16 and cast, else e4m3 and dequantized: cuDNN 9.19 on Hopper
+serves FP8 outputs only ("sdpa fp8 forward with HALF/BFLOAT16 output is only supported on Blackwell").
+An e4m3 O is written in V's units (scale_o = 1 / V's scale, so |O| ≤ 448 as O averages V's rows) and
+multiplied by V's scale into the caller's bf16 tensor; see graph_for.
 Amax_S stays virtual (its docstring: an output would restrict the engines); Amax_O is an output
 (the frontend's own tests always bind it). Q, K and V take one scale each: the descales are
 scalars (per-head scales are not in the API). `sdpa_mxfp8` (one
@@ -88,9 +91,9 @@ class Fp8Graph:
     graph: object
     uids: dict  # name -> uid
     workspace: torch.Tensor
-    amax_o: torch.Tensor  # cuDNN writes O's amax here (unused: O is not FP8)
+    amax_o: torch.Tensor  # cuDNN writes O's amax here (unused)
     plan: str  # the engine cuDNN chose, for logs and the bench
-    out_dtype: torch.dtype  # O as cuDNN writes it (fp16 where it declines bf16; cast after)
+    out_dtype: torch.dtype  # O as cuDNN writes it (fp16 or e4m3 where it declines bf16; converted after)
 
 
 _GRAPHS: dict = {}
@@ -122,7 +125,7 @@ def declare_graph(cudnn, b: int, h: int, s: int, d: int, out_dtype: torch.dtype,
     validated (no GPU needed up to here): (graph, {name: uid})."""
     dt = cudnn.data_type
     fp8, f32 = dt.FP8_E4M3, dt.FLOAT
-    out = {torch.bfloat16: dt.BFLOAT16, torch.float16: dt.HALF}[out_dtype]
+    out = {torch.bfloat16: dt.BFLOAT16, torch.float16: dt.HALF, torch.float8_e4m3fn: fp8}[out_dtype]
     g = cudnn.pygraph(io_data_type=fp8, intermediate_data_type=f32, compute_data_type=f32, handle=handle)
     dim, stride = (b, h, s, d), (s * h * d, d, h * d, 1)  # [B, H, S, D] view of [B, S, H, D] memory
     q, k, v = (g.tensor(name=n, dim=dim, stride=stride, data_type=fp8) for n in ("q", "k", "v"))
@@ -157,7 +160,7 @@ def build_graph(cudnn, device: torch.device, b: int, h: int, s: int, d: int, out
 
 def _build_first(cudnn, device, b, h, s, d, out_dtype, scale):
     """(graph, "") for the first O dtype cuDNN builds, or (None, every dtype's reason)."""
-    tries = [out_dtype] + ([torch.float16] if out_dtype == torch.bfloat16 else [])
+    tries = [out_dtype] + ([torch.float16] if out_dtype == torch.bfloat16 else []) + [torch.float8_e4m3fn]
     errors = []
     for dtype in tries:
         try:
@@ -172,8 +175,9 @@ def graph_for(cudnn, device, b, h, s, d, out_dtype, scale) -> Fp8Graph:
     """The cached graph for this shape; raises KernelError naming the shape and cuDNN's reason.
 
     O is declared `out_dtype`; where cuDNN declines a bf16 O (the frontend's own tests of sdpa_fp8
-    bind fp16 and FP8 outputs only), an fp16 O is built instead and `execute` casts it to bf16,
-    which the log line says."""
+    bind fp16 and FP8 outputs only), an fp16 O, else an e4m3 O is built instead and `execute` converts
+    it, which the log line says. An e4m3 O adds its rounding (3 mantissa bits) to the error:
+    reference.fp8_tensor_reference(out_fp8=True) is that recipe."""
     key = (device.index, b, h, s, d, out_dtype, float(scale))
     g = _GRAPHS.get(key)
     if g is None:
@@ -187,7 +191,7 @@ def graph_for(cudnn, device, b, h, s, d, out_dtype, scale) -> Fp8Graph:
                         f"S={s} D={d} ({why}). Set self_attn_1_type to sage_attn2 (our 8-bit kernel) or torch_sdpa.")
                 _GRAPHS[key] = g
                 log.info("attention: cuDNN sdpa_fp8 graph for B=%d H=%d S=%d D=%d built (%s)%s", b, h, s, d, g.plan,
-                         "" if g.out_dtype == out_dtype else f"; O in {g.out_dtype}, cast to {out_dtype}")
+                         "" if g.out_dtype == out_dtype else f"; O in {g.out_dtype}, converted to {out_dtype}")
     return g
 
 
@@ -225,12 +229,16 @@ def execute(cudnn, x, scale: float, out: torch.Tensor) -> torch.Tensor:
     c = _constants(x.q8.device)
     u = g.uids
     o = out if g.out_dtype == out.dtype else torch.empty(out.shape, device=out.device, dtype=g.out_dtype)
+    fp8_o = g.out_dtype == torch.float8_e4m3fn
+    scale_o = (1.0 / x.scales[2:3]) if fp8_o else c[2:3]  # [1, 4]: a fresh, aligned allocation
     pack = {u["q"]: x.q8, u["k"]: x.k8, u["v"]: x.v8, u["o"]: o, u["amax_o"]: g.amax_o[:1],
             u["descale_q"]: x.scales[0, :1], u["descale_k"]: x.scales[1, :1], u["descale_v"]: x.scales[2, :1],
-            u["descale_s"]: c[0, :1], u["scale_s"]: c[1, :1], u["scale_o"]: c[2, :1]}
+            u["descale_s"]: c[0, :1], u["scale_s"]: c[1, :1], u["scale_o"]: scale_o[0, :1]}
     g.graph.execute(pack, g.workspace, handle=handle)
     if o is not out:
-        out.copy_(o)
+        out.copy_(o)  # e4m3 values are exact in bf16/fp16, so the one rounding is the multiply's
+        if fp8_o:
+            out.mul_(x.scales[2, :1])
     return out
 
 

@@ -150,13 +150,16 @@ def quantize_fp8_tensor(x: torch.Tensor, amax: torch.Tensor | None = None):
     return (x / scale).clamp(-P_SCALE, P_SCALE).float().to(FP8).to(x.dtype), scale
 
 
-def fp8_tensor_reference(q, k, v, scale: float | None = None, block_n: int = 128, smooth_k: bool = True):
+def fp8_tensor_reference(q, k, v, scale: float | None = None, block_n: int = 128, smooth_k: bool = True,
+                         out_fp8: bool = False):
     """Per-tensor FP8 attention (the numerics of the cuDNN `sdpa_fp8` path) in float64 on the CPU.
 
     K smoothed by its per-channel token mean (per batch and head, as sage_reference); Q, smoothed K
     and V each in e4m3 with one scale per tensor; scores (q8·k8)·sq·sk·scale; online softmax over
     key blocks of `block_n` with the FP32 P summed into l; P·V with P in e4m3 as p·448 (cuDNN's
-    scale_s = 448, descale_s = 1/448) and FP32 accumulation; out = acc / l · sv / 448."""
+    scale_s = 448, descale_s = 1/448) and FP32 accumulation; out = acc / l · sv / 448.
+    out_fp8: O rounded to e4m3 in V's units before the final · sv (cuDNN's FP8 output, the one it
+    serves on Hopper: scale_o = 1 / sv)."""
     q, k, v = (t.double() for t in (q, k, v))
     b, s_q, h, d = q.shape
     s_k = k.shape[1]
@@ -177,7 +180,10 @@ def fp8_tensor_reference(q, k, v, scale: float | None = None, block_n: int = 128
         l = l * alpha + p.sum(dim=-1)
         acc = acc * alpha[..., None] + (p * P_SCALE).float().to(FP8).double() @ v8[:, :, sl]
         m = m_new
-    return (acc / l[..., None] * (sv / P_SCALE)).transpose(1, 2)
+    o = acc / l[..., None] / P_SCALE
+    if out_fp8:
+        o = o.float().to(FP8).double()
+    return (o * sv).transpose(1, 2)
 
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from engine.attention import reference as R
 from engine.attention import triton_sage as ts
 from engine.attention.paths import select_path
+from engine.errors import KernelError
 
 
 def fp8_gpu():
@@ -187,13 +188,21 @@ def test_cudnn_fp8_against_float64_poisoned(shape):
     seed = int(torch.randint(0, 2**31 - 1, (1,)))
     q, k, v = R.wan_like_qkv(*shape, seed=seed, device="cuda")
     out = torch.full_like(q, float("nan"))
-    cudnn_fp8.execute(cudnn, quantize_fp8(q, k, v), shape[-1] ** -0.5, out)
+    try:
+        cudnn_fp8.execute(cudnn, quantize_fp8(q, k, v), shape[-1] ** -0.5, out)
+    except KernelError as e:
+        # cuDNN 9.19 on Hopper builds no FP8-output graph for one token (H200, 2026-12-04); a refusal
+        # must name the shape and the way out, and is accepted only there
+        assert shape[1] == 1 and "S=1" in str(e) and "sage_attn2" in str(e), str(e)
+        return
     torch.cuda.synchronize()
     assert not torch.isnan(out).any()
     exact = R.attention_f64(q.cpu(), k.cpu(), v.cpu())
-    recipe = R.fp8_tensor_reference(q.cpu(), k.cpu(), v.cpu())
+    b, s, h, d = shape
+    fp8_o = cudnn_fp8.graph_for(cudnn, q.device, b, h, s, d, out.dtype, d ** -0.5).out_dtype == torch.float8_e4m3fn
+    recipe = R.fp8_tensor_reference(q.cpu(), k.cpu(), v.cpu(), out_fp8=fp8_o)
     err, ref_err = R.rel_error(out.cpu(), exact), R.rel_error(recipe, exact)
-    print(f"seed {seed} {shape}: cuDNN fp8 vs float64 {err:.4f}, its reference vs float64 {ref_err:.4f}, "
+    print(f"seed {seed} {shape} O {'e4m3' if fp8_o else 'bf16/fp16'}: cuDNN fp8 vs float64 {err:.4f}, its reference vs float64 {ref_err:.4f}, "
           f"cuDNN vs reference {R.rel_error(out.cpu(), recipe):.4f}")
     assert err < ref_err + 0.02
     assert R.rel_error(out.cpu(), recipe) < 0.05
