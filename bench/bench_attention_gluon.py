@@ -31,7 +31,7 @@ from engine.attention import triton_sage as ts  # noqa: E402
 
 SHAPES = {name: (heads, tokens) for name, heads, tokens in bench_attention.SHAPES}
 G = gs.Config
-CONFIGS = [G(), G(v_perm=True), G(stages=4), G(pingpong=True)]
+CONFIGS = [G(), G(stages=4), G(pingpong=True)]
 
 
 def check(cfg: gs.Config) -> dict:

@@ -3,7 +3,6 @@ attention (our sage8 family: the Gluon kernel on Hopper, Triton elsewhere; and c
 attention when nvidia-cudnn-frontend is importable).
 
     python bench/bench_forward.py [--json PATH] [--wheel-dir DIR] [--quick] [--budget-s 480] [--models 14B]
-                                  [--sage8-v-perm]
 
 Sections: the 30-block 1.3B and the 40-block 14B config at 480p (832x480, 81 frames: 32,760 tokens),
 then the 14B at 720p (1280x720: 75,600 tokens) when the time measured so far says it fits the
@@ -14,7 +13,6 @@ At 480p one forward per 8-bit variant runs under torch.profiler: GPU time of the
 of the quantize launch (statistics + quantize kernels that turn bf16 q/k/v into 8-bit copies), and
 of the RMSNorm+RoPE kernel that writes q/k, per forward and per block, to judge whether folding the
 quantization into that kernel would pay. --quick: 4 blocks of each config at 480p, 1 round.
---sage8-v-perm: one more variant, the Gluon kernel with V in P's register order (gluon_sage.Config.v_perm).
 Joules per forward come from NVML's energy counter (bench/energy.py): the H200 runs these at its power limit.
 """
 from __future__ import annotations
@@ -37,9 +35,7 @@ from bench.energy import Nvml  # noqa: E402
 
 RES = {"480p": (60, 104, 32760), "720p": (90, 160, 75600)}  # latent height, width; tokens at 21 frames
 VARIANTS = ("bf16 eager", "fp8 fused", "fp8 fused + sage8", "fp8 fused + cudnn fp8")
-FAMILY = {"fp8 fused": "sdpa", "fp8 fused + sage8": "sage8", "fp8 fused + cudnn fp8": "cudnn_fp8",
-          "fp8 fused + sage8 v_perm": "sage8"}
-V_PERM = "fp8 fused + sage8 v_perm"  # --sage8-v-perm: the Gluon kernel with gluon_sage.Config(v_perm=True)
+FAMILY = {"fp8 fused": "sdpa", "fp8 fused + sage8": "sage8", "fp8 fused + cudnn fp8": "cudnn_fp8"}
 
 
 def kernel_group(name: str) -> str:
@@ -155,7 +151,7 @@ def build(cfg, layers):
     return base, fp8
 
 
-def section(name, res, base, fp8, layers, rounds, cudnn_why, do_profile, log, variants=VARIANTS):
+def section(name, res, base, fp8, layers, rounds, cudnn_why, do_profile, log):
     from engine.attention import AttentionPlan, install_attention
 
     h, w, tokens = RES[res]
@@ -169,9 +165,6 @@ def section(name, res, base, fp8, layers, rounds, cudnn_why, do_profile, log, va
         model = base if variant == "bf16 eager" else fp8
 
         def run():
-            if model is fp8:  # the sage8 op reads gluon_sage.DEFAULT at each call
-                from engine.attention import gluon_sage
-                gluon_sage.DEFAULT = gluon_sage.Config(v_perm=variant == V_PERM)
             if model is fp8 and installed[0] != variant:  # a processor swap per block, outside the forward
                 install_attention(fp8, AttentionPlan(FAMILY[variant]))
                 installed[0] = variant
@@ -181,7 +174,7 @@ def section(name, res, base, fp8, layers, rounds, cudnn_why, do_profile, log, va
     rows = {}
     runs = {}
     y_base = None
-    for variant in variants:
+    for variant in VARIANTS:
         row = rows[variant] = dict(model=name, res=res, tokens=tokens, blocks=layers, variant=variant)
         if variant.endswith("cudnn fp8") and cudnn_why:
             row["skipped"] = cudnn_why
@@ -212,7 +205,7 @@ def section(name, res, base, fp8, layers, rounds, cudnn_why, do_profile, log, va
         rows[variant]["ms"] = t[len(t) // 2]
         rows[variant].update(energy(run, gpu))
     if do_profile:
-        for variant in ("fp8 fused", "fp8 fused + sage8", V_PERM, "fp8 fused + cudnn fp8"):
+        for variant in ("fp8 fused", "fp8 fused + sage8", "fp8 fused + cudnn fp8"):
             if variant in runs:
                 ms, launches, kernels = profile_groups(runs[variant])
                 rows[variant]["profile_ms"] = ms
@@ -285,10 +278,7 @@ def main():
                     help="skip the 14B 720p section when the time measured so far says it would not fit")
     ap.add_argument("--no-720p", action="store_true")
     ap.add_argument("--models", default="1.3B,14B", help="comma-separated: 1.3B, 14B")
-    ap.add_argument("--sage8-v-perm", action="store_true",
-                    help="also time the Gluon kernel with V stored in P's register order (gluon_sage.Config.v_perm)")
     args = ap.parse_args()
-    variants = VARIANTS + ((V_PERM,) if args.sage8_v_perm else ())
     start = time.perf_counter()
     frontend_line = use_wheel_dir(args.wheel_dir)
     torch.set_grad_enabled(False)
@@ -315,7 +305,7 @@ def main():
         log(f"{name} x{layers}: built and quantized in {time.perf_counter() - t0:.0f} s; "
             f"{torch.cuda.memory_allocated() / 2**30:.1f} GiB allocated")
         t480 = time.perf_counter()
-        rows += section(name, "480p", base, fp8, layers, rounds, cudnn_why, True, log, variants)
+        rows += section(name, "480p", base, fp8, layers, rounds, cudnn_why, True, log)
         t480 = time.perf_counter() - t480
         if name == "14B" and not (args.quick or args.no_720p):
             # 720p: 2.3x the tokens and attention (most of the time) grows with their square, but no
@@ -323,7 +313,7 @@ def main():
             estimate = t480 * 3.5
             left = args.budget_s - (time.perf_counter() - start)
             if estimate < left:
-                rows += section(name, "720p", base, fp8, layers, rounds, cudnn_why, False, log, variants)
+                rows += section(name, "720p", base, fp8, layers, rounds, cudnn_why, False, log)
             else:
                 log(f"14B 720p skipped: estimated {estimate:.0f} s from the 480p section, {left:.0f} s of the "
                     f"--budget-s {args.budget_s:.0f} left")

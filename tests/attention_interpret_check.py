@@ -93,23 +93,3 @@ for cfg in (ts.Config(sum_fp8_p=True), ts.Config(128, 128, 8, 3, overlap=True, s
     err = R.rel_error(out, R.sage_reference(q, k, v, recipe=R.Recipe(1, 1, cfg.block_n, sum_fp8_p=True)))
     assert err < 5e-3, (cfg.label(), err)
     print(f"ok sum_fp8_p {cfg.label()} {err:.1e}")
-
-# V stored in P's register order for the Gluon kernel (quantize_qkv v_perm): within every 16 tokens,
-# token 8·b + 2·t + e in column 4·t + 2·b + e; everything else as the plain copies
-q, k, v = R.wan_like_qkv(2, 150, 3, 64, seed=seed + 300)
-plain = ts.quantize_qkv(q, k, v, None, 1, "lanes")
-perm = ts.quantize_qkv(q, k, v, None, 1, "lanes", v_perm=True)
-n = torch.arange(plain.v8.shape[-1])
-col = n // 16 * 16 + (n % 8) // 2 * 4 + (n % 16) // 8 * 2 + n % 2
-assert sorted(col.tolist()) == n.tolist()
-want = torch.empty_like(plain.v8.float())
-want[..., col] = plain.v8.float()
-assert torch.equal(perm.v8.float(), want) and perm.v_perm and not plain.v_perm
-for name in ("q8", "qs", "k8", "ks", "vs"):
-    assert torch.equal(getattr(perm, name).float(), getattr(plain, name).float()), name
-try:
-    ts.attention_quantized(perm, torch.empty_like(q))
-    raise AssertionError("the Triton kernel read V copies in the Gluon kernel's order")
-except ValueError as e:
-    assert "v_perm" in str(e)
-print("ok v_perm copies")

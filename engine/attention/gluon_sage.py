@@ -51,19 +51,16 @@ class Config:
     pingpong: bool = False  # measured even with it off (26.3 vs 26.6 ms, H200); kept for other GPUs
     ks_thread: bool = True  # K scales per lane group (quantize_qkv k_block="lanes"); else per token
     consumer_regs: int = 240  # setmaxnreg: 2·128·240 + 128·24 of the SM's 65,536 registers
-    # V stored in P's register order (quantize_qkv v_perm): no shuffles for P·V's A operand; 8% fewer
-    # instructions, not faster alone (25.99 vs 25.68 ms, H200); to be timed inside the forward
-    v_perm: bool = False
     producer_regs: int = 24
 
     def label(self) -> str:
         return (f"gluon-N{self.block_n}s{self.stages}" + ("-pp" if self.pingpong else "")
-                + ("-kst" if self.ks_thread else "") + ("-vp" if self.v_perm else "") + f"-r{self.consumer_regs}")
+                + ("-kst" if self.ks_thread else "") + f"-r{self.consumer_regs}")
 
     def constexprs(self) -> dict:
         """The kernel's compile-time arguments for this config (the launch and the compile tests)."""
         return dict(BLOCK_N=self.block_n, STAGES=self.stages, PINGPONG=self.pingpong, KS_THREAD=self.ks_thread,
-                    VPERM=self.v_perm, CONSUMER_REGS=self.consumer_regs, PRODUCER_REGS=self.producer_regs)
+                    CONSUMER_REGS=self.consumer_regs, PRODUCER_REGS=self.producer_regs)
 
 
 DEFAULT = Config()
@@ -181,7 +178,7 @@ if gluon is not None:
     def _block(j, si, ks4, acc, m_i, l_i, tphase, qs, KS, bh, sp, seq, q_smem, k_smem, ks_smem, v_smem, k_ready,
                v_ready, kv_empty, turn, s_layout: gl.constexpr, o_layout: gl.constexpr, WG: gl.constexpr,
                BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
-               KS_THREAD: gl.constexpr, VPERM: gl.constexpr, MASK: gl.constexpr, LAST: gl.constexpr):
+               KS_THREAD: gl.constexpr, MASK: gl.constexpr, LAST: gl.constexpr):
         """Block j's softmax (its scores si done on entry), then one batch of matrix products: block j's
         P·V (into a fresh accumulator, added at full precision) and block j+1's Q·Kᵀ, issued in this
         warpgroup's turn and waited for while the other warpgroup runs its softmax. Nothing is in
@@ -191,9 +188,6 @@ if gluon is not None:
         p, m_new = _scaled_exp2(si, ks_smem, ks4, qs, m_i, seq, j, s_layout, BLOCK_N, STAGES, MASK, KS_THREAD)
         alpha = gl.exp2(qs * (m_i - m_new))
         p8 = p.to(gl.float8e4nv)
-        if VPERM:  # P's column 16·a + 8·b + 2·t + e becomes k = 16·a + 4·t + 2·b + e, as V was stored
-            p8 = gl.reshape(gl.permute(gl.reshape(p8, [BLOCK_M, BLOCK_N // 32, 2, 2, 4, 2]), (0, 1, 2, 4, 3, 5)),
-                            [BLOCK_M, BLOCK_N])
         l_i = l_i * alpha + gl.sum(p, axis=1)
         if PINGPONG:
             mbarrier.wait(turn.index(WG), tphase)
@@ -221,7 +215,7 @@ if gluon is not None:
     def _consumer(q_desc, k_smem, ks_smem, v_smem, q_smem, q_bar, k_ready, v_ready, kv_empty, turn,
                   QS, KS, VS, OUT, seq, sp, H, so_b, so_s, so_h,
                   WG: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                  PINGPONG: gl.constexpr, KS_THREAD: gl.constexpr, VPERM: gl.constexpr):
+                  PINGPONG: gl.constexpr, KS_THREAD: gl.constexpr):
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, BLOCK_N, 32])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -251,11 +245,11 @@ if gluon is not None:
             si, ks4, acc, m_i, l_i, tphase = _block(
                 j, si, ks4, acc, m_i, l_i, tphase, qs, KS, bh, sp, seq, q_smem, k_smem, ks_smem, v_smem, k_ready,
                 v_ready, kv_empty, turn, s_layout, o_layout, WG, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD,
-                VPERM, False, False)
+                False, False)
         si, ks4, acc, m_i, l_i, tphase = _block(  # the last block, masked past seq
             n_blocks - 1, si, ks4, acc, m_i, l_i, tphase, qs, KS, bh, sp, seq, q_smem, k_smem, ks_smem, v_smem,
             k_ready, v_ready, kv_empty, turn, s_layout, o_layout, WG, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD,
-            VPERM, True, True)
+            True, True)
 
         d = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
         vs = gl.load(VS + bh * D + d)
@@ -269,7 +263,7 @@ if gluon is not None:
     @gluon.jit
     def _attn_kernel(q_desc, k_desc, ks_desc, v_desc, QS, KS, VS, OUT, seq, sp, H, so_b, so_s, so_h,
                      BLOCK_N: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
-                     KS_THREAD: gl.constexpr, VPERM: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                     KS_THREAD: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                      PRODUCER_REGS: gl.constexpr):
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, BLOCK_M, D], q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, D], k_desc.layout)
@@ -293,10 +287,10 @@ if gluon is not None:
         gl.warp_specialize([
             (_consumer, (q_desc, k_smem, ks_smem, v_smem, q_smem.index(0), q_bar.index(0), k_ready,
                          v_ready, kv_empty, turn, QS, KS, VS, OUT, seq, sp, H, so_b, so_s, so_h,
-                         WG0, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD, VPERM)),
+                         WG0, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD)),
             (_consumer, (q_desc, k_smem, ks_smem, v_smem, q_smem.index(1), q_bar.index(1), k_ready,
                          v_ready, kv_empty, turn, QS, KS, VS, OUT, seq, sp, H, so_b, so_s, so_h,
-                         WG1, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD, VPERM)),
+                         WG1, BLOCK_N, D, STAGES, PINGPONG, KS_THREAD)),
             (_loader, (k_desc, ks_desc, v_desc, k_smem, ks_smem, v_smem, k_ready, v_ready, kv_empty, seq, sp,
                        BLOCK_N, D, STAGES, KS_THREAD)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -319,9 +313,6 @@ def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAUL
     if x.k_block != k_block(config):
         raise ValueError(f"gluon attention {config.label()} reads K scales of k_block={k_block(config)!r}; "
                          f"these copies were quantized with k_block={x.k_block!r} (use gluon_sage.quantize)")
-    if x.v_perm != config.v_perm:
-        raise ValueError(f"gluon attention {config.label()}: V copies stored with v_perm={x.v_perm} "
-                         "(use gluon_sage.quantize with this config)")
     if config.stages < 2:  # block j+1's K is waited for while block j's stage is still held: one stage deadlocks
         raise ValueError(f"gluon attention {config.label()}: needs 2+ stages")
     if PAD % (2 * ROWS) or PAD % config.block_n:
@@ -355,7 +346,7 @@ def k_block(config: Config = DEFAULT):
 
 def quantize(q, k, v, scale: float | None = None, config: Config = DEFAULT) -> Quantized:
     """The 8-bit copies this kernel's config reads (triton_qkv.quantize_qkv)."""
-    return quantize_qkv(q, k, v, scale, 1, k_block(config), config.v_perm)
+    return quantize_qkv(q, k, v, scale, 1, k_block(config))
 
 
 def attention_8bit(q, k, v, scale: float | None = None, config: Config = DEFAULT, out=None) -> torch.Tensor:

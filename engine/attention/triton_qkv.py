@@ -40,7 +40,6 @@ class Quantized:
     vs: torch.Tensor  # fp32 [B, H, D]: amax/448
     seq: int
     k_block: int | str = 1  # what the K scales were computed over (quantize_qkv's k_block)
-    v_perm: bool = False  # V's tokens in P's register order (quantize_qkv's v_perm; the Gluon kernel only)
 
 
 if triton is not None:
@@ -81,8 +80,7 @@ if triton is not None:
     @triton.jit
     def _qkv_quant_kernel(Q, K, V, KMEAN, VSCALE, Q8, QS, K8, KS, V8, seq, sp, H, q_scale,
                       sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
-                      BQ: tl.constexpr, BK: tl.constexpr, QROW: tl.constexpr, D: tl.constexpr,
-                      VPERM: tl.constexpr):
+                      BQ: tl.constexpr, BK: tl.constexpr, QROW: tl.constexpr, D: tl.constexpr):
         """One block of BQ tokens of one (batch, head): q8 (scales per token or per BQ tokens),
         k8 of the smoothed k (per token, per BK tokens when BK > 1, per lane group when BK == 0), v8 transposed. Scales
         are stored per token either way, so the attention kernel reads one layout. Rows past
@@ -122,22 +120,14 @@ if triton is not None:
         v = tl.load(V + b * sv_b + h * sv_h + s[:, None] * sv_s + d[None, :], mask=ok, other=0.0).to(tl.float32)
         vscale = tl.load(VSCALE + bh * D + d)
         v8 = (v / vscale[None, :]).to(tl.float8e4nv)
-        col = s
-        if VPERM:  # token 16·a + 8·b + 2·t + e -> column 16·a + 4·t + 2·b + e (quantize_qkv)
-            col = s // 16 * 16 + (s % 8) // 2 * 4 + (s % 16) // 8 * 2 + s % 2
-        tl.store(V8 + (bh * D + d[None, :]) * sp + col[:, None], v8)
+        tl.store(V8 + (bh * D + d[None, :]) * sp + s[:, None], v8)
 
 
-def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block: int | str = 1,
-                 v_perm: bool = False) -> Quantized:
+def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block: int | str = 1) -> Quantized:
     """q, k, v [B, S, H, D] (D contiguous; any other strides) -> the 8-bit copies the kernel reads.
 
     q_block: tokens of Q per scale, 1 or 128; k_block: tokens of K per scale, 1 or a divisor of 128,
-    or "lanes": one scale per lane group (reference.quantize_int8_lanes), stored per token.
-    v_perm: within every 16 tokens, V's token 8·b + 2·t + e goes to column 4·t + 2·b + e: the order in
-    which a thread of Hopper's FP8 warpgroup MMA holds P after the softmax (columns 8·b + 2·t + e of
-    its accumulator) is then the order its A operand wants (k = 4·t + 2·b + e), so P needs no shuffle
-    (gluon_sage.Config.v_perm relabels P's columns the same way)."""
+    or "lanes": one scale per lane group (reference.quantize_int8_lanes), stored per token."""
     b, seq, h, d = q.shape
     scale = d ** -0.5 if scale is None else scale
     if k_block == "lanes":
@@ -167,7 +157,7 @@ def quantize_qkv(q, k, v, scale: float | None = None, q_block: int = 1, k_block:
     _qkv_quant_kernel[(sp // QUANT_TOKENS, b * h)](
         q, k, v, kmean, vscale, q8, qs, k8, ks, v8, seq, sp, h, scale * LOG2E,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-        BQ=QUANT_TOKENS, BK=bk, QROW=q_block == 1, D=d, VPERM=v_perm, num_warps=4)
-    return Quantized(q8, qs, k8, ks, v8, vscale.view(b, h, d), seq, k_block, v_perm)
+        BQ=QUANT_TOKENS, BK=bk, QROW=q_block == 1, D=d, num_warps=4)
+    return Quantized(q8, qs, k8, ks, v8, vscale.view(b, h, d), seq, k_block)
 
 

@@ -268,9 +268,6 @@ if triton is not None:
 def attention_quantized(x: Quantized, out: torch.Tensor, config: Config = DEFAULT) -> torch.Tensor:
     """Writes out [B, S, H, D] (any strides with D contiguous) from the 8-bit copies."""
     b, h, sp, d = x.q8.shape
-    if x.v_perm:
-        raise ValueError("attention_quantized: V was stored in the Gluon kernel's order (v_perm); quantize "
-                         "without it for this kernel")
     if PAD % config.block_m or PAD % config.block_n:
         raise ValueError(f"attention_quantized: tiles of {config.label()} must divide {PAD}")
     dq = dk = dv = None
