@@ -190,6 +190,7 @@ def test_graph_falls_back_to_an_fp16_output_and_says_so(monkeypatch, caplog):
 
     monkeypatch.setattr(cudnn_fp8, "build_graph", build)
     monkeypatch.setattr(cudnn_fp8, "_GRAPHS", {})
+    monkeypatch.setattr(cudnn_fp8, "_O_DTYPE", {})
     with caplog.at_level(logging.INFO, logger="engine.attention"):
         g = cudnn_fp8.graph_for(object(), torch.device("cuda", 0), 1, 12, 1000, 128, torch.bfloat16, 0.088)
         assert cudnn_fp8.graph_for(object(), torch.device("cuda", 0), 1, 12, 1000, 128, torch.bfloat16, 0.088) is g
@@ -201,17 +202,25 @@ def test_graph_falls_back_to_an_fp16_output_and_says_so(monkeypatch, caplog):
 def test_graph_falls_back_to_an_fp8_output_as_hopper_needs(monkeypatch, caplog):
     """cuDNN 9.19 on Hopper builds sdpa_fp8 with an FP8 O only (docs/benchmarks.md, 2026-12-03): the
     graph is built with an e4m3 O and the log line says it is converted."""
+    tried = []
+
     def build(cudnn, device, b, h, s, d, out_dtype, scale):
+        tried.append((s, out_dtype))
         if out_dtype != torch.float8_e4m3fn:
             raise RuntimeError("sdpa fp8 forward with HALF/BFLOAT16 output is only supported on Blackwell")
         return cudnn_fp8.Fp8Graph(None, {}, None, None, "engine9", out_dtype)
 
     monkeypatch.setattr(cudnn_fp8, "build_graph", build)
     monkeypatch.setattr(cudnn_fp8, "_GRAPHS", {})
+    monkeypatch.setattr(cudnn_fp8, "_O_DTYPE", {})
     with caplog.at_level(logging.INFO, logger="engine.attention"):
         g = cudnn_fp8.graph_for(object(), torch.device("cuda", 0), 1, 12, 1000, 128, torch.bfloat16, 0.088)
     assert g.out_dtype == torch.float8_e4m3fn
     assert "O in torch.float8_e4m3fn, converted to torch.bfloat16" in caplog.records[0].getMessage()
+    # the next shape on that device starts with the O dtype that built
+    cudnn_fp8.graph_for(object(), torch.device("cuda", 0), 1, 12, 2000, 128, torch.bfloat16, 0.088)
+    assert tried == [(1000, torch.bfloat16), (1000, torch.float16), (1000, torch.float8_e4m3fn),
+                     (2000, torch.float8_e4m3fn)]
 
 
 def test_bench_helpers(tmp_path, monkeypatch):

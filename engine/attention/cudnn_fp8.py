@@ -99,6 +99,7 @@ class Fp8Graph:
 _GRAPHS: dict = {}
 _HANDLES: dict = {}
 _CONST: dict = {}
+_O_DTYPE: dict = {}  # (device index, requested O dtype) -> the O dtype cuDNN last built
 _LOCK = threading.Lock()
 
 
@@ -159,12 +160,20 @@ def build_graph(cudnn, device: torch.device, b: int, h: int, s: int, d: int, out
 
 
 def _build_first(cudnn, device, b, h, s, d, out_dtype, scale):
-    """(graph, "") for the first O dtype cuDNN builds, or (None, every dtype's reason)."""
+    """(graph, "") for the first O dtype cuDNN builds, or (None, every dtype's reason). The O dtype
+    that last built on this device is tried first: each declined build costs a graph build and a
+    warning from the frontend."""
     tries = [out_dtype] + ([torch.float16] if out_dtype == torch.bfloat16 else []) + [torch.float8_e4m3fn]
+    known = _O_DTYPE.get((device.index, out_dtype))
+    if known in tries:
+        tries.remove(known)
+        tries.insert(0, known)
     errors = []
     for dtype in tries:
         try:
-            return build_graph(cudnn, device, b, h, s, d, dtype, scale), ""
+            g = build_graph(cudnn, device, b, h, s, d, dtype, scale)
+            _O_DTYPE[(device.index, out_dtype)] = dtype
+            return g, ""
         except Exception as e:
             errors.append(f"{str(dtype).replace('torch.', '')} output: {type(e).__name__}: {_first_line(e)}")
             log.debug("cuDNN sdpa_fp8 graph with a %s output declined: %s", dtype, e)
