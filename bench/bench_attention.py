@@ -95,7 +95,8 @@ def check(device, log):
         nan = bool(torch.isnan(out).any())
         log(f"check {b}x{s}x{h}x{d} {cfg.label()} q{qb}k{kb}: vs reference {err:.2e} nan={nan}")
         worst = max(worst, err if not nan else float("inf"))
-    return worst
+        ran += 1
+    return worst if ran or worst else None  # None: every shape declined, nothing checked
 
 
 def check_long_rows(device, config, log, tokens=32760, rows=128):
@@ -138,14 +139,18 @@ def check_cudnn_fp8(device, log):
     if cudnn is None:
         log(f"check cudnn fp8: not run ({why})")
         return None
-    worst = 0.0
+    worst, ran = 0.0, 0
     for (b, s, h, d) in [(1, 1, 1, 128), (1, 300, 2, 128), (2, 129, 3, 64), (1, 257, 2, 128)]:
         q, k, v = R.wan_like_qkv(b, s, h, d, seed=s, device=device)
         out = torch.full_like(q, float("nan"))
         try:
             cudnn_fp8.execute(cudnn, quantize_fp8(q, k, v), d ** -0.5, out)
-        except KernelError as e:  # cuDNN declined this shape (its words are in the message): not a wrong answer
-            log(f"check cudnn fp8 {b}x{s}x{h}x{d}: declined: {str(e)[:300]}")
+        except KernelError as e:
+            if s == 1:  # cuDNN 9.19 on Hopper declines one token with an FP8 O: said, not a wrong answer
+                log(f"check cudnn fp8 {b}x{s}x{h}x{d}: declined: {str(e)[:300]}")
+                continue
+            log(f"check cudnn fp8 {b}x{s}x{h}x{d}: failed {type(e).__name__}: {str(e)[:300]}")
+            worst = float("inf")
             continue
         except Exception as e:
             log(f"check cudnn fp8 {b}x{s}x{h}x{d}: failed {type(e).__name__}: {str(e)[:300]}")
@@ -159,7 +164,8 @@ def check_cudnn_fp8(device, log):
             f"vs its reference {err:.2e}, vs float64 "
             f"{R.rel_error(out.cpu(), exact):.4f} (reference vs float64 {R.rel_error(ref, exact):.4f}) nan={nan}")
         worst = max(worst, err if not nan else float("inf"))
-    return worst
+        ran += 1
+    return worst if ran or worst else None  # None: every shape declined, nothing checked
 
 
 def main():

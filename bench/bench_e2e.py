@@ -155,6 +155,8 @@ def parse_row(text: str) -> Row:
         raise ValueError(f"row {text!r}: unknown option {unknown[0]!r}; options are {', '.join(OPTIONS)}")
     if len([o for o in options if o in DECODER_OPTIONS]) > 1:
         raise ValueError(f"row {text!r}: choose one of {', '.join(DECODER_OPTIONS)} (each is a different decode)")
+    if "cudnnfp8" in options and ({"sage8", "hybrid"} & set(options)):
+        raise ValueError(f"row {text!r}: cudnnfp8 is another self-attention than sage8/hybrid; choose one")
     if "fp32vae" in options and "tiny" in options:
         raise ValueError(f"row {text!r}: fp32vae sets the full or light VAE's decode; the tiny decoder has its own")
     if base not in ("bf16", "torchao") and base not in ALIASES:

@@ -41,15 +41,27 @@ def test_fp8_reference_smoothing():
 
 
 def test_fp8_reference_with_an_fp8_output():
-    """out_fp8 (cuDNN's e4m3 O on Hopper): every output is an e4m3 value times V's scale, and the
+    """out_fp8 (cuDNN's e4m3 O on Hopper): every output is an e4m3 value times 2·V's scale, and the
     rounding moves the result by about e4m3's relative step, not more."""
     q, k, v = R.wan_like_qkv(1, 200, 3, 64, seed=5, dtype=torch.float64)
     wide, narrow = R.fp8_tensor_reference(q, k, v), R.fp8_tensor_reference(q, k, v, out_fp8=True)
     _, sv = R.quantize_fp8_tensor(v.double())
-    units = narrow / sv
+    units = narrow / (2 * sv)
     assert torch.allclose(units.float().to(torch.float8_e4m3fn).double(), units, rtol=1e-12, atol=0)
-    assert not torch.allclose(wide / sv, units)
+    assert not torch.allclose(wide / (2 * sv), units)
     assert 0.005 < R.rel_error(narrow, wide) < 0.05  # e4m3 rounds to within 2^-4 relative
+
+
+def test_fp8_output_headroom():
+    """Why cudnn_fp8 writes O in units of 2·V's scale: with V's largest channel nearly constant, O in V's
+    own units passes 448 (P is summed into l before its e4m3 rounding), close to e4m3's overflow at 464."""
+    worst = 0.0
+    for seed in range(3):
+        q, k, v = R.wan_like_qkv(1, 512, 2, 64, seed=seed, dtype=torch.float64)
+        v[..., 0] = 5 + 1e-3 * torch.randn_like(v[..., 0])
+        _, sv = R.quantize_fp8_tensor(v)
+        worst = max(worst, float((R.fp8_tensor_reference(q, k, v) / sv).abs().max()))
+    assert 448 < worst < 2 * 448 * 0.9
 
 
 def test_fp8_reference_quantizer():
@@ -135,6 +147,8 @@ def test_registry_reason_when_cudnn_declines_the_graph(monkeypatch):
         raise RuntimeError("CUDNN_STATUS_NOT_SUPPORTED: no engine for this head dim\nmore detail")
 
     monkeypatch.setattr(cudnn_fp8, "build_graph", refuse)
+    monkeypatch.setattr(cudnn_fp8, "_GRAPHS", {})
+    monkeypatch.setattr(cudnn_fp8, "_O_DTYPE", {})
     monkeypatch.setattr(paths, "cuda_capability", lambda device: (9, 0))
     path = paths.CudnnFp8Path()  # a fresh one: the registered path caches its probes
     why = path.unavailable(torch.device("cuda", 3), 64, torch.bfloat16)
@@ -146,6 +160,10 @@ def test_registry_reason_when_cudnn_declines_the_graph(monkeypatch):
     with pytest.raises(KernelError) as e:  # at run time: the shape, cuDNN's words, what to set instead
         cudnn_fp8.graph_for(frontend, torch.device("cuda", 3), 1, 40, 32760, 128, torch.bfloat16, 0.088)
     assert all(w in str(e.value) for w in ("H=40", "S=32760", "D=128", "NOT_SUPPORTED", "sage_attn2"))
+    n = len(built)
+    with pytest.raises(KernelError) as again:  # the refusal is kept: no rebuild at every call
+        cudnn_fp8.graph_for(frontend, torch.device("cuda", 3), 1, 40, 32760, 128, torch.bfloat16, 0.088)
+    assert str(again.value) == str(e.value) and len(built) == n
 
 
 def test_gpu_problem_names_hopper():

@@ -37,7 +37,8 @@ def test_row_grammar(bench, text, base, options, cap, decoder):
 
 @pytest.mark.parametrize("text, linears", [
     ("fp8+hybrid", "fp8"), ("fp8-sage8+tiny@8", "fp8+tiny@8"), ("int8+sage8+hybrid+light", "int8+light"),
-    ("int8+light+fp32vae+sage8", "int8+fp32vae+light"), ("vram12-fp8@8", "vram12-fp8@8")])
+    ("int8+light+fp32vae+sage8", "int8+fp32vae+light"), ("vram12-fp8@8", "vram12-fp8@8"),
+    ("fp8+cudnnfp8", "fp8")])
 def test_attention_rows_compare_with_the_row_without_it(bench, text, linears):
     assert bench.linears_key(bench.parse_row(text)) == bench.linears_key(bench.parse_row(linears))
     assert bench.linears_key(bench.parse_row("fp8+sage8@8")) != bench.linears_key(bench.parse_row("fp8"))
@@ -61,11 +62,13 @@ def test_row_options_become_the_engines_config_keys(bench, tmp_path):
     hybrid = bench.row_config("fp8+hybrid")
     assert hybrid.get("self_attn_1_type") == "sage_attn2"
     assert (hybrid.get("attn_bf16_first_steps"), hybrid.get("attn_bf16_last_steps")) == (1, 1)
+    assert bench.row_config("fp8+cudnnfp8").get("self_attn_1_type") == "cudnn_fp8"
 
 
 @pytest.mark.parametrize("text, words", [
     ("fp8+turbo", "unknown option 'turbo'"), ("fp8+tiny+light", "choose one"), ("fp8+tiny+fp32vae", "tiny decoder has its own"),
     ("fp8@eight", "number of GiB"),
+    ("fp8+sage8+cudnnfp8", "another self-attention"), ("fp8+hybrid+cudnnfp8", "another self-attention"),
 ])
 def test_bad_rows_are_named(bench, text, words):
     with pytest.raises(ValueError, match=words):

@@ -10,8 +10,10 @@ Q/K/V [B, H, S, D] descriptors with any strides (we declare [B, S, H, D] memory)
 inference; it returns O, Stats, Amax_S, Amax_O. With P ≤ 1, scale_s = 448 and descale_s = 1/448;
 O is declared bf16 (scale_o = 1), else fp16 and cast, else e4m3 and dequantized: cuDNN 9.19 on Hopper
 serves FP8 outputs only ("sdpa fp8 forward with HALF/BFLOAT16 output is only supported on Blackwell").
-An e4m3 O is written in V's units (scale_o = 1 / V's scale, so |O| ≤ 448 as O averages V's rows) and
-multiplied by V's scale into the caller's bf16 tensor; see graph_for.
+An e4m3 O is written in units of twice V's scale (scale_o = 1 / (2·V's scale)): O averages V's rows, so it
+is at most 448 in V's units, and a little more (up to 2^-4) because P is summed into l before its e4m3
+rounding; e4m3 overflows at 464, so the factor 2 keeps that margin, and costs no precision (e4m3 is a
+float). `execute` multiplies by 2·V's scale into the caller's bf16 tensor; see graph_for.
 Amax_S stays virtual (its docstring: an output would restrict the engines); Amax_O is an output
 (the frontend's own tests always bind it). Q, K and V take one scale each: the descales are
 scalars (per-head scales are not in the API). `sdpa_mxfp8` (one
@@ -96,11 +98,12 @@ class Fp8Graph:
     out_dtype: torch.dtype  # O as cuDNN writes it (fp16 or e4m3 where it declines bf16; converted after)
 
 
-_GRAPHS: dict = {}
+_GRAPHS: dict = {}  # key -> Fp8Graph, or the KernelError text of a shape cuDNN declined
 _HANDLES: dict = {}
 _CONST: dict = {}
 _O_DTYPE: dict = {}  # (device index, requested O dtype) -> the O dtype cuDNN last built
 _LOCK = threading.Lock()
+_EXEC_LOCK = threading.Lock()
 
 
 def _handle(cudnn, device: torch.device):
@@ -174,6 +177,8 @@ def _build_first(cudnn, device, b, h, s, d, out_dtype, scale):
             g = build_graph(cudnn, device, b, h, s, d, dtype, scale)
             _O_DTYPE[(device.index, out_dtype)] = dtype
             return g, ""
+        except torch.OutOfMemoryError:  # not cuDNN declining this O dtype: no fallback to a coarser one
+            raise
         except Exception as e:
             errors.append(f"{str(dtype).replace('torch.', '')} output: {type(e).__name__}: {_first_line(e)}")
             log.debug("cuDNN sdpa_fp8 graph with a %s output declined: %s", dtype, e)
@@ -194,21 +199,24 @@ def graph_for(cudnn, device, b, h, s, d, out_dtype, scale) -> Fp8Graph:
             g = _GRAPHS.get(key)
             if g is None:
                 g, why = _build_first(cudnn, device, b, h, s, d, out_dtype, scale)
-                if g is None:
-                    raise KernelError(
+                if g is None:  # kept as the refusal's text: a declined shape is not rebuilt at every call
+                    g = _GRAPHS[key] = (
                         f"cuDNN {_version_or_unknown(cudnn)} cannot build its FP8 attention graph for B={b} H={h} "
                         f"S={s} D={d} ({why}). Set self_attn_1_type to sage_attn2 (our 8-bit kernel) or torch_sdpa.")
+                    raise KernelError(g)
                 _GRAPHS[key] = g
                 log.info("attention: cuDNN sdpa_fp8 graph for B=%d H=%d S=%d D=%d built (%s)%s", b, h, s, d, g.plan,
                          "" if g.out_dtype == out_dtype else f"; O in {g.out_dtype}, converted to {out_dtype}")
+    if isinstance(g, str):
+        raise KernelError(g)
     return g
 
 
 def probe(cudnn, device: torch.device, d: int, dtype: torch.dtype) -> str | None:
     """Whether cuDNN serves FP8 attention at head dim `d` with a `dtype` output here (None: it does)."""
     key = (device.index, 1, 1, PROBE_TOKENS, d, dtype, d ** -0.5)
-    if key in _GRAPHS:
-        return None
+    if key in _GRAPHS:  # a graph, or graph_for's refusal text for this very shape
+        return _GRAPHS[key] if isinstance(_GRAPHS[key], str) else None
     with _LOCK:
         g, why = _build_first(cudnn, device, 1, 1, PROBE_TOKENS, d, dtype, d ** -0.5)
         if g is None:
@@ -234,20 +242,25 @@ def execute(cudnn, x, scale: float, out: torch.Tensor) -> torch.Tensor:
     b, s, h, d = x.q8.shape
     g = graph_for(cudnn, x.q8.device, b, h, s, d, out.dtype, scale)
     handle = _handle(cudnn, x.q8.device)
-    cudnn.set_stream(handle, torch.cuda.current_stream(x.q8.device).cuda_stream)
     c = _constants(x.q8.device)
     u = g.uids
     o = out if g.out_dtype == out.dtype else torch.empty(out.shape, device=out.device, dtype=g.out_dtype)
     fp8_o = g.out_dtype == torch.float8_e4m3fn
-    scale_o = (1.0 / x.scales[2:3]) if fp8_o else c[2:3]  # [1, 4]: a fresh, aligned allocation
+    if fp8_o:  # O in units of 2·V's scale (module doc); fresh [1, 4] tensors: 16-byte aligned
+        o_unit = x.scales[2:3] * 2.0
+        scale_o = o_unit.reciprocal()
+    else:
+        scale_o = c[2:3]
     pack = {u["q"]: x.q8, u["k"]: x.k8, u["v"]: x.v8, u["o"]: o, u["amax_o"]: g.amax_o[:1],
             u["descale_q"]: x.scales[0, :1], u["descale_k"]: x.scales[1, :1], u["descale_v"]: x.scales[2, :1],
             u["descale_s"]: c[0, :1], u["scale_s"]: c[1, :1], u["scale_o"]: scale_o[0, :1]}
-    g.graph.execute(pack, g.workspace, handle=handle)
+    with _EXEC_LOCK:  # the handle is shared: its stream and the launch must be one step
+        cudnn.set_stream(handle, torch.cuda.current_stream(x.q8.device).cuda_stream)
+        g.graph.execute(pack, g.workspace, handle=handle)
     if o is not out:
         out.copy_(o)  # e4m3 values are exact in bf16/fp16, so the one rounding is the multiply's
         if fp8_o:
-            out.mul_(x.scales[2, :1])
+            out.mul_(o_unit[0, :1])
     return out
 
 

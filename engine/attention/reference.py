@@ -158,8 +158,8 @@ def fp8_tensor_reference(q, k, v, scale: float | None = None, block_n: int = 128
     and V each in e4m3 with one scale per tensor; scores (q8·k8)·sq·sk·scale; online softmax over
     key blocks of `block_n` with the FP32 P summed into l; P·V with P in e4m3 as p·448 (cuDNN's
     scale_s = 448, descale_s = 1/448) and FP32 accumulation; out = acc / l · sv / 448.
-    out_fp8: O rounded to e4m3 in V's units before the final · sv (cuDNN's FP8 output, the one it
-    serves on Hopper: scale_o = 1 / sv)."""
+    out_fp8: O rounded to e4m3 in units of 2·sv before the final · 2·sv (cuDNN's FP8 output, the one
+    it serves on Hopper, as cudnn_fp8 asks for it: scale_o = 1 / (2·sv))."""
     q, k, v = (t.double() for t in (q, k, v))
     b, s_q, h, d = q.shape
     s_k = k.shape[1]
@@ -182,7 +182,7 @@ def fp8_tensor_reference(q, k, v, scale: float | None = None, block_n: int = 128
         m = m_new
     o = acc / l[..., None] / P_SCALE
     if out_fp8:
-        o = o.float().to(FP8).double()
+        o = (o / 2).float().to(FP8).double() * 2
     return (o * sv).transpose(1, 2)
 
 

@@ -185,13 +185,14 @@ def test_cudnn_fp8_against_float64_poisoned(shape):
     seed = int(torch.randint(0, 2**31 - 1, (1,)))
     q, k, v = R.wan_like_qkv(*shape, seed=seed, device="cuda")
     out = torch.full_like(q, float("nan"))
+    x = quantize_fp8(q, k, v)
     try:
-        cudnn_fp8.execute(cudnn, quantize_fp8(q, k, v), shape[-1] ** -0.5, out)
+        cudnn_fp8.execute(cudnn, x, shape[-1] ** -0.5, out)
     except KernelError as e:
         # cuDNN 9.19 on Hopper builds no FP8-output graph for one token (H200, 2026-12-04); a refusal
         # must name the shape and the way out, and is accepted only there
         assert shape[1] == 1 and "S=1" in str(e) and "sage_attn2" in str(e), str(e)
-        return
+        pytest.skip(f"cuDNN declines this shape: {str(e)[:200]}")
     torch.cuda.synchronize()
     assert not torch.isnan(out).any()
     exact = R.attention_f64(q.cpu(), k.cpu(), v.cpu())
@@ -202,7 +203,11 @@ def test_cudnn_fp8_against_float64_poisoned(shape):
     print(f"seed {seed} {shape} O {'e4m3' if fp8_o else 'bf16/fp16'}: cuDNN fp8 vs float64 {err:.4f}, its reference vs float64 {ref_err:.4f}, "
           f"cuDNN vs reference {R.rel_error(out.cpu(), recipe):.4f}")
     assert err < ref_err + 0.02
-    assert R.rel_error(out.cpu(), recipe) < 0.05
+    assert R.rel_error(out.cpu(), recipe) < 0.03  # measured 0.009-0.018; the e4m3 O alone moves it 0.005-0.05
+    if fp8_o:  # O was written in units of 2·V's scale: each output is an e4m3 value there, up to bf16's rounding
+        units = out.float() / (2 * x.scales[2, 0])
+        back = units.to(torch.float8_e4m3fn).float()
+        assert torch.allclose(units, back, rtol=2**-7, atol=1e-6)
 
 
 def test_cudnn_fp8_path_error_against_bf16_sdpa():
