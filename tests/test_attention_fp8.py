@@ -134,6 +134,13 @@ def test_registry_reasons_on_a_gpu(monkeypatch, cap, head_dim, dtype, words):
     assert why is not None and all(w in why for w in words), why
 
 
+def _builds_with(monkeypatch, build):
+    """cudnn_fp8 with `build` in place of cuDNN's graph build, and its caches empty."""
+    monkeypatch.setattr(cudnn_fp8, "build_graph", build)
+    monkeypatch.setattr(cudnn_fp8, "_GRAPHS", {})
+    monkeypatch.setattr(cudnn_fp8, "_O_DTYPE", {})
+
+
 def test_registry_reason_when_cudnn_declines_the_graph(monkeypatch):
     """With the frontend present, a graph cuDNN will not build is the reason, with cuDNN's words."""
     pytest.importorskip("triton")
@@ -146,9 +153,7 @@ def test_registry_reason_when_cudnn_declines_the_graph(monkeypatch):
         built.append((b, h, s, d, out_dtype))
         raise RuntimeError("CUDNN_STATUS_NOT_SUPPORTED: no engine for this head dim\nmore detail")
 
-    monkeypatch.setattr(cudnn_fp8, "build_graph", refuse)
-    monkeypatch.setattr(cudnn_fp8, "_GRAPHS", {})
-    monkeypatch.setattr(cudnn_fp8, "_O_DTYPE", {})
+    _builds_with(monkeypatch, refuse)
     monkeypatch.setattr(paths, "cuda_capability", lambda device: (9, 0))
     path = paths.CudnnFp8Path()  # a fresh one: the registered path caches its probes
     why = path.unavailable(torch.device("cuda", 3), 64, torch.bfloat16)
@@ -206,9 +211,7 @@ def test_graph_falls_back_to_an_fp16_output_and_says_so(monkeypatch, caplog):
             raise RuntimeError("CUDNN_STATUS_NOT_SUPPORTED: bf16 O")
         return cudnn_fp8.Fp8Graph(None, {}, None, None, "engine7", out_dtype)
 
-    monkeypatch.setattr(cudnn_fp8, "build_graph", build)
-    monkeypatch.setattr(cudnn_fp8, "_GRAPHS", {})
-    monkeypatch.setattr(cudnn_fp8, "_O_DTYPE", {})
+    _builds_with(monkeypatch, build)
     with caplog.at_level(logging.INFO, logger="engine.attention"):
         g = cudnn_fp8.graph_for(object(), torch.device("cuda", 0), 1, 12, 1000, 128, torch.bfloat16, 0.088)
         assert cudnn_fp8.graph_for(object(), torch.device("cuda", 0), 1, 12, 1000, 128, torch.bfloat16, 0.088) is g
@@ -228,9 +231,7 @@ def test_graph_falls_back_to_an_fp8_output_as_hopper_needs(monkeypatch, caplog):
             raise RuntimeError("sdpa fp8 forward with HALF/BFLOAT16 output is only supported on Blackwell")
         return cudnn_fp8.Fp8Graph(None, {}, None, None, "engine9", out_dtype)
 
-    monkeypatch.setattr(cudnn_fp8, "build_graph", build)
-    monkeypatch.setattr(cudnn_fp8, "_GRAPHS", {})
-    monkeypatch.setattr(cudnn_fp8, "_O_DTYPE", {})
+    _builds_with(monkeypatch, build)
     with caplog.at_level(logging.INFO, logger="engine.attention"):
         g = cudnn_fp8.graph_for(object(), torch.device("cuda", 0), 1, 12, 1000, 128, torch.bfloat16, 0.088)
     assert g.out_dtype == torch.float8_e4m3fn
