@@ -74,7 +74,9 @@ def test_dequantization_error_within_rounding_bound(fmt, rng):
     else:
         br, bc = f.weight_block
         amax = w.abs().max() if fmt == "nvfp4" else w.abs().amax(1, keepdim=True)
-        bound = amax * REL_BOUND[fmt] + 1e-7
+        # plus float32's own rounding of w, the scale and the product (a tie lands 1.3e-7 past half a step
+        # at amax 3.5, seed 3786514672)
+        bound = amax * (REL_BOUND[fmt] + 2 ** -21)
     assert (err <= bound).all()
 
 
